@@ -1,0 +1,95 @@
+//! actions: run one attempt of a job's action — a command (argv, never a shell) or an HTTP call (optionally signed).
+//!
+//! STUB: interface fixed; a helper fills in `command.rs` and `http.rs`. Specs arrive fully rendered:
+//! templates were already evaluated by `route`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::verify::{Scheme, Secret};
+
+/// A command to run: argv[0] is the program, looked up in PATH; no shell ever sees these strings.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Bytes of stdout+stderr kept on the attempt.
+    pub output_cap: usize,
+}
+
+/// How an outbound request is signed.
+#[derive(Debug, Clone)]
+pub struct SignSpec {
+    pub scheme: Scheme,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    pub url: String,
+    pub method: http::Method,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub timeout: Duration,
+    pub sign: Option<SignSpec>,
+    /// Stable across retries of one job (the job id); used as the signed message id.
+    pub message_id: String,
+    pub event: String,
+    /// Bytes of the response body kept on the attempt.
+    pub output_cap: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionSpec {
+    Command(CommandSpec),
+    Http(HttpSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Worth another attempt (timeouts, connection errors, 408/429/5xx, non-zero exit).
+    Retryable { retry_after: Option<Duration> },
+    /// Will not succeed by retrying (other 4xx, a program that cannot start).
+    Failed,
+    /// The peer answered 410 Gone: the route should be disabled.
+    Gone,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    /// Short, never containing secrets.
+    pub error: Option<String>,
+    pub output: Option<String>,
+    pub status_code: Option<u16>,
+}
+
+/// Runs actions; holds the shared HTTP client.
+#[derive(Clone)]
+pub struct Runner {
+    http: reqwest::Client,
+}
+
+impl Runner {
+    pub fn new() -> Self {
+        Runner { http: reqwest::Client::new() }
+    }
+
+    /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed.
+    pub async fn run(&self, _spec: ActionSpec, _cancel: &CancellationToken) -> AttemptResult {
+        let _ = &self.http;
+        todo!("actions")
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Self::new()
+    }
+}

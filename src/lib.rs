@@ -1,0 +1,17 @@
+//! hookgate: a self-hosted webhook gateway — receive, verify, store durably, route, and run actions reliably.
+#![forbid(unsafe_code)]
+
+pub mod actions;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod metrics;
+pub mod route;
+pub mod sign;
+pub mod startup;
+pub mod store;
+pub mod ui;
+pub mod verify;
+pub mod worker;

@@ -1,0 +1,287 @@
+//! store: the durable record of deliveries, jobs and attempts behind one trait (SQLite now, PostgreSQL next).
+//!
+//! Every method that changes state returns only after the change is committed to disk, so a caller may
+//! acknowledge what it wrote. Times are Unix milliseconds (`Millis`), ids are UUIDv7 strings (time-ordered).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Unix time in milliseconds.
+pub type Millis = i64;
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new time-ordered id (UUIDv7, lower-case hyphenated).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or refused the write; nothing was committed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a corrupt row; the operation did not happen.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+/// A verified webhook about to be committed.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub source: String,
+    pub event: String,
+    /// The provider's delivery id; the dedup key together with `source`.
+    pub delivery: String,
+    pub received_at: Millis,
+    /// Lower-case header names, in arrival order, as received.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A job to create for a delivery (one per matching route).
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub route: String,
+    /// Jobs of one route with one key merge while queued, and never run at the same time.
+    pub coalesce_key: Option<String>,
+    /// Earliest time the job may run.
+    pub run_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insert {
+    /// Committed; `jobs` counts the jobs created or merged into a queued job.
+    Stored { id: String, jobs: usize },
+    /// (source, delivery) was already stored; nothing was written.
+    Duplicate { id: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Dead,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 4] = [Self::Queued, Self::Running, Self::Succeeded, Self::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// The delivery a claimed job acts on.
+#[derive(Debug, Clone)]
+pub struct StoredDelivery {
+    pub id: String,
+    pub source: String,
+    pub event: String,
+    pub delivery: String,
+    pub received_at: Millis,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// A job this worker now holds a lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: String,
+    pub route: String,
+    pub coalesce_key: Option<String>,
+    /// The number of this attempt, starting at 1.
+    pub attempt: u32,
+    pub created_at: Millis,
+    pub delivery: StoredDelivery,
+}
+
+/// What to claim: due jobs of these routes, at most `limit`, leased to `owner` until `lease_until`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub owner: String,
+    pub limit: usize,
+    pub now: Millis,
+    pub lease_until: Millis,
+    /// Only claim jobs of these routes (the ones this instance has enabled, with free concurrency).
+    pub routes: Vec<String>,
+}
+
+/// One run of an action, kept for the admin API and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: Millis,
+    pub finished_at: Millis,
+    pub ok: bool,
+    /// A short description of the failure; never a secret.
+    pub error: Option<String>,
+    /// Capped stdout/stderr of a command, or the capped response body of an HTTP call.
+    pub output: Option<String>,
+    pub status_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextState {
+    Succeeded,
+    /// Back to queued, to run again at this time.
+    Retry { at: Millis },
+    Dead,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub delivery_id: String,
+    pub route: String,
+    pub status: JobStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// How many later deliveries were merged into this job by coalescing.
+    pub merged: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobCounts {
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub id: String,
+    pub source: String,
+    pub event: String,
+    pub delivery: String,
+    pub received_at: Millis,
+    pub jobs: JobCounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobDetail {
+    pub job: JobSummary,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryDetail {
+    pub delivery: StoredDelivery,
+    pub jobs: Vec<JobDetail>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    pub source: Option<String>,
+    pub event: Option<String>,
+    pub limit: usize,
+    /// Return deliveries with an id strictly below this one (the `next` of the previous page).
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub status: Option<JobStatus>,
+    pub route: Option<String>,
+    pub limit: usize,
+    pub before: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Cursor for the next page, when there may be one.
+    pub next: Option<String>,
+}
+
+/// The one storage interface; SQLite and PostgreSQL implement it with the same behaviour.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip proving the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Commit a delivery and its jobs atomically and durably. If (source, delivery) exists, write nothing
+    /// and return `Duplicate`. A job with a `coalesce_key` for which a *queued* job of the same route and key
+    /// exists is merged into it: the queued job now points at this (newer) delivery and `merged` grows.
+    async fn insert_delivery(&self, delivery: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError>;
+
+    /// Add jobs to a stored delivery (replay, schedules); coalescing applies. Returns jobs created or merged.
+    async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError>;
+
+    /// Lease due jobs: queued with `run_at <= now`, or running with an expired lease (a crashed worker).
+    /// Never hands out two jobs with the same (route, coalesce_key) while one of them is running and leased.
+    /// Claimed jobs become `running`, `attempt` grows by one, owner and lease are set.
+    async fn claim_jobs(&self, claim: Claim) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Record an attempt and move the job on. Returns false (and changes nothing) if `owner` no longer
+    /// holds the job (its lease expired and someone else claimed it).
+    async fn finish_job(
+        &self,
+        job_id: &str,
+        owner: &str,
+        attempt: AttemptRecord,
+        next: NextState,
+    ) -> Result<bool, StoreError>;
+
+    /// Give a running job back without using up an attempt (shutdown, open circuit); it runs at `run_at`.
+    async fn release_job(&self, job_id: &str, owner: &str, run_at: Millis) -> Result<bool, StoreError>;
+
+    /// Put a dead (or succeeded) job back in the queue with its attempt count reset. False if unknown
+    /// or currently queued/running.
+    async fn retry_job(&self, job_id: &str, now: Millis) -> Result<bool, StoreError>;
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, StoreError>;
+    async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError>;
+    async fn list_jobs(&self, query: JobQuery) -> Result<Page<JobSummary>, StoreError>;
+
+    /// Delete deliveries received before `before` whose jobs are all terminal, with their jobs and attempts.
+    async fn purge(&self, before: Millis) -> Result<u64, StoreError>;
+
+    /// Number of jobs in each status.
+    async fn job_counts(&self) -> Result<JobCounts, StoreError>;
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Open the store named by a URL: `sqlite://PATH` (or a bare path), later `postgres://…`.
+pub async fn open(url: &str) -> Result<DynStore, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let store = sqlite::SqliteStore::open(path).await?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Unavailable(
+            "PostgreSQL support is not built yet (issue 3)".into(),
+        ));
+    }
+    let store = sqlite::SqliteStore::open(url).await?;
+    Ok(Arc::new(store))
+}
