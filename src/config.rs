@@ -1,1 +1,887 @@
-//! config (in progress)
+//! config: the TOML file read once at start-up, validated into typed values, with env overrides.
+//!
+//! Two layers: `raw` mirrors the file exactly (unknown keys are errors that name the key), and
+//! `Config` holds parsed durations, sizes, secrets and provider schemes. Every error names the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::verify::{
+    Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions, Verifier,
+};
+
+/// The file used when neither `--config` nor `HOOKGATE_CONFIG` names one.
+pub const DEFAULT_PATH: &str = "hookgate.toml";
+
+/// A configuration error, always naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// Where configuration reads environment variables; a trait so tests never touch the process env.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// The file as written; see `config.default.toml` for every key.
+pub mod raw {
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub server: Server,
+        #[serde(default)]
+        pub store: Store,
+        #[serde(default)]
+        pub admin: Admin,
+        #[serde(default)]
+        pub worker: Worker,
+        #[serde(default)]
+        pub sources: Vec<Source>,
+        #[serde(default)]
+        pub routes: Vec<Route>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Server {
+        pub listen: Option<String>,
+        pub max_body: Option<String>,
+        pub log_client_ip: Option<bool>,
+        pub read_timeout: Option<String>,
+        pub max_connections: Option<usize>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Store {
+        pub url: Option<String>,
+        pub retention: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub token: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Worker {
+        pub concurrency: Option<usize>,
+        pub poll_interval: Option<String>,
+        pub shutdown_grace: Option<String>,
+        pub output_cap: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Source {
+        pub name: Option<String>,
+        pub provider: Option<String>,
+        #[serde(default)]
+        pub secrets: Vec<String>,
+        pub secret: Option<String>,
+        pub max_body: Option<String>,
+        pub rate_limit: Option<String>,
+        pub tolerance: Option<String>,
+        pub enabled: Option<bool>,
+        pub allow_sha1: Option<bool>,
+        pub signature_header: Option<String>,
+        pub algorithm: Option<String>,
+        pub encoding: Option<String>,
+        pub prefix: Option<String>,
+        pub timestamp_header: Option<String>,
+        pub timestamp_unit: Option<String>,
+        pub content: Option<String>,
+        pub id_header: Option<String>,
+        pub event_header: Option<String>,
+        pub event_field: Option<String>,
+        pub header: Option<String>,
+        pub query_param: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Route {
+        pub name: Option<String>,
+        pub source: Option<String>,
+        pub filter: Option<String>,
+        pub coalesce: Option<String>,
+        pub action: Option<Action>,
+        pub retry: Option<Retry>,
+        pub circuit_breaker: Option<Breaker>,
+        pub concurrency: Option<usize>,
+        pub enabled: Option<bool>,
+        pub schedule: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Action {
+        #[serde(rename = "type")]
+        pub kind: Option<String>,
+        pub argv: Option<Vec<String>>,
+        pub env: Option<BTreeMap<String, String>>,
+        pub cwd: Option<String>,
+        pub timeout: Option<String>,
+        pub url: Option<String>,
+        pub method: Option<String>,
+        pub headers: Option<BTreeMap<String, String>>,
+        pub body: Option<String>,
+        pub sign: Option<Sign>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Sign {
+        pub scheme: Option<String>,
+        pub secret: Option<String>,
+        pub signature_header: Option<String>,
+        pub algorithm: Option<String>,
+        pub encoding: Option<String>,
+        pub prefix: Option<String>,
+        pub timestamp_header: Option<String>,
+        pub timestamp_unit: Option<String>,
+        pub content: Option<String>,
+        pub id_header: Option<String>,
+        pub event_header: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Retry {
+        pub max_attempts: Option<u32>,
+        pub initial: Option<String>,
+        pub max: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Breaker {
+        pub window: Option<String>,
+        pub max_failures: Option<u32>,
+        pub open_for: Option<String>,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub store: StoreConfig,
+    pub admin_token: Option<Secret>,
+    pub worker: WorkerConfig,
+    pub sources: Vec<Source>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub max_body: usize,
+    pub log_client_ip: bool,
+    /// Time allowed to receive a request's headers and body.
+    pub read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this instance, across routes.
+    pub concurrency: usize,
+    /// How often to look for due jobs when nothing wakes the worker.
+    pub poll_interval: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are stopped and released.
+    pub shutdown_grace: Duration,
+    pub output_cap: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub provider: String,
+    pub verifier: Verifier,
+    pub max_body: usize,
+    pub rate_limit: Option<RateLimit>,
+    /// False when disabled, or when no secret is usable ("a source with no usable secret is off").
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { max_attempts: 5, initial: Duration::from_secs(1), max: Duration::from_secs(600) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    pub window: Duration,
+    pub max_failures: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Command {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: Option<String>,
+        timeout: Duration,
+    },
+    Http {
+        url: String,
+        method: http::Method,
+        headers: Vec<(String, String)>,
+        body: Option<String>,
+        timeout: Duration,
+        sign: Option<crate::actions::SignSpec>,
+    },
+}
+
+impl Action {
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Action::Command { timeout, .. } | Action::Http { timeout, .. } => *timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub source: String,
+    pub filter: Option<String>,
+    pub coalesce: Option<String>,
+    pub action: Action,
+    pub retry: Retry,
+    pub circuit_breaker: Option<Breaker>,
+    pub concurrency: Option<usize>,
+    pub enabled: bool,
+    pub schedule: Option<Duration>,
+}
+
+impl Config {
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+}
+
+/// Read, parse and validate a config file, applying `HOOKGATE_*` overrides from `env`.
+pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, env)
+}
+
+/// Parse and validate config text; relative `file:` secrets resolve against `base`.
+pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let file: raw::File =
+        toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(text, &e)))?;
+    validate(file, base, env)
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    // The message names the key ("unknown field `x`"); the source snippet is dropped: it may hold a secret.
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let listen_text = env
+        .var("HOOKGATE_LISTEN")
+        .or(file.server.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| invalid("server.listen", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
+    let max_body = opt_size("server.max_body", file.server.max_body.as_deref(), 1 << 20)?;
+    let server = Server {
+        listen,
+        max_body,
+        log_client_ip: file.server.log_client_ip.unwrap_or(false),
+        read_timeout: opt_duration("server.read_timeout", file.server.read_timeout.as_deref(), Duration::from_secs(30))?,
+        max_connections: file.server.max_connections.unwrap_or(10_000),
+    };
+    if server.max_connections == 0 {
+        return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+
+    let store = StoreConfig {
+        url: env
+            .var("HOOKGATE_STORE_URL")
+            .or(file.store.url)
+            .unwrap_or_else(|| "sqlite://hookgate.db".into()),
+        retention: opt_duration("store.retention", file.store.retention.as_deref(), Duration::from_secs(7 * 86400))?,
+    };
+    let store = StoreConfig { url: resolve_store_url(&store.url, base), ..store };
+
+    let admin_token_ref = file.admin.token.unwrap_or_else(|| "env:HOOKGATE_ADMIN_TOKEN".into());
+    let admin_token = resolve_secret("admin.token", &admin_token_ref, base, env)?;
+
+    let worker = WorkerConfig {
+        concurrency: file.worker.concurrency.unwrap_or(32),
+        poll_interval: opt_duration("worker.poll_interval", file.worker.poll_interval.as_deref(), Duration::from_secs(1))?,
+        shutdown_grace: opt_duration("worker.shutdown_grace", file.worker.shutdown_grace.as_deref(), Duration::from_secs(30))?,
+        output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), 16 << 10)?,
+    };
+    if worker.concurrency == 0 {
+        return Err(invalid("worker.concurrency", "must be at least 1"));
+    }
+
+    let mut sources = Vec::new();
+    for (i, raw) in file.sources.into_iter().enumerate() {
+        let source = validate_source(i, raw, max_body, base, env)?;
+        if sources.iter().any(|s: &Source| s.name == source.name) {
+            return Err(invalid(format!("sources[{i}].name"), format!("`{}` is used twice", source.name)));
+        }
+        sources.push(source);
+    }
+
+    let mut routes = Vec::new();
+    for (i, raw) in file.routes.into_iter().enumerate() {
+        let route = validate_route(i, raw, &sources, base, env)?;
+        if routes.iter().any(|r: &Route| r.name == route.name) {
+            return Err(invalid(format!("routes[{i}].name"), format!("`{}` is used twice", route.name)));
+        }
+        routes.push(route);
+    }
+
+    Ok(Config { server, store, admin_token, worker, sources, routes })
+}
+
+fn resolve_store_url(url: &str, base: &Path) -> String {
+    // A relative SQLite path is relative to the config file, like `file:` secrets.
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+    match path {
+        Some(p) if !p.is_empty() && Path::new(p).is_relative() && base != Path::new("") => {
+            format!("sqlite://{}", base.join(p).display())
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+fn validate_source(
+    i: usize,
+    raw: raw::Source,
+    default_max_body: usize,
+    base: &Path,
+    env: &dyn Env,
+) -> Result<Source, ConfigError> {
+    let key = |k: &str| format!("sources[{i}].{k}");
+    let name = raw.name.ok_or_else(|| invalid(key("name"), "missing"))?;
+    if !is_valid_name(&name) {
+        return Err(invalid(key("name"), "use letters, digits, '-', '_' or '.' (at most 64)"));
+    }
+    let key = |k: &str| format!("sources[{i}].{k}");
+    let provider = raw.provider.ok_or_else(|| invalid(key("provider"), "missing"))?;
+    let event_from = |header: Option<String>, field: Option<String>| -> Result<EventFrom, ConfigError> {
+        match (header, field) {
+            (Some(_), Some(_)) => Err(invalid(key("event_field"), "set event_header or event_field, not both")),
+            (Some(h), None) => Ok(EventFrom::Header(h.to_ascii_lowercase())),
+            (None, Some(f)) => Ok(EventFrom::Field(f)),
+            (None, None) => Ok(EventFrom::None),
+        }
+    };
+    let scheme = match provider.as_str() {
+        "github" => Scheme::Github { allow_sha1: raw.allow_sha1.unwrap_or(false) },
+        "gitlab" => Scheme::Gitlab,
+        "gitea" | "forgejo" => Scheme::Gitea,
+        "bitbucket" => Scheme::Bitbucket,
+        "infisical" => Scheme::Infisical,
+        "standard" => Scheme::Standard,
+        "stripe" => Scheme::Stripe,
+        "slack" => Scheme::Slack,
+        "hmac" => Scheme::Hmac(HmacOptions {
+            signature_header: raw
+                .signature_header
+                .ok_or_else(|| invalid(key("signature_header"), "required for provider \"hmac\""))?
+                .to_ascii_lowercase(),
+            algorithm: parse_algorithm(&key("algorithm"), raw.algorithm.as_deref())?,
+            encoding: parse_encoding(&key("encoding"), raw.encoding.as_deref())?,
+            prefix: raw.prefix.unwrap_or_default(),
+            timestamp_header: raw.timestamp_header.map(|h| h.to_ascii_lowercase()),
+            timestamp_unit: parse_unit(&key("timestamp_unit"), raw.timestamp_unit.as_deref())?,
+            content: validate_content(&key("content"), raw.content)?,
+            id_header: raw.id_header.map(|h| h.to_ascii_lowercase()),
+            event: event_from(raw.event_header, raw.event_field)?,
+        }),
+        "token" => Scheme::Token(TokenOptions {
+            header: raw.header.unwrap_or_else(|| "authorization".into()).to_ascii_lowercase(),
+            query_param: raw.query_param,
+            id_header: raw.id_header.map(|h| h.to_ascii_lowercase()),
+            event: event_from(raw.event_header, raw.event_field)?,
+        }),
+        other => {
+            return Err(invalid(
+                key("provider"),
+                format!(
+                    "unknown provider `{other}` (github, gitlab, gitea, forgejo, bitbucket, infisical, standard, stripe, slack, hmac, token)"
+                ),
+            ))
+        }
+    };
+    let mut refs = raw.secrets;
+    refs.extend(raw.secret);
+    let mut secrets = Vec::new();
+    for (j, r) in refs.iter().enumerate() {
+        if let Some(s) = resolve_secret(&key(&format!("secrets[{j}]")), r, base, env)? {
+            secrets.push(s);
+        }
+    }
+    let tolerance = opt_duration(&key("tolerance"), raw.tolerance.as_deref(), Duration::from_secs(300))?;
+    let max_body = opt_size(&key("max_body"), raw.max_body.as_deref(), default_max_body)?;
+    let rate_limit = raw.rate_limit.as_deref().map(|r| parse_rate(&key("rate_limit"), r)).transpose()?;
+    let mut enabled = raw.enabled.unwrap_or(true);
+    let mut disabled_reason = (!enabled).then(|| "enabled = false".to_string());
+    if enabled && secrets.is_empty() {
+        enabled = false;
+        disabled_reason = Some("no usable secret (check the env: or file: reference)".into());
+    }
+    Ok(Source {
+        name,
+        provider,
+        verifier: Verifier { scheme, secrets, tolerance },
+        max_body,
+        rate_limit,
+        enabled,
+        disabled_reason,
+    })
+}
+
+fn validate_route(
+    i: usize,
+    raw: raw::Route,
+    sources: &[Source],
+    base: &Path,
+    env: &dyn Env,
+) -> Result<Route, ConfigError> {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    let name = raw.name.ok_or_else(|| invalid(key("name"), "missing"))?;
+    if !is_valid_name(&name) {
+        return Err(invalid(key("name"), "use letters, digits, '-', '_' or '.' (at most 64)"));
+    }
+    let source = raw.source.ok_or_else(|| invalid(key("source"), "missing"))?;
+    if !sources.iter().any(|s| s.name == source) {
+        return Err(invalid(key("source"), format!("no source named `{source}`")));
+    }
+    let action = raw.action.ok_or_else(|| invalid(key("action"), "missing"))?;
+    let action = validate_action(&key("action"), action, base, env)?;
+    let retry = match raw.retry {
+        None => Retry::default(),
+        Some(r) => {
+            let d = Retry::default();
+            let retry = Retry {
+                max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+                initial: opt_duration(&key("retry.initial"), r.initial.as_deref(), d.initial)?,
+                max: opt_duration(&key("retry.max"), r.max.as_deref(), d.max)?,
+            };
+            if retry.max_attempts == 0 {
+                return Err(invalid(key("retry.max_attempts"), "must be at least 1"));
+            }
+            if retry.max < retry.initial {
+                return Err(invalid(key("retry.max"), "must not be less than retry.initial"));
+            }
+            retry
+        }
+    };
+    let circuit_breaker = raw
+        .circuit_breaker
+        .map(|b| -> Result<Breaker, ConfigError> {
+            Ok(Breaker {
+                window: opt_duration(&key("circuit_breaker.window"), b.window.as_deref(), Duration::from_secs(120))?,
+                max_failures: b.max_failures.unwrap_or(5).max(1),
+                open_for: opt_duration(&key("circuit_breaker.open_for"), b.open_for.as_deref(), Duration::from_secs(60))?,
+            })
+        })
+        .transpose()?;
+    if raw.concurrency == Some(0) {
+        return Err(invalid(key("concurrency"), "must be at least 1"));
+    }
+    let schedule = raw.schedule.as_deref().map(|s| parse_duration(&key("schedule"), s)).transpose()?;
+    if schedule.is_some_and(|s| s < Duration::from_secs(1)) {
+        return Err(invalid(key("schedule"), "must be at least 1s"));
+    }
+    Ok(Route {
+        name,
+        source,
+        filter: raw.filter,
+        coalesce: raw.coalesce,
+        action,
+        retry,
+        circuit_breaker,
+        concurrency: raw.concurrency,
+        enabled: raw.enabled.unwrap_or(true),
+        schedule,
+    })
+}
+
+fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> Result<Action, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    let kind = raw.kind.ok_or_else(|| invalid(k("type"), "missing (\"command\" or \"http\")"))?;
+    match kind.as_str() {
+        "command" => {
+            let argv = raw.argv.ok_or_else(|| invalid(k("argv"), "missing"))?;
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                return Err(invalid(k("argv"), "needs at least the program"));
+            }
+            if raw.url.is_some() || raw.sign.is_some() || raw.body.is_some() {
+                return Err(invalid(k("url"), "url, body and sign belong to type = \"http\""));
+            }
+            Ok(Action::Command {
+                argv,
+                env: raw.env.unwrap_or_default().into_iter().collect(),
+                cwd: raw.cwd,
+                timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(60))?,
+            })
+        }
+        "http" => {
+            let url = raw.url.ok_or_else(|| invalid(k("url"), "missing"))?;
+            if !url.contains("{{") && url::Url::parse(&url).is_err() {
+                return Err(invalid(k("url"), format!("`{url}` is not a URL")));
+            }
+            if raw.argv.is_some() {
+                return Err(invalid(k("argv"), "argv belongs to type = \"command\""));
+            }
+            let method_text = raw.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+            let method = http::Method::from_bytes(method_text.as_bytes())
+                .map_err(|_| invalid(k("method"), format!("`{method_text}` is not an HTTP method")))?;
+            let mut headers = Vec::new();
+            for (name, value) in raw.headers.unwrap_or_default() {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(invalid(k(&format!("headers.{name}")), "not a valid header name"));
+                }
+                headers.push((name, value));
+            }
+            let sign = raw.sign.map(|s| validate_sign(&k("sign"), s, base, env)).transpose()?;
+            Ok(Action::Http {
+                url,
+                method,
+                headers,
+                body: raw.body,
+                timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(10))?,
+                sign,
+            })
+        }
+        other => Err(invalid(k("type"), format!("unknown action type `{other}` (command, http)"))),
+    }
+}
+
+fn validate_sign(key: &str, raw: raw::Sign, base: &Path, env: &dyn Env) -> Result<crate::actions::SignSpec, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    let secret_ref = raw.secret.ok_or_else(|| invalid(k("secret"), "missing"))?;
+    let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
+        .ok_or_else(|| invalid(k("secret"), "resolves to nothing (is the variable or file set?)"))?;
+    let scheme_name = raw.scheme.unwrap_or_else(|| "standard".into());
+    let scheme = match scheme_name.as_str() {
+        "standard" => Scheme::Standard,
+        "github" => Scheme::Github { allow_sha1: false },
+        "hmac" => Scheme::Hmac(HmacOptions {
+            signature_header: raw.signature_header.unwrap_or_else(|| "X-Webhook-Signature".into()),
+            algorithm: parse_algorithm(&k("algorithm"), raw.algorithm.as_deref())?,
+            encoding: parse_encoding(&k("encoding"), raw.encoding.as_deref())?,
+            prefix: raw.prefix.unwrap_or_default(),
+            timestamp_header: raw.timestamp_header,
+            timestamp_unit: parse_unit(&k("timestamp_unit"), raw.timestamp_unit.as_deref())?,
+            content: validate_content(&k("content"), raw.content)?,
+            id_header: raw.id_header,
+            event: raw.event_header.map(EventFrom::Header).unwrap_or(EventFrom::None),
+        }),
+        other => return Err(invalid(k("scheme"), format!("unknown scheme `{other}` (standard, github, hmac)"))),
+    };
+    if scheme == Scheme::Standard {
+        let text = String::from_utf8_lossy(secret.expose()).to_string();
+        if let Some(b64) = text.strip_prefix("whsec_") {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD.decode(b64).is_err() {
+                return Err(invalid(k("secret"), "a whsec_ secret must be base64 after the prefix"));
+            }
+        }
+    }
+    Ok(crate::actions::SignSpec { scheme, secret })
+}
+
+fn validate_content(key: &str, content: Option<String>) -> Result<String, ConfigError> {
+    let content = content.unwrap_or_else(|| "{body}".into());
+    let mut rest = content.as_str();
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..]
+            .find('}')
+            .ok_or_else(|| invalid(key, "unclosed `{`"))?;
+        let name = &rest[start + 1..start + end];
+        if !matches!(name, "body" | "timestamp" | "id") {
+            return Err(invalid(key, format!("unknown placeholder `{{{name}}}` (body, timestamp, id)")));
+        }
+        rest = &rest[start + end + 1..];
+    }
+    Ok(content)
+}
+
+fn parse_algorithm(key: &str, v: Option<&str>) -> Result<Algorithm, ConfigError> {
+    match v.unwrap_or("sha256") {
+        "sha1" => Ok(Algorithm::Sha1),
+        "sha256" => Ok(Algorithm::Sha256),
+        "sha512" => Ok(Algorithm::Sha512),
+        other => Err(invalid(key, format!("unknown algorithm `{other}` (sha1, sha256, sha512)"))),
+    }
+}
+
+fn parse_encoding(key: &str, v: Option<&str>) -> Result<Encoding, ConfigError> {
+    match v.unwrap_or("hex") {
+        "hex" => Ok(Encoding::Hex),
+        "base64" => Ok(Encoding::Base64),
+        other => Err(invalid(key, format!("unknown encoding `{other}` (hex, base64)"))),
+    }
+}
+
+fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
+    match v.unwrap_or("s") {
+        "s" => Ok(TimeUnit::Seconds),
+        "ms" => Ok(TimeUnit::Millis),
+        other => Err(invalid(key, format!("unknown unit `{other}` (s, ms)"))),
+    }
+}
+
+/// Resolve `env:NAME`, `file:PATH` or a literal. `Ok(None)` when the variable is unset or the value empty.
+pub fn resolve_secret(key: &str, reference: &str, base: &Path, env: &dyn Env) -> Result<Option<Secret>, ConfigError> {
+    let value = if let Some(name) = reference.strip_prefix("env:") {
+        env.var(name)
+    } else if let Some(path) = reference.strip_prefix("file:") {
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| invalid(key, format!("cannot read secret file {}: {e}", path.display())))?;
+        Some(text.trim_end_matches(['\n', '\r']).to_string())
+    } else {
+        Some(reference.to_string())
+    };
+    Ok(value.filter(|v| !v.is_empty()).map(Secret::new))
+}
+
+fn opt_duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    v.map(|v| parse_duration(key, v)).transpose().map(|d| d.unwrap_or(default))
+}
+
+/// "500ms", "10s", "5m", "2h", "7d".
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.trim())
+        .map_err(|_| invalid(key, format!("`{v}` is not a duration like \"10s\", \"5m\" or \"7d\"")))
+}
+
+fn opt_size(key: &str, v: Option<&str>, default: usize) -> Result<usize, ConfigError> {
+    v.map(|v| parse_size(key, v)).transpose().map(|d| d.unwrap_or(default))
+}
+
+/// "512", "64KiB", "1MiB", "25MB", "1GiB".
+pub fn parse_size(key: &str, v: &str) -> Result<usize, ConfigError> {
+    let text = v.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let bad = || invalid(key, format!("`{v}` is not a size like \"1MiB\" or \"512KiB\""));
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).filter(|n| *n > 0).ok_or_else(bad)
+}
+
+/// "100/s", "600/m", "10000/h".
+pub fn parse_rate(key: &str, v: &str) -> Result<RateLimit, ConfigError> {
+    let bad = || invalid(key, format!("`{v}` is not a rate like \"100/s\" or \"600/m\""));
+    let (count, unit) = v.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 {
+        return Err(bad());
+    }
+    Ok(RateLimit { count, per })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const MINIMAL: &str = r#"
+        [[sources]]
+        name = "github"
+        provider = "github"
+        secrets = ["env:GH_SECRET"]
+
+        [[routes]]
+        name = "refresh"
+        source = "github"
+        action = { type = "command", argv = ["true"] }
+    "#;
+
+    #[test]
+    fn defaults_apply_when_sections_are_absent() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "s3cret")])).unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.server.max_body, 1 << 20);
+        assert_eq!(cfg.store.url, "sqlite://hookgate.db");
+        assert_eq!(cfg.store.retention, Duration::from_secs(7 * 86400));
+        assert!(cfg.sources[0].enabled);
+        assert_eq!(cfg.routes[0].retry.max_attempts, 5);
+        assert!(cfg.admin_token.is_none());
+    }
+
+    #[test]
+    fn env_overrides_listen_and_store_url() {
+        let e = env(&[("GH_SECRET", "x"), ("HOOKGATE_LISTEN", "127.0.0.1:0"), ("HOOKGATE_STORE_URL", "sqlite:///tmp/x.db")]);
+        let cfg = parse(MINIMAL, Path::new(""), &e).unwrap();
+        assert_eq!(cfg.server.listen.port(), 0);
+        assert_eq!(cfg.store.url, "sqlite:///tmp/x.db");
+    }
+
+    #[test]
+    fn a_source_without_a_usable_secret_is_off() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[])).unwrap();
+        assert!(!cfg.sources[0].enabled);
+        assert!(cfg.sources[0].disabled_reason.as_deref().unwrap().contains("no usable secret"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh.secret"), "from-file\n").unwrap();
+        let text = MINIMAL.replace("env:GH_SECRET", "file:gh.secret");
+        let cfg = parse(&text, dir.path(), &env(&[])).unwrap();
+        assert_eq!(cfg.sources[0].verifier.secrets[0].expose(), b"from-file");
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let text = MINIMAL.replace("provider = \"github\"", "provider = \"github\"\nsecretz = []");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("secretz"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_provider_names_the_key() {
+        let text = MINIMAL.replace("provider = \"github\"", "provider = \"githb\"");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("sources[0].provider"), "{err}");
+    }
+
+    #[test]
+    fn a_route_to_a_missing_source_names_the_key() {
+        let text = MINIMAL.replace("source = \"github\"", "source = \"gitlab\"");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("routes[0].source"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_key() {
+        let text = MINIMAL.replace("argv = [\"true\"]", "argv = [\"true\"], timeout = \"soon\"");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("routes[0].action.timeout"), "{err}");
+    }
+
+    #[test]
+    fn sizes_durations_and_rates_parse() {
+        assert_eq!(parse_size("k", "1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("k", "25MiB").unwrap(), 25 << 20);
+        assert_eq!(parse_size("k", "512").unwrap(), 512);
+        assert!(parse_size("k", "1XB").is_err());
+        assert!(parse_size("k", "0").is_err());
+        assert_eq!(parse_duration("k", "7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("k", "120s").unwrap(), Duration::from_secs(120));
+        let r = parse_rate("k", "100/s").unwrap();
+        assert_eq!((r.count, r.per), (100, Duration::from_secs(1)));
+        assert!(parse_rate("k", "100/week").is_err());
+    }
+
+    #[test]
+    fn a_relative_sqlite_path_is_relative_to_the_config_file() {
+        let text = format!("[store]\nurl = \"sqlite://data/h.db\"\n{MINIMAL}");
+        let cfg = parse(&text, Path::new("/etc/hookgate"), &env(&[])).unwrap();
+        assert_eq!(cfg.store.url, "sqlite:///etc/hookgate/data/h.db");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "hunter2-secret")])).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2-secret"));
+    }
+}

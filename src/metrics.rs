@@ -1,1 +1,49 @@
-//! metrics (in progress)
+//! metrics: the Prometheus recorder and the metric names of the SPEC, in one place.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const REQUESTS_TOTAL: &str = "hookgate_requests_total";
+pub const REQUEST_DURATION: &str = "hookgate_request_duration_seconds";
+pub const JOBS_TOTAL: &str = "hookgate_jobs_total";
+pub const JOB_DURATION: &str = "hookgate_job_duration_seconds";
+pub const QUEUE_DEPTH: &str = "hookgate_queue_depth";
+pub const DELIVERY_LATENCY: &str = "hookgate_delivery_latency_seconds";
+pub const CIRCUIT_STATE: &str = "hookgate_circuit_state";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide recorder once (several apps in one test process share it).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("buckets are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests embedding the app); keep ours rendering anyway.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "Webhook requests by source and outcome");
+    metrics::describe_histogram!(REQUEST_DURATION, metrics::Unit::Seconds, "Time to answer a webhook request");
+    metrics::describe_counter!(JOBS_TOTAL, "Job attempts by route and outcome");
+    metrics::describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Time one action attempt took");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Jobs in each status");
+    metrics::describe_histogram!(
+        DELIVERY_LATENCY,
+        metrics::Unit::Seconds,
+        "Time from receiving a webhook to its action succeeding"
+    );
+    metrics::describe_gauge!(CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open");
+}

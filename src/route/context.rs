@@ -1,0 +1,136 @@
+//! The variables that expressions and templates see: `event`, `body`, `headers`, `source`, `delivery`, `id`.
+
+use std::collections::BTreeMap;
+
+use minijinja::Value;
+
+use crate::store::StoredDelivery;
+
+/// One event as expressions and templates see it.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    pub source: String,
+    pub event: String,
+    pub delivery: String,
+    pub id: String,
+    /// Parsed JSON body, or null when the body is not JSON.
+    pub body: serde_json::Value,
+    /// Lower-case header names.
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as received (the default body of an `http` action).
+    pub raw_body: bytes::Bytes,
+}
+
+/// Why a body that needed parsing could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+impl EventContext {
+    pub fn new(
+        source: &str,
+        event: &str,
+        delivery: &str,
+        id: &str,
+        body: serde_json::Value,
+        headers: Vec<(String, String)>,
+    ) -> Self {
+        EventContext {
+            source: source.into(),
+            event: event.into(),
+            delivery: delivery.into(),
+            id: id.into(),
+            body,
+            headers,
+            raw_body: bytes::Bytes::new(),
+        }
+    }
+
+    /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null.
+    pub fn from_stored(d: &StoredDelivery) -> Self {
+        let content_type = d
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.as_str());
+        let body = parse_body(content_type, &d.body).unwrap_or(serde_json::Value::Null);
+        EventContext {
+            source: d.source.clone(),
+            event: d.event.clone(),
+            delivery: d.delivery.clone(),
+            id: d.id.clone(),
+            body,
+            headers: d.headers.clone(),
+            raw_body: d.body.clone(),
+        }
+    }
+
+    pub fn to_value(&self) -> Value {
+        let headers: BTreeMap<&str, &str> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        minijinja::context! {
+            event => &self.event,
+            source => &self.source,
+            delivery => &self.delivery,
+            id => &self.id,
+            headers => Value::from_serialize(&headers),
+            body => Value::from_serialize(&self.body),
+        }
+    }
+}
+
+/// Parse a webhook body: JSON, or a form with a `payload` field holding JSON (GitHub's form content type).
+/// Returns `Null` for bodies that are neither (plain text, empty). An error means the body claims to be
+/// JSON but is not.
+pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, BodyError> {
+    let media = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|c| c.trim().to_ascii_lowercase());
+    let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]);
+    match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v);
+            match payload {
+                Some(p) => serde_json::from_str(&p).map_err(|e| BodyError(format!("form field `payload` is not JSON: {e}"))),
+                None => Ok(serde_json::Value::Null),
+            }
+        }
+        Some(m) if m == "application/json" || m.ends_with("+json") => match trimmed {
+            None => Ok(serde_json::Value::Null),
+            Some(_) => serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}"))),
+        },
+        // No or another content type: JSON if it looks like JSON, else null.
+        _ => match trimmed {
+            Some([b'{' | b'[', ..]) => serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}"))),
+            _ => Ok(serde_json::Value::Null),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_bodies_parse() {
+        let v = parse_body(Some("application/json"), br#"{"a":1}"#).unwrap();
+        assert_eq!(v["a"], 1);
+    }
+
+    #[test]
+    fn broken_json_is_an_error() {
+        assert!(parse_body(Some("application/json"), b"{\"a\":").is_err());
+        assert!(parse_body(None, b"{\"a\":").is_err());
+    }
+
+    #[test]
+    fn github_form_payloads_parse() {
+        let v = parse_body(Some("application/x-www-form-urlencoded"), b"payload=%7B%22ref%22%3A%22x%22%7D").unwrap();
+        assert_eq!(v["ref"], "x");
+    }
+
+    #[test]
+    fn plain_text_is_null() {
+        assert_eq!(parse_body(Some("text/plain"), b"hello").unwrap(), serde_json::Value::Null);
+        assert_eq!(parse_body(None, b"").unwrap(), serde_json::Value::Null);
+    }
+}
