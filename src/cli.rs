@@ -1,1 +1,461 @@
-//! cli (in progress)
+//! cli: `hookgate serve|check|migrate|sign|send|deliveries|jobs`, with `--help` on every command.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ProcessEnv};
+use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions};
+
+/// Exit code for a bad configuration (EX_CONFIG-like, as sysexits' EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "hookgate", version, about = "Self-hosted webhook gateway: verify, store durably, answer fast, run actions reliably.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway: receive webhooks, and run their actions.
+    Serve(ConfigArg),
+    /// Validate a configuration file; exits non-zero naming the bad key.
+    Check(ConfigArg),
+    /// Create or upgrade the store's schema, then exit.
+    Migrate(ConfigArg),
+    /// Print the header lines that make BODY (stdin) verify for a provider.
+    Sign(SignArgs),
+    /// Sign a body (FILE or stdin) and POST it to URL.
+    Send(SendArgs),
+    /// Inspect and replay stored deliveries (admin API).
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Inspect and retry jobs (admin API).
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(short, long, env = "HOOKGATE_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct SchemeArgs {
+    /// github, gitlab, gitea, bitbucket, infisical, standard, stripe, slack, hmac, token.
+    #[arg(long)]
+    provider: String,
+    /// The shared secret (or env:NAME / file:PATH).
+    #[arg(long)]
+    secret: String,
+    /// hmac: header carrying the signature.
+    #[arg(long, default_value = "X-Webhook-Signature")]
+    signature_header: String,
+    /// hmac: sha1, sha256 or sha512.
+    #[arg(long, default_value = "sha256")]
+    algorithm: String,
+    /// hmac: hex or base64.
+    #[arg(long, default_value = "hex")]
+    encoding: String,
+    /// hmac: text before the signature, e.g. "sha256=".
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// hmac: header carrying the timestamp.
+    #[arg(long)]
+    timestamp_header: Option<String>,
+    /// hmac: s or ms.
+    #[arg(long, default_value = "s")]
+    timestamp_unit: String,
+    /// hmac: signed content, e.g. "{timestamp}.{body}".
+    #[arg(long, default_value = "{body}")]
+    content: String,
+    /// hmac/token: header carrying the delivery id.
+    #[arg(long)]
+    id_header: Option<String>,
+    /// hmac/token: header carrying the event name.
+    #[arg(long)]
+    event_header: Option<String>,
+    /// token: header holding the token (default Authorization: Bearer).
+    #[arg(long, default_value = "authorization")]
+    token_header: String,
+}
+
+#[derive(Args)]
+struct SignArgs {
+    #[command(flatten)]
+    scheme: SchemeArgs,
+    /// Message / delivery id (default: a new one).
+    #[arg(long)]
+    id: Option<String>,
+    /// Timestamp in Unix seconds (or ms when > 10^12; default: now).
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// Event name to include where the provider carries one in a header.
+    #[arg(long)]
+    event: Option<String>,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Where to POST, e.g. http://127.0.0.1:8080/hooks/github.
+    url: String,
+    #[command(flatten)]
+    scheme: SchemeArgs,
+    #[arg(long)]
+    event: Option<String>,
+    /// Body file (default: stdin).
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of a running hookgate.
+    #[arg(long, env = "HOOKGATE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Admin token.
+    #[arg(long, env = "HOOKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// List recent deliveries, newest first.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one delivery with its jobs and attempts.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+    /// Route a stored delivery again, creating new jobs.
+    Replay {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// queued, running, succeeded or dead.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        route: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Queue a dead (or succeeded) job again.
+    Retry {
+        #[command(flatten)]
+        admin: AdminArgs,
+        id: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKGATE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(a) => return serve(&a.config).await,
+        Command::Check(a) => return check(&a.config),
+        Command::Migrate(a) => migrate(&a.config).await,
+        Command::Sign(a) => sign(a),
+        Command::Send(a) => send(a).await,
+        Command::Deliveries(c) => deliveries(c).await,
+        Command::Jobs(c) => jobs(c).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<crate::live::Live, String> {
+    let config = config::load(path, &ProcessEnv).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::live::Live::build(config).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(live) => {
+            for s in live.config.sources.iter().filter(|s| !s.enabled) {
+                eprintln!("warning: sources `{}` is off: {}", s.name, s.disabled_reason.as_deref().unwrap_or("disabled"));
+            }
+            println!(
+                "{}: ok ({} sources, {} routes)",
+                path.display(),
+                live.config.sources.len(),
+                live.config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn migrate(path: &Path) -> anyhow::Result<()> {
+    let live = load(path).map_err(anyhow::Error::msg)?;
+    crate::store::open(&live.config.store.url).await?;
+    println!("store is at the current schema");
+    Ok(())
+}
+
+async fn serve(path: &Path) -> ExitCode {
+    let config = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let app = match crate::startup::Application::build(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone(), app.state().live.clone(), path.to_path_buf()));
+    match app.run_until_stopped(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM / Ctrl-C stop gracefully; SIGHUP reloads sources and routes from the same file.
+async fn watch_signals(shutdown: CancellationToken, live: crate::live::LiveHandle, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => match load(&path) {
+                Ok(next) => {
+                    let old = live.current();
+                    if next.config.store.url != old.config.store.url || next.config.server.listen != old.config.server.listen {
+                        tracing::warn!("store.url and server.listen change only on restart");
+                    }
+                    live.replace(next);
+                    tracing::info!("configuration reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "reload refused; keeping the running configuration"),
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn scheme_from(args: &SchemeArgs) -> anyhow::Result<(Scheme, Secret)> {
+    let env = ProcessEnv;
+    let secret = config::resolve_secret("--secret", &args.secret, Path::new("."), &env)?
+        .ok_or_else(|| anyhow::anyhow!("--secret is empty"))?;
+    let scheme = match args.provider.as_str() {
+        "github" => Scheme::Github { allow_sha1: false },
+        "gitlab" => Scheme::Gitlab,
+        "gitea" | "forgejo" => Scheme::Gitea,
+        "bitbucket" => Scheme::Bitbucket,
+        "infisical" => Scheme::Infisical,
+        "standard" => Scheme::Standard,
+        "stripe" => Scheme::Stripe,
+        "slack" => Scheme::Slack,
+        "hmac" => Scheme::Hmac(HmacOptions {
+            signature_header: args.signature_header.clone(),
+            algorithm: match args.algorithm.as_str() {
+                "sha1" => Algorithm::Sha1,
+                "sha256" => Algorithm::Sha256,
+                "sha512" => Algorithm::Sha512,
+                other => anyhow::bail!("--algorithm: unknown `{other}` (sha1, sha256, sha512)"),
+            },
+            encoding: match args.encoding.as_str() {
+                "hex" => Encoding::Hex,
+                "base64" => Encoding::Base64,
+                other => anyhow::bail!("--encoding: unknown `{other}` (hex, base64)"),
+            },
+            prefix: args.prefix.clone(),
+            timestamp_header: args.timestamp_header.clone(),
+            timestamp_unit: if args.timestamp_unit == "ms" { TimeUnit::Millis } else { TimeUnit::Seconds },
+            content: args.content.clone(),
+            id_header: args.id_header.clone(),
+            event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
+        }),
+        "token" => Scheme::Token(TokenOptions {
+            header: args.token_header.to_ascii_lowercase(),
+            query_param: None,
+            id_header: args.id_header.clone(),
+            event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
+        }),
+        other => anyhow::bail!("--provider: unknown `{other}`"),
+    };
+    Ok((scheme, secret))
+}
+
+fn signed_headers(
+    args: &SchemeArgs,
+    id: Option<String>,
+    timestamp: Option<i64>,
+    event: Option<&str>,
+    body: &[u8],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let (scheme, secret) = scheme_from(args)?;
+    let id = id.unwrap_or_else(|| format!("msg_{}", crate::store::new_id().replace('-', "")));
+    let timestamp_ms = match timestamp {
+        Some(t) if t > 1_000_000_000_000 => t,
+        Some(t) => t * 1000,
+        None => crate::store::now_ms(),
+    };
+    let msg = crate::sign::Message { id: &id, event, timestamp_ms, body };
+    Ok(crate::sign::headers(&scheme, &secret, &msg)?)
+}
+
+fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body)?;
+    for (name, value) in signed_headers(&args.scheme, args.id, args.timestamp, args.event.as_deref(), &body)? {
+        println!("{name}: {value}");
+    }
+    Ok(())
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let body = match &args.file {
+        Some(path) => std::fs::read(path)?,
+        None => {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b)?;
+            b
+        }
+    };
+    let headers = signed_headers(&args.scheme, None, None, args.event.as_deref(), &body)?;
+    let mut request = reqwest::Client::new().post(&args.url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let response = request.body(body).send().await?;
+    let status = response.status();
+    println!("{}", status.as_u16());
+    println!("{}", response.text().await.unwrap_or_default());
+    if !status.is_success() {
+        anyhow::bail!("the gateway answered {status}");
+    }
+    Ok(())
+}
+
+async fn admin_call(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<()> {
+    let url = format!("{}{path}", admin.url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(&admin.token)
+        .query(query)
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if !status.is_success() {
+        anyhow::bail!("the admin API answered {status}");
+    }
+    Ok(())
+}
+
+fn opt(pairs: &mut Vec<(&'static str, String)>, key: &'static str, value: Option<String>) {
+    if let Some(v) = value {
+        pairs.push((key, v));
+    }
+}
+
+async fn deliveries(cmd: DeliveriesCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeliveriesCommand::List { admin, source, event, limit, cursor } => {
+            let mut q = vec![("limit", limit.to_string())];
+            opt(&mut q, "source", source);
+            opt(&mut q, "event", event);
+            opt(&mut q, "cursor", cursor);
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q).await
+        }
+        DeliveriesCommand::Show { admin, id } => {
+            admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/deliveries/{id}"), &[]).await
+        }
+        DeliveriesCommand::Replay { admin, id } => {
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/replay"), &[]).await
+        }
+    }
+}
+
+async fn jobs(cmd: JobsCommand) -> anyhow::Result<()> {
+    match cmd {
+        JobsCommand::List { admin, status, route, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            opt(&mut q, "status", status);
+            opt(&mut q, "route", route);
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/jobs", &q).await
+        }
+        JobsCommand::Retry { admin, id } => {
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry"), &[]).await
+        }
+    }
+}

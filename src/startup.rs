@@ -1,1 +1,72 @@
-//! startup (in progress)
+//! startup: build the application (store, listener, worker) and run it until a shutdown signal.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::Runner;
+use crate::config::Config;
+use crate::edge::{app, AppState};
+use crate::live::{Live, LiveHandle};
+use crate::worker::Worker;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    worker: Arc<Worker>,
+}
+
+impl Application {
+    /// Open the store (running migrations), compile the configuration and bind the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let live = Live::build(config)?;
+        for source in live.config.sources.iter().filter(|s| !s.enabled) {
+            let reason = source.disabled_reason.as_deref().unwrap_or("disabled");
+            tracing::warn!(source = %source.name, reason, "source is off");
+        }
+        let store = crate::store::open(&live.config.store.url).await?;
+        let listener = TcpListener::bind(live.config.server.listen).await?;
+        let live = LiveHandle::new(live);
+        let wake = Arc::new(Notify::new());
+        let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new()));
+        let state = AppState { live, store, wake, metrics: crate::metrics::install() };
+        Ok(Application { listener, state, worker })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn worker(&self) -> Arc<Worker> {
+        self.worker.clone()
+    }
+
+    /// Serve HTTP and run the worker and maintenance until `shutdown` fires; then stop accepting,
+    /// finish in-flight requests, and let the worker drain.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.listener.local_addr()?;
+        tracing::info!(addr = %addr, "listening");
+        let worker = tokio::spawn(self.worker.clone().run(shutdown.clone()));
+        let maintenance = tokio::spawn(crate::worker::maintenance::run(
+            self.state.store.clone(),
+            self.state.live.clone(),
+            self.state.wake.clone(),
+            shutdown.clone(),
+        ));
+        let router = app(self.state.clone());
+        let signal = shutdown.clone();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await?;
+        let _ = maintenance.await;
+        let _ = worker.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -5,7 +5,7 @@
 mod context;
 mod render;
 
-pub use context::EventContext;
+pub use context::{context_for_request, parse_body, BodyError, EventContext};
 pub use render::RenderError;
 
 use std::collections::HashMap;

@@ -1,1 +1,4 @@
-//! ui (in progress)
+//! ui: the dashboard (in progress).
+use axum::Router;
+use crate::edge::AppState;
+pub fn router() -> Router<AppState> { Router::new() }

@@ -1,1 +1,274 @@
-//! worker (in progress)
+//! worker: claims due jobs under a lease, runs their actions, records attempts, retries with backoff.
+//!
+//! Job life: `queued` → `running` (leased to this instance) → `succeeded` | `queued` again with a later
+//! `run_at` | `dead`. A crashed instance's leases expire and its jobs are claimed again. On shutdown the
+//! worker stops claiming, lets running jobs finish within the grace period, then stops them and gives
+//! them back to the queue without using up an attempt.
+
+pub mod backoff;
+pub mod maintenance;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{AttemptResult, Outcome, Runner};
+use crate::live::{Live, LiveHandle};
+use crate::metrics::{DELIVERY_LATENCY, JOBS_TOTAL, JOB_DURATION};
+use crate::route::EventContext;
+use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
+
+/// Extra lease time beyond an action's timeout, covering the kill grace and the final write.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+pub struct Worker {
+    store: DynStore,
+    live: LiveHandle,
+    runner: Runner,
+    owner: String,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    route_slots: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
+    /// Fires when the shutdown grace is over: running actions are stopped.
+    force: CancellationToken,
+}
+
+/// A job this worker claimed, with the capacity it holds while running.
+struct Running {
+    job: ClaimedJob,
+    _slot: OwnedSemaphorePermit,
+    _route_slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Worker {
+    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<Notify>, runner: Runner) -> Self {
+        let concurrency = live.current().config.worker.concurrency;
+        let id = crate::store::new_id();
+        Worker {
+            store,
+            live,
+            runner,
+            owner: format!("{}-{}", std::process::id(), &id[id.len() - 8..]),
+            wake,
+            slots: Arc::new(Semaphore::new(concurrency)),
+            route_slots: Mutex::new(HashMap::new()),
+            force: CancellationToken::new(),
+        }
+    }
+
+    /// This instance's lease owner name.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Claim what is due now and run it to completion; returns how many jobs ran. Tests drive the queue
+    /// step by step with this.
+    pub async fn run_due_jobs(&self) -> Result<usize, StoreError> {
+        let live = self.live.current();
+        let claimed = self.claim(&live).await?;
+        let n = claimed.len();
+        let runs = claimed.into_iter().map(|r| self.execute(&live, r));
+        futures_util::future::join_all(runs).await;
+        Ok(n)
+    }
+
+    /// Run until `shutdown` fires, then drain within the configured grace.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let live = self.live.current();
+            let poll = live.config.worker.poll_interval;
+            let claimed = match self.claim(&live).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    claimed
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 30 == 0 {
+                        tracing::warn!(error = %e, "cannot claim jobs; will retry");
+                    }
+                    Vec::new()
+                }
+            };
+            let idle = claimed.is_empty();
+            for running in claimed {
+                let worker = self.clone();
+                let live = live.clone();
+                tasks.spawn(async move { worker.execute(&live, running).await });
+            }
+            while tasks.try_join_next().is_some() {}
+            if !idle && self.slots.available_permits() > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        self.drain(tasks).await;
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>) {
+        if tasks.is_empty() {
+            return;
+        }
+        let grace = self.live.current().config.worker.shutdown_grace;
+        tracing::info!(running = tasks.len(), grace_s = grace.as_secs(), "waiting for running jobs");
+        let finished = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if finished.is_err() {
+            tracing::warn!(running = tasks.len(), "grace period over; stopping running jobs and releasing them");
+            self.force.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+        }
+    }
+
+    fn route_semaphore(&self, route: &str, limit: usize) -> Arc<Semaphore> {
+        let mut map = self.route_slots.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((route.to_string(), limit))
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
+    }
+
+    /// Claim as many due jobs as there is capacity for: global slots, and per-route `concurrency`.
+    async fn claim(&self, live: &Live) -> Result<Vec<Running>, StoreError> {
+        let mut out = Vec::new();
+        let mut unlimited = Vec::new();
+        let mut unlimited_timeout = Duration::ZERO;
+        let mut limited = Vec::new();
+        for route in live.routes.routes().filter(|r| r.config.enabled) {
+            match route.config.concurrency {
+                None => {
+                    unlimited.push(route.name().to_string());
+                    unlimited_timeout = unlimited_timeout.max(route.config.action.timeout());
+                }
+                Some(n) => limited.push((route.name().to_string(), n, route.config.action.timeout())),
+            }
+        }
+        if !unlimited.is_empty() {
+            self.claim_into(&mut out, unlimited, unlimited_timeout, None).await?;
+        }
+        for (route, limit, timeout) in limited {
+            let sem = self.route_semaphore(&route, limit);
+            if sem.available_permits() > 0 {
+                self.claim_into(&mut out, vec![route], timeout, Some(sem)).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim_into(
+        &self,
+        out: &mut Vec<Running>,
+        routes: Vec<String>,
+        timeout: Duration,
+        route_sem: Option<Arc<Semaphore>>,
+    ) -> Result<(), StoreError> {
+        let mut limit = self.slots.available_permits();
+        if let Some(sem) = &route_sem {
+            limit = limit.min(sem.available_permits());
+        }
+        if limit == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        let lease_until = now + (timeout + LEASE_MARGIN).as_millis() as i64;
+        let jobs = self
+            .store
+            .claim_jobs(Claim { owner: self.owner.clone(), limit, now, lease_until, routes })
+            .await?;
+        for job in jobs {
+            // Capacity was counted above and only this loop takes permits, so these succeed.
+            let slot = self.slots.clone().try_acquire_owned().expect("global slot counted before claim");
+            let route_slot = route_sem
+                .as_ref()
+                .map(|s| s.clone().try_acquire_owned().expect("route slot counted before claim"));
+            out.push(Running { job, _slot: slot, _route_slot: route_slot });
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, live: &Live, running: Running) {
+        let job = &running.job;
+        let started_ms = now_ms();
+        let started = Instant::now();
+        let Some(route) = live.routes.get(&job.route) else {
+            // The route vanished in a reload; keep the job for a configuration that knows it.
+            let _ = self.store.release_job(&job.id, &self.owner, now_ms() + 60_000).await;
+            return;
+        };
+        let ctx = EventContext::from_stored(&job.delivery);
+        let output_cap = live.config.worker.output_cap;
+        let result = match live.routes.render_action(route, &ctx, &job.id, output_cap) {
+            Ok(spec) => self.runner.run(spec, &self.force).await,
+            Err(e) => AttemptResult { outcome: Outcome::Failed, error: Some(e.to_string()), output: None, status_code: None },
+        };
+        let finished_ms = now_ms();
+        if self.force.is_cancelled() && result.outcome != Outcome::Success {
+            // Stopped by shutdown, not by its own fault: give it back without using an attempt.
+            if let Err(e) = self.store.release_job(&job.id, &self.owner, finished_ms).await {
+                tracing::warn!(job = %job.id, error = %e, "could not release job; its lease will expire");
+            }
+            return;
+        }
+        let retry = &route.config.retry;
+        let (next, label) = match &result.outcome {
+            Outcome::Success => (NextState::Succeeded, "succeeded"),
+            Outcome::Retryable { retry_after } if job.attempt < retry.max_attempts => {
+                let pause = backoff::delay(retry, job.attempt, *retry_after);
+                (NextState::Retry { at: finished_ms + pause.as_millis() as i64 }, "retry")
+            }
+            Outcome::Retryable { .. } | Outcome::Failed => (NextState::Dead, "dead"),
+            Outcome::Gone => (NextState::Dead, "gone"),
+        };
+        let record = AttemptRecord {
+            attempt: job.attempt,
+            started_at: started_ms,
+            finished_at: finished_ms,
+            ok: result.outcome == Outcome::Success,
+            error: result.error.clone(),
+            output: result.output.clone(),
+            status_code: result.status_code,
+        };
+        let route_label = route.name().to_string();
+        metrics::counter!(JOBS_TOTAL, "route" => route_label.clone(), "outcome" => label).increment(1);
+        metrics::histogram!(JOB_DURATION, "route" => route_label.clone()).record(started.elapsed().as_secs_f64());
+        if next == NextState::Succeeded {
+            let latency = (finished_ms - job.delivery.received_at).max(0) as f64 / 1000.0;
+            metrics::histogram!(DELIVERY_LATENCY, "route" => route_label.clone()).record(latency);
+        }
+        match &result.error {
+            Some(error) => tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, error = %error, "job attempt"),
+            None => tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt"),
+        }
+        if matches!(result.outcome, Outcome::Gone) {
+            tracing::warn!(route = %route_label, "peer answered 410 Gone");
+        }
+        self.finish(job, record, next).await;
+    }
+
+    /// Record the attempt; a store hiccup is retried briefly, after which the lease expiry takes over.
+    async fn finish(&self, job: &ClaimedJob, record: AttemptRecord, next: NextState) {
+        for pause_ms in [0u64, 200, 1000, 3000] {
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            match self.store.finish_job(&job.id, &self.owner, record.clone(), next).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    tracing::warn!(job = %job.id, "lease was lost before the attempt was recorded");
+                    return;
+                }
+                Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record attempt; retrying"),
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `POST /hooks/{source}`: limit, verify, route, commit once, answer — nothing else on the request path.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
+use crate::route::context_for_request;
+use crate::store::{new_id, now_ms, Insert, NewDelivery};
+use crate::verify::Inbound;
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let live = state.live.current();
+    // Label only configured sources: a scanner probing random names must not grow the metric set.
+    let label = match live.config.source(&source) {
+        Some(s) => s.name.clone(),
+        None => "unknown".to_string(),
+    };
+    let result = handle(&state, &live, &source, query.as_deref(), &headers, body).await;
+    let outcome = match &result {
+        Ok(Accepted::Stored { .. }) => "accepted",
+        Ok(Accepted::Duplicate { .. }) => "duplicate",
+        Err(e) => e.code(),
+    };
+    metrics::counter!(REQUESTS_TOTAL, "source" => label.clone(), "outcome" => outcome).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "source" => label.clone()).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(accepted) => {
+            tracing::info!(source = %label, outcome, "webhook");
+            accepted.into_response()
+        }
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(source = %label, outcome, "webhook not accepted");
+            } else {
+                tracing::info!(source = %label, outcome, "webhook refused");
+            }
+            e.into_response()
+        }
+    }
+}
+
+enum Accepted {
+    Stored { id: String, delivery: String, event: String, jobs: usize },
+    Duplicate { id: String },
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        match self {
+            Accepted::Stored { id, delivery, event, jobs } => (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "id": id, "delivery": delivery, "event": event, "jobs": jobs })),
+            )
+                .into_response(),
+            Accepted::Duplicate { id } => {
+                (StatusCode::OK, Json(serde_json::json!({ "id": id, "duplicate": true }))).into_response()
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    live: &crate::live::Live,
+    source_name: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, ApiError> {
+    let source = live
+        .config
+        .source(source_name)
+        .filter(|s| s.enabled)
+        .ok_or(ApiError::NotFound)?;
+
+    if let Some(limiter) = live.limiters.get(&source.name) {
+        if let Err(not_until) = limiter.check() {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+        }
+    }
+
+    let body = read_body(body, headers, source.max_body, live.config.server.read_timeout).await?;
+    let received_at = now_ms();
+    let verified = source.verifier.verify(&Inbound { headers, body: &body, query, now_ms: received_at })?;
+
+    let id = new_id();
+    let event = verified.event.unwrap_or_else(|| "unknown".to_string());
+    // Without a provider delivery id nothing can be deduplicated; our own id keeps rows unique.
+    let delivery = verified.delivery.unwrap_or_else(|| id.clone());
+    let header_list = header_pairs(headers);
+    let ctx = context_for_request(&source.name, &event, &delivery, &id, &header_list, &body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let jobs = live.routes.jobs_for(&ctx, received_at);
+
+    let stored = state
+        .store
+        .insert_delivery(
+            NewDelivery {
+                id: id.clone(),
+                source: source.name.clone(),
+                event: event.clone(),
+                delivery: delivery.clone(),
+                received_at,
+                headers: header_list,
+                body,
+            },
+            jobs,
+        )
+        .await?;
+    match stored {
+        Insert::Stored { id, jobs } => {
+            if jobs > 0 {
+                state.wake.notify_one();
+            }
+            Ok(Accepted::Stored { id, delivery, event, jobs })
+        }
+        Insert::Duplicate { id } => Ok(Accepted::Duplicate { id }),
+    }
+}
+
+/// Read the body, refusing before reading past `limit` and cutting off clients slower than `timeout`.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
+        Ok(Err(_)) => Err(ApiError::BadRequest("the request body could not be read".into())),
+    }
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect()
+}
