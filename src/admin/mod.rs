@@ -1,4 +1,207 @@
-//! admin: the bearer-token admin API (in progress).
-use axum::Router;
+//! admin: the bearer-token API over the store — deliveries, jobs, replay and retry. Off (404) without a token.
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
 use crate::edge::AppState;
-pub fn router() -> Router<AppState> { Router::new() }
+use crate::error::ApiError;
+use crate::route::EventContext;
+use crate::store::{
+    now_ms, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis, StoredDelivery,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/deliveries", get(list_deliveries))
+        .route("/api/v1/deliveries/{id}", get(show_delivery))
+        .route("/api/v1/deliveries/{id}/replay", post(replay_delivery))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
+}
+
+/// Proof that the request carries the admin token. 404 when no token is configured (the API does not
+/// exist), 401 without the right bearer token.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let live = state.live.current();
+        let Some(expected) = &live.config.admin_token else {
+            return Err(ApiError::NotFound);
+        };
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.expose())) {
+            Ok(AdminAuth)
+        } else {
+            Err(ApiError::Unauthorized("a valid admin bearer token is required"))
+        }
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Header names whose values are credentials or signatures, and never leave the store unredacted.
+pub fn is_sensitive_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["signature", "token", "secret", "authorization", "cookie", "hmac", "api-key", "apikey", "password"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+fn redacted_headers(headers: &[(String, String)]) -> Value {
+    let mut map = serde_json::Map::new();
+    for (k, v) in headers {
+        let value = if is_sensitive_header(k) { "[redacted]".to_string() } else { v.clone() };
+        map.insert(k.clone(), Value::String(value));
+    }
+    Value::Object(map)
+}
+
+fn body_json(d: &StoredDelivery) -> Value {
+    match serde_json::from_slice::<Value>(&d.body) {
+        Ok(v) => v,
+        Err(_) if d.body.is_empty() => Value::Null,
+        Err(_) => Value::String(String::from_utf8_lossy(&d.body).into_owned()),
+    }
+}
+
+fn delivery_summary(d: &DeliverySummary) -> Value {
+    json!({
+        "id": d.id, "source": d.source, "event": d.event, "delivery": d.delivery,
+        "received_at": timestamp(d.received_at), "jobs": d.jobs,
+    })
+}
+
+fn job_summary(j: &JobSummary) -> Value {
+    json!({
+        "id": j.id, "delivery_id": j.delivery_id, "route": j.route, "status": j.status,
+        "attempts": j.attempts, "last_error": j.last_error,
+        "next_attempt_at": j.next_attempt_at.map(timestamp),
+        "created_at": timestamp(j.created_at), "updated_at": timestamp(j.updated_at), "merged": j.merged,
+    })
+}
+
+fn job_detail(j: &JobDetail) -> Value {
+    let mut v = job_summary(&j.job);
+    v["attempt_log"] = j
+        .attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt, "started_at": timestamp(a.started_at), "finished_at": timestamp(a.finished_at),
+                "ok": a.ok, "error": a.error, "status_code": a.status_code, "output": a.output,
+            })
+        })
+        .collect();
+    v
+}
+
+#[derive(Deserialize)]
+struct DeliveriesParams {
+    source: Option<String>,
+    event: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_deliveries(
+    _auth: AdminAuth,
+    State(state): State<AppState>,
+    Query(p): Query<DeliveriesParams>,
+) -> Result<Json<Value>, ApiError> {
+    let page = state
+        .store
+        .list_deliveries(DeliveryQuery {
+            source: p.source,
+            event: p.event,
+            limit: p.limit.unwrap_or(50).clamp(1, 1000),
+            before: p.cursor,
+        })
+        .await?;
+    let items: Vec<Value> = page.items.iter().map(delivery_summary).collect();
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+async fn show_delivery(
+    _auth: AdminAuth,
+    State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let detail = state.store.get_delivery(&id).await?.ok_or(ApiError::NotFound)?;
+    let d = &detail.delivery;
+    Ok(Json(json!({
+        "id": d.id, "source": d.source, "event": d.event, "delivery": d.delivery,
+        "received_at": timestamp(d.received_at),
+        "headers": redacted_headers(&d.headers),
+        "body": body_json(d),
+        "jobs": detail.jobs.iter().map(job_detail).collect::<Vec<_>>(),
+    })))
+}
+
+async fn replay_delivery(
+    _auth: AdminAuth,
+    State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let detail = state.store.get_delivery(&id).await?.ok_or(ApiError::NotFound)?;
+    let live = state.live.current();
+    let ctx = EventContext::from_stored(&detail.delivery);
+    let jobs = live.routes.jobs_for(&ctx, now_ms());
+    let n = if jobs.is_empty() { 0 } else { state.store.insert_jobs(&id, jobs).await? };
+    if n > 0 {
+        state.wake.notify_one();
+    }
+    tracing::info!(delivery = %id, jobs = n, "delivery replayed");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": n }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct JobsParams {
+    status: Option<String>,
+    route: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_jobs(
+    _auth: AdminAuth,
+    State(state): State<AppState>, Query(p): Query<JobsParams>) -> Result<Json<Value>, ApiError> {
+    let status = match p.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!("status must be queued, running, succeeded or dead, not `{s}`"))
+        })?),
+    };
+    let page = state
+        .store
+        .list_jobs(JobQuery { status, route: p.route, limit: p.limit.unwrap_or(50).clamp(1, 1000), before: p.cursor })
+        .await?;
+    let items: Vec<Value> = page.items.iter().map(job_summary).collect();
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+async fn retry_job(
+    _auth: AdminAuth,
+    State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if !state.store.retry_job(&id, now_ms()).await? {
+        return Err(ApiError::NotFound);
+    }
+    state.wake.notify_one();
+    tracing::info!(job = %id, "job queued again by an operator");
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "queued" }))).into_response())
+}
