@@ -23,7 +23,7 @@ use crate::route::EventContext;
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
 
 /// Extra lease time beyond an action's timeout, covering the kill grace and the final write.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     store: DynStore,

@@ -1,0 +1,111 @@
+//! The CLI: `check` names bad keys and exits 64, `sign` output verifies, `send` and admin commands work.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn run(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(hookgate_bin());
+    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.env_remove("HOOKGATE_CONFIG").env_remove("HOOKGATE_ADMIN_TOKEN");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn check_accepts_every_example() {
+    for example in ["quickstart", "gitops-reconcile", "repo-refresh"] {
+        let path = format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"));
+        let (code, out, err) = run(&["check", "--config", &path], None, &[("GITHUB_WEBHOOK_SECRET", "s")]);
+        assert_eq!(code, 0, "{example}: {out}{err}");
+        assert!(out.contains("ok"));
+    }
+}
+
+#[test]
+fn check_names_the_bad_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\ntolerance = \"soon\"\n").unwrap();
+    let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("sources[0].tolerance"), "{err}");
+
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 2\n").unwrap();
+    let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 64);
+    assert!(err.contains("lisen"), "{err}");
+}
+
+#[test]
+fn sign_prints_headers_that_match_githubs_documented_vector() {
+    let (code, out, err) = run(&["sign", "--provider", "github", "--secret", GITHUB_SECRET], Some("Hello, World!"), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("X-Hub-Signature-256: sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["sign", "--help"],
+        vec!["send", "--help"],
+        vec!["deliveries", "--help"],
+        vec!["deliveries", "list", "--help"],
+        vec!["jobs", "list", "--help"],
+        vec!["jobs", "retry", "--help"],
+    ] {
+        let (code, out, _) = run(&args, None, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.contains("Usage"), "{args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_and_the_admin_commands_work_against_a_running_server() {
+    let app = spawn_app(&format!(
+        "{GITHUB_SOURCE}\n[[routes]]\nname = \"fails\"\nsource = \"github\"\naction = {{ type = \"command\", argv = [\"false\"] }}\nretry = {{ max_attempts = 1 }}\n"
+    ))
+    .await;
+    let url = format!("{}/hooks/github", app.addr);
+    let addr = app.addr.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run(&["send", &url, "--provider", "github", "--secret", GITHUB_SECRET, "--event", "push"], Some("{\"ref\":\"x\"}"), &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("202"), "{out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().nth(1).unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    terminal_jobs(&app, &id).await;
+
+    let env = [("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let (code, out, _) = tokio::task::block_in_place(|| run(&["deliveries", "list"], None, &env));
+    assert_eq!(code, 0);
+    assert!(out.contains(&id));
+    let (code, out, _) = tokio::task::block_in_place(|| run(&["deliveries", "show", &id], None, &env));
+    assert_eq!(code, 0);
+    assert!(out.contains("\"route\": \"fails\""));
+    let (code, out, _) = tokio::task::block_in_place(|| run(&["jobs", "list", "--status", "dead"], None, &env));
+    assert_eq!(code, 0);
+    let jobs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let job_id = jobs["items"][0]["id"].as_str().unwrap().to_string();
+    let (code, _, _) = tokio::task::block_in_place(|| run(&["jobs", "retry", &job_id], None, &env));
+    assert_eq!(code, 0);
+    let (code, out, _) = tokio::task::block_in_place(|| run(&["deliveries", "replay", &id], None, &env));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"jobs\": 1"));
+    let (code, _, _) = tokio::task::block_in_place(|| run(&["deliveries", "list"], None, &[("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", "wrong")]));
+    assert_ne!(code, 0);
+}

@@ -1,0 +1,276 @@
+//! Test support: the app on port 0 with a fresh SQLite file, the real binary, independent signers, polling.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+
+pub const GITHUB_SECRET: &str = "It's a Secret to Everybody";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running in-process hookgate with its own temporary directory and database.
+pub struct TestApp {
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    pub store: hookgate::store::DynStore,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The `[server]`/`[store]`/`[admin]` head every test config gets; `{dir}` is the test's temp dir.
+fn head(dir: &Path) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}/hookgate.db\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[worker]\npoll_interval = \"100ms\"\nshutdown_grace = \"5s\"\n",
+        dir.display()
+    )
+}
+
+/// Start the app with `body` (sources and routes) appended to a test head. `{dir}` in `body` is replaced
+/// by the test's temporary directory.
+pub async fn spawn_app(body: &str) -> TestApp {
+    spawn_app_with_env(body, BTreeMap::new()).await
+}
+
+pub async fn spawn_app_with_env(body: &str, env: BTreeMap<String, String>) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{}", head(dir.path()), body.replace("{dir}", &dir.path().display().to_string()));
+    let config = hookgate::config::parse(&text, dir.path(), &env).expect("test config is valid");
+    let app = hookgate::startup::Application::build(config).await.expect("app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let store = app.state().store.clone();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp { addr, dir, client: reqwest::Client::new(), store, shutdown, handle: Some(handle) }
+}
+
+/// Build the app (store opened, port bound) without running it: tests drive the worker step by step.
+pub async fn build_app(body: &str) -> (hookgate::startup::Application, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{}", head(dir.path()), body.replace("{dir}", &dir.path().display().to_string()));
+    let config = hookgate::config::parse(&text, dir.path(), &BTreeMap::<String, String>::new()).unwrap();
+    (hookgate::startup::Application::build(config).await.unwrap(), dir)
+}
+
+pub fn new_delivery(source: &str, delivery: &str) -> hookgate::store::NewDelivery {
+    hookgate::store::NewDelivery {
+        id: hookgate::store::new_id(),
+        source: source.into(),
+        event: "push".into(),
+        delivery: delivery.into(),
+        received_at: hookgate::store::now_ms(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: bytes::Bytes::from_static(b"{}"),
+    }
+}
+
+impl TestApp {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn post_hook(&self, source: &str, headers: &[(&str, String)], body: &str) -> reqwest::Response {
+        let mut request = self.client.post(format!("{}/hooks/{source}", self.addr)).body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// A correctly signed GitHub delivery.
+    pub async fn github(&self, event: &str, delivery: &str, body: &str) -> reqwest::Response {
+        self.post_hook("github", &github_headers(event, delivery, body), body).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.addr))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.client.post(format!("{}{path}", self.addr)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
+    }
+
+    /// Stop gracefully and wait for the worker to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// GitHub's `X-Hub-Signature-256`, computed here with the hmac crate, independently of hookgate's code.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn github_headers(event: &str, delivery: &str, body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("content-type", "application/json".to_string()),
+        ("x-github-event", event.to_string()),
+        ("x-github-delivery", delivery.to_string()),
+        ("x-hub-signature-256", github_signature(GITHUB_SECRET, body.as_bytes())),
+    ]
+}
+
+pub fn push_body(reference: &str, full_name: &str) -> String {
+    let name = full_name.rsplit('/').next().unwrap();
+    serde_json::json!({
+        "ref": reference,
+        "after": "0000000000000000000000000000000000000001",
+        "repository": { "name": name, "full_name": full_name },
+        "pusher": { "name": "octo", "email": "octo@example.com" }
+    })
+    .to_string()
+}
+
+pub const GITHUB_SOURCE: &str = r#"
+[[sources]]
+name = "github"
+provider = "github"
+secrets = ["It's a Secret to Everybody"]
+"#;
+
+/// Poll `check` until it returns Some, for at most `limit`; panics with `what` on timeout.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Jobs of a delivery, from the admin API.
+pub async fn delivery_jobs(app: &TestApp, id: &str) -> Vec<serde_json::Value> {
+    app.admin_get(&format!("/api/v1/deliveries/{id}")).await["jobs"].as_array().unwrap().clone()
+}
+
+/// Wait until every job of the delivery is succeeded or dead, returning them.
+pub async fn terminal_jobs(app: &TestApp, id: &str) -> Vec<serde_json::Value> {
+    eventually(Duration::from_secs(20), "jobs to finish", || async {
+        let jobs = delivery_jobs(app, id).await;
+        jobs.iter()
+            .all(|j| j["status"] == "succeeded" || j["status"] == "dead")
+            .then_some(jobs)
+    })
+    .await
+}
+
+/// The real `hookgate` binary serving a config file; its port is read from the "listening" log line.
+pub struct BinaryServer {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub fn hookgate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hookgate")
+}
+
+impl BinaryServer {
+    pub fn start(config: &Path, envs: &[(&str, &str)]) -> BinaryServer {
+        let mut cmd = Command::new(hookgate_bin());
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("HOOKGATE_LISTEN", "127.0.0.1:0")
+            .env("HOOKGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("hookgate binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(pos) = line.find("listening addr=") {
+                    let addr = line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hookgate did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        BinaryServer { child, addr: format!("http://{addr}"), log }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the process to exit on its own.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.child.wait().expect("hookgate exits")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Admin GET against a binary server.
+pub async fn admin_json(base: &str, path: &str) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "GET {path}: {}", response.status());
+    response.json().await.unwrap()
+}

@@ -1,0 +1,204 @@
+//! `POST /hooks/{source}` status codes, deduplication, limits, health and metrics.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn config() -> String {
+    format!(
+        r#"{GITHUB_SOURCE}
+max_body = "4KiB"
+
+[[sources]]
+name = "off"
+provider = "github"
+secrets = ["x"]
+enabled = false
+
+[[sources]]
+name = "app"
+provider = "token"
+secrets = ["app-token"]
+event_field = "type"
+
+[[routes]]
+name = "log"
+source = "github"
+filter = 'event == "push"'
+action = {{ type = "command", argv = ["true"] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_verified_delivery_is_stored_and_answered_202_with_its_jobs() {
+    let app = spawn_app(&config()).await;
+    let body = push_body("refs/heads/main", "octo/hello");
+    let response = app.github("push", "d-1", &body).await;
+    assert_eq!(response.status(), 202);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["delivery"], "d-1");
+    assert_eq!(json["event"], "push");
+    assert_eq!(json["jobs"], 1);
+    let id = json["id"].as_str().unwrap();
+    let stored = app.store.get_delivery(id).await.unwrap().expect("stored before the 202");
+    assert_eq!(&stored.delivery.body[..], body.as_bytes());
+}
+
+#[tokio::test]
+async fn the_same_delivery_twice_is_answered_200_duplicate_without_new_jobs() {
+    let app = spawn_app(&config()).await;
+    let body = push_body("refs/heads/main", "octo/hello");
+    let first: serde_json::Value = app.github("push", "same", &body).await.json().await.unwrap();
+    let again = app.github("push", "same", &body).await;
+    assert_eq!(again.status(), 200);
+    let json: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(json["duplicate"], true);
+    assert_eq!(json["id"], first["id"]);
+    let jobs = app.store.list_jobs(Default::default()).await.unwrap();
+    assert_eq!(jobs.items.len(), 1);
+}
+
+#[tokio::test]
+async fn a_ping_is_answered_and_runs_nothing() {
+    let app = spawn_app(&config()).await;
+    let response = app.github("ping", "p-1", r#"{"zen":"Keep it logically awesome."}"#).await;
+    assert_eq!(response.status(), 202);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["jobs"], 0);
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_signature_is_401_and_reveals_nothing() {
+    let app = spawn_app(&config()).await;
+    let body = push_body("refs/heads/main", "octo/hello");
+    let mut headers = github_headers("push", "bad-1", &body);
+    headers[3].1 = github_signature("wrong secret", body.as_bytes());
+    let response = app.post_hook("github", &headers, &body).await;
+    assert_eq!(response.status(), 401);
+    let text = response.text().await.unwrap();
+    let expected = github_signature(GITHUB_SECRET, body.as_bytes());
+    assert!(!text.contains(&expected[7..]), "the expected signature leaked: {text}");
+    assert!(!text.contains("Secret"));
+
+    headers.remove(3);
+    assert_eq!(app.post_hook("github", &headers, &body).await.status(), 401);
+
+    let truncated = vec![
+        ("x-github-event", "push".to_string()),
+        ("x-github-delivery", "bad-2".to_string()),
+        ("x-hub-signature-256", expected[..expected.len() - 2].to_string()),
+    ];
+    assert_eq!(app.post_hook("github", &truncated, &body).await.status(), 401);
+    assert!(app.store.list_deliveries(Default::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_and_disabled_sources_are_404() {
+    let app = spawn_app(&config()).await;
+    let body = "{}";
+    assert_eq!(app.post_hook("nope", &github_headers("push", "x", body), body).await.status(), 404);
+    assert_eq!(app.post_hook("off", &github_headers("push", "x", body), body).await.status(), 404);
+}
+
+#[tokio::test]
+async fn other_methods_are_405() {
+    let app = spawn_app(&config()).await;
+    let response = app.client.get(format!("{}/hooks/github", app.addr)).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let response = app.client.put(format!("{}/hooks/github", app.addr)).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_declared_or_streamed() {
+    let app = spawn_app(&config()).await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(5000));
+    let response = app.github("push", "big-1", &big).await;
+    assert_eq!(response.status(), 413);
+
+    // Without Content-Length (chunked): refused once the limit is crossed.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        (0..100).map(|_| Ok(bytes::Bytes::from(vec![b'x'; 1024]))).collect();
+    let stream = futures_util::stream::iter(chunks);
+    let response = app
+        .client
+        .post(format!("{}/hooks/github", app.addr))
+        .header("x-github-event", "push")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn a_verified_body_that_is_not_json_is_400() {
+    let app = spawn_app(&config()).await;
+    let body = "{\"ref\": ";
+    let response = app.github("push", "broken-1", body).await;
+    assert_eq!(response.status(), 400);
+    assert!(app.store.list_deliveries(Default::default()).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn a_token_source_takes_the_event_from_the_body() {
+    let app = spawn_app(&config()).await;
+    let headers = [("authorization", "Bearer app-token".to_string()), ("content-type", "application/json".into())];
+    let response = app.post_hook("app", &headers, r#"{"type":"user.created"}"#).await;
+    assert_eq!(response.status(), 202);
+    let json: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(json["event"], "user.created");
+    let wrong = [("authorization", "Bearer nope".to_string())];
+    assert_eq!(app.post_hook("app", &wrong, "{}").await.status(), 401);
+}
+
+#[tokio::test]
+async fn a_locked_store_answers_503_and_acknowledges_nothing() {
+    let app = spawn_app(&config()).await;
+    // Another connection holds the write lock longer than the store's busy timeout.
+    let db = app.path("hookgate.db");
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        locked_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let body = push_body("refs/heads/main", "octo/hello");
+    let response = app.github("push", "locked-1", &body).await;
+    assert_eq!(response.status(), 503);
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // Once the store is back, the same delivery is accepted (it was not stored before).
+    assert_eq!(app.github("push", "locked-1", &body).await.status(), 202);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let app = spawn_app(&config()).await;
+    let body = push_body("refs/heads/main", "octo/hello");
+    app.github("push", "m-1", &body).await;
+    let health = app.client.get(format!("{}/healthz", app.addr)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.headers()["x-content-type-options"], "nosniff");
+    assert!(health.headers().get("server").is_none());
+    assert_eq!(app.client.get(format!("{}/readyz", app.addr)).send().await.unwrap().status(), 200);
+    let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+    for name in ["hookgate_requests_total", "hookgate_request_duration_seconds", "hookgate_queue_depth"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(metrics.contains(r#"hookgate_requests_total{source="github",outcome="accepted"}"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn responses_never_echo_the_payload_or_server_version() {
+    let app = spawn_app(&config()).await;
+    let body = r#"{"ref":"refs/heads/main","secret_marker":"do-not-echo-7731"}"#;
+    let response = app.github("push", "echo-1", body).await;
+    assert!(response.headers().get("server").is_none());
+    assert!(!response.text().await.unwrap().contains("do-not-echo-7731"));
+}
