@@ -3,6 +3,7 @@
 //! Every method that changes state returns only after the change is committed to disk, so a caller may
 //! acknowledge what it wrote. Times are Unix milliseconds (`Millis`), ids are UUIDv7 strings (time-ordered).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -271,16 +272,15 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Open the store named by a URL: `sqlite://PATH` (or a bare path), later `postgres://…`.
+/// Open the store named by a URL: `sqlite://PATH` (or a bare path) or `postgres://…`; migrations run here.
 pub async fn open(url: &str) -> Result<DynStore, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         let store = sqlite::SqliteStore::open(path).await?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Unavailable(
-            "PostgreSQL support is not built yet (issue 3)".into(),
-        ));
+        let store = postgres::PostgresStore::open(url).await?;
+        return Ok(Arc::new(store));
     }
     let store = sqlite::SqliteStore::open(url).await?;
     Ok(Arc::new(store))

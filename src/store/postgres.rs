@@ -1,0 +1,628 @@
+//! PostgreSQL store: several hookgate instances share one queue (SKIP LOCKED claims, leases, advisory locks).
+//!
+//! Each write is one transaction on a pooled connection; PostgreSQL's own group commit batches the WAL
+//! flushes of concurrent requests. A lost server answers `Unavailable` and the pool reconnects by itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use super::*;
+
+/// Versioned schema steps; a step never changes once released.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+
+/// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
+const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        // Data errors and bugs are ours; connection, resource and shutdown classes mean "try later".
+        Some(code) => {
+            let class = &code.code()[..2];
+            if matches!(class, "08" | "53" | "57" | "58" | "40") {
+                StoreError::Unavailable(e.to_string())
+            } else {
+                StoreError::Internal(e.to_string())
+            }
+        }
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+impl PostgresStore {
+    /// Connect (lazily: a server that is down now may come back) and apply pending migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Internal(format!("bad PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let store = PostgresStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    /// Apply every migration not yet recorded, under an advisory lock so concurrent starts agree.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS hookgate_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(pg_error)?;
+        let current: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM hookgate_migrations", &[])
+            .await
+            .map_err(pg_error)?
+            .get(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql).await.map_err(pg_error)?;
+            tx.execute(
+                "INSERT INTO hookgate_migrations (version, applied_at) VALUES ($1, $2)",
+                &[version, &now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+
+    /// The highest applied migration.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM hookgate_migrations", &[])
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get(0))
+    }
+}
+
+fn headers_to_text(headers: &[(String, String)]) -> String {
+    serde_json::to_string(headers).unwrap_or_else(|_| "[]".into())
+}
+
+fn headers_from_text(text: &str) -> Vec<(String, String)> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+fn status_of(text: &str) -> Result<JobStatus, StoreError> {
+    JobStatus::parse(text).ok_or_else(|| StoreError::Internal(format!("unknown job status `{text}`")))
+}
+
+const JOB_COLUMNS: &str =
+    "id, delivery_id, route, status, attempts, last_error, run_at, created_at, updated_at, merged";
+
+fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
+    let status = status_of(row.get::<_, &str>("status"))?;
+    Ok(JobSummary {
+        id: row.get("id"),
+        delivery_id: row.get("delivery_id"),
+        route: row.get("route"),
+        status,
+        attempts: row.get::<_, i32>("attempts") as u32,
+        last_error: row.get("last_error"),
+        next_attempt_at: (status == JobStatus::Queued).then(|| row.get("run_at")),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        merged: row.get::<_, i32>("merged") as u32,
+    })
+}
+
+fn stored_delivery(row: &Row) -> StoredDelivery {
+    StoredDelivery {
+        id: row.get("id"),
+        source: row.get("source"),
+        event: row.get("event"),
+        delivery: row.get("delivery"),
+        received_at: row.get("received_at"),
+        headers: headers_from_text(row.get("headers")),
+        body: Bytes::from(row.get::<_, Vec<u8>>("body")),
+    }
+}
+
+/// Insert jobs for a delivery inside `tx`, merging keyed jobs into a queued one of the same route and key.
+async fn insert_jobs_tx(
+    tx: &deadpool_postgres::Transaction<'_>,
+    delivery_id: &str,
+    jobs: &[NewJob],
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let mut count = 0;
+    for job in jobs {
+        if let Some(key) = &job.coalesce_key {
+            // Serialise writers of one (route, key) so two instances cannot both miss the queued job.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
+                &[&job.route, key],
+            )
+            .await
+            .map_err(pg_error)?;
+            let merged = tx
+                .execute(
+                    "UPDATE jobs SET delivery_id = $1, merged = merged + 1, updated_at = $2
+                     WHERE id = (SELECT id FROM jobs WHERE route = $3 AND coalesce_key = $4 AND status = 'queued'
+                                 ORDER BY run_at LIMIT 1)",
+                    &[&delivery_id, &now, &job.route, key],
+                )
+                .await
+                .map_err(pg_error)?;
+            if merged > 0 {
+                count += 1;
+                continue;
+            }
+        }
+        tx.execute(
+            "INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at, created_at, updated_at, merged)
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $6, 0)",
+            &[&job.id, &delivery_id, &job.route, &job.coalesce_key, &job.run_at, &now],
+        )
+        .await
+        .map_err(pg_error)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.query_one("SELECT 1", &[]).await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn insert_delivery(&self, d: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (source, delivery) DO NOTHING RETURNING id",
+                &[&d.id, &d.source, &d.event, &d.delivery, &d.received_at, &headers_to_text(&d.headers), &&d.body[..]],
+            )
+            .await
+            .map_err(pg_error)?;
+        if inserted.is_none() {
+            let existing = tx
+                .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
+                .await
+                .map_err(pg_error)?;
+            tx.rollback().await.map_err(pg_error)?;
+            return Ok(Insert::Duplicate { id: existing.get(0) });
+        }
+        let count = insert_jobs_tx(&tx, &d.id, &jobs, d.received_at).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(Insert::Stored { id: d.id, jobs: count })
+    }
+
+    async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let exists = tx
+            .query_opt("SELECT 1 FROM deliveries WHERE id = $1", &[&delivery_id])
+            .await
+            .map_err(pg_error)?;
+        if exists.is_none() {
+            return Ok(0);
+        }
+        let count = insert_jobs_tx(&tx, delivery_id, &jobs, now_ms()).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(count)
+    }
+
+    async fn claim_jobs(&self, claim: Claim) -> Result<Vec<ClaimedJob>, StoreError> {
+        if claim.limit == 0 || claim.routes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
+        let limit = claim.limit as i64;
+        let rows = tx
+            .query(
+                "WITH candidates AS (
+                    SELECT j.id, j.run_at,
+                           row_number() OVER (PARTITION BY j.route, COALESCE(j.coalesce_key, j.id)
+                                              ORDER BY j.run_at, j.id) AS rn
+                    FROM jobs j
+                    WHERE j.route = ANY($1)
+                      AND ((j.status = 'queued' AND j.run_at <= $2) OR (j.status = 'running' AND j.lease_until < $2))
+                      AND (j.coalesce_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM jobs r
+                            WHERE r.route = j.route AND r.coalesce_key = j.coalesce_key AND r.id <> j.id
+                              AND r.status = 'running' AND r.lease_until >= $2))
+                 ), picked AS (
+                    SELECT id FROM jobs
+                    WHERE id IN (SELECT id FROM candidates WHERE rn = 1 ORDER BY run_at, id LIMIT $3)
+                      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND lease_until < $2))
+                    FOR UPDATE SKIP LOCKED
+                 )
+                 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $4,
+                                 lease_until = $5, updated_at = $2
+                 FROM picked WHERE jobs.id = picked.id
+                 RETURNING jobs.id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at, jobs.delivery_id",
+                &[&claim.routes, &claim.now, &limit, &claim.owner, &claim.lease_until],
+            )
+            .await
+            .map_err(pg_error)?;
+        let delivery_ids: Vec<String> = rows.iter().map(|r| r.get("delivery_id")).collect();
+        let deliveries = tx
+            .query(
+                "SELECT id, source, event, delivery, received_at, headers, body FROM deliveries WHERE id = ANY($1)",
+                &[&delivery_ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        let by_id: std::collections::HashMap<String, StoredDelivery> =
+            deliveries.iter().map(|r| (r.get::<_, String>("id"), stored_delivery(r))).collect();
+        let mut claimed: Vec<ClaimedJob> = rows
+            .iter()
+            .filter_map(|r| {
+                let delivery = by_id.get(r.get::<_, &str>("delivery_id"))?.clone();
+                Some(ClaimedJob {
+                    id: r.get("id"),
+                    route: r.get("route"),
+                    coalesce_key: r.get("coalesce_key"),
+                    attempt: r.get::<_, i32>("attempts") as u32,
+                    created_at: r.get("created_at"),
+                    delivery,
+                })
+            })
+            .collect();
+        claimed.sort_by_key(|j| j.created_at);
+        Ok(claimed)
+    }
+
+    async fn finish_job(
+        &self,
+        job_id: &str,
+        owner: &str,
+        attempt: AttemptRecord,
+        next: NextState,
+    ) -> Result<bool, StoreError> {
+        let (status, run_at): (&str, Option<Millis>) = match next {
+            NextState::Succeeded => ("succeeded", None),
+            NextState::Retry { at } => ("queued", Some(at)),
+            NextState::Dead => ("dead", None),
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let updated = tx
+            .execute(
+                "UPDATE jobs SET status = $3, run_at = COALESCE($4, run_at), last_error = $5,
+                                 lease_owner = NULL, lease_until = NULL, updated_at = $6
+                 WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+                &[&job_id, &owner, &status, &run_at, &attempt.error, &attempt.finished_at],
+            )
+            .await
+            .map_err(pg_error)?;
+        if updated == 0 {
+            tx.rollback().await.map_err(pg_error)?;
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &job_id,
+                &(attempt.attempt as i32),
+                &attempt.started_at,
+                &attempt.finished_at,
+                &attempt.ok,
+                &attempt.error,
+                &attempt.output,
+                &attempt.status_code.map(i32::from),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(true)
+    }
+
+    async fn release_job(&self, job_id: &str, owner: &str, run_at: Millis) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE jobs SET status = 'queued', run_at = $3, attempts = GREATEST(attempts - 1, 0),
+                                 lease_owner = NULL, lease_until = NULL, updated_at = $4
+                 WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+                &[&job_id, &owner, &run_at, &now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(n > 0)
+    }
+
+    async fn retry_job(&self, job_id: &str, now: Millis) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, last_error = NULL, updated_at = $2
+                 WHERE id = $1 AND status IN ('dead', 'succeeded')",
+                &[&job_id, &now],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(n > 0)
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, StoreError> {
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT id, source, event, delivery, received_at, headers, body FROM deliveries WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(None);
+        };
+        let delivery = stored_delivery(&row);
+        let job_rows = client
+            .query(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = $1 ORDER BY created_at, id"),
+                &[&id],
+            )
+            .await
+            .map_err(pg_error)?;
+        let job_ids: Vec<String> = job_rows.iter().map(|r| r.get("id")).collect();
+        let attempt_rows = client
+            .query(
+                "SELECT job_id, attempt, started_at, finished_at, ok, error, output, status_code
+                 FROM attempts WHERE job_id = ANY($1) ORDER BY seq",
+                &[&job_ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut jobs = Vec::with_capacity(job_rows.len());
+        for row in &job_rows {
+            let job = job_summary(row)?;
+            let attempts = attempt_rows
+                .iter()
+                .filter(|a| a.get::<_, &str>("job_id") == job.id)
+                .map(|a| AttemptRecord {
+                    attempt: a.get::<_, i32>("attempt") as u32,
+                    started_at: a.get("started_at"),
+                    finished_at: a.get("finished_at"),
+                    ok: a.get("ok"),
+                    error: a.get("error"),
+                    output: a.get("output"),
+                    status_code: a.get::<_, Option<i32>>("status_code").map(|c| c as u16),
+                })
+                .collect();
+            jobs.push(JobDetail { job, attempts });
+        }
+        Ok(Some(DeliveryDetail { delivery, jobs }))
+    }
+
+    async fn list_deliveries(&self, q: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
+        let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) } as i64;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT d.id, d.source, d.event, d.delivery, d.received_at,
+                        COUNT(j.id) FILTER (WHERE j.status = 'queued') AS queued,
+                        COUNT(j.id) FILTER (WHERE j.status = 'running') AS running,
+                        COUNT(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded,
+                        COUNT(j.id) FILTER (WHERE j.status = 'dead') AS dead
+                 FROM (SELECT * FROM deliveries
+                       WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR event = $2)
+                         AND ($3::text IS NULL OR id < $3)
+                       ORDER BY id DESC LIMIT $4) d
+                 LEFT JOIN jobs j ON j.delivery_id = d.id
+                 GROUP BY d.id, d.source, d.event, d.delivery, d.received_at
+                 ORDER BY d.id DESC",
+                &[&q.source, &q.event, &q.before, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        let items: Vec<DeliverySummary> = rows
+            .iter()
+            .map(|r| DeliverySummary {
+                id: r.get("id"),
+                source: r.get("source"),
+                event: r.get("event"),
+                delivery: r.get("delivery"),
+                received_at: r.get("received_at"),
+                jobs: JobCounts {
+                    queued: r.get::<_, i64>("queued") as u64,
+                    running: r.get::<_, i64>("running") as u64,
+                    succeeded: r.get::<_, i64>("succeeded") as u64,
+                    dead: r.get::<_, i64>("dead") as u64,
+                },
+            })
+            .collect();
+        let next = (items.len() as i64 == limit).then(|| items.last().map(|d| d.id.clone())).flatten();
+        Ok(Page { items, next })
+    }
+
+    async fn list_jobs(&self, q: JobQuery) -> Result<Page<JobSummary>, StoreError> {
+        let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) } as i64;
+        let status = q.status.map(|s| s.as_str().to_string());
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR route = $2)
+                       AND ($3::text IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[&status, &q.route, &q.before, &limit],
+            )
+            .await
+            .map_err(pg_error)?;
+        let items = rows.iter().map(job_summary).collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() as i64 == limit).then(|| items.last().map(|j| j.id.clone())).flatten();
+        Ok(Page { items, next })
+    }
+
+    async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS (
+                    SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))",
+                &[&before],
+            )
+            .await
+            .map_err(pg_error)
+    }
+
+    async fn job_counts(&self) -> Result<JobCounts, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT status, COUNT(*) FROM jobs GROUP BY status", &[])
+            .await
+            .map_err(pg_error)?;
+        let mut counts = JobCounts::default();
+        for row in rows {
+            let n = row.get::<_, i64>(1) as u64;
+            match status_of(row.get::<_, &str>(0))? {
+                JobStatus::Queued => counts.queued = n,
+                JobStatus::Running => counts.running = n,
+                JobStatus::Succeeded => counts.succeeded = n,
+                JobStatus::Dead => counts.dead = n,
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Create a fresh, empty schema on the server of `base_url` and return a URL whose connections use it.
+/// Tests give every case its own schema this way; nothing else should need it.
+pub async fn fresh_schema_url(base_url: &str) -> Result<String, StoreError> {
+    let (client, connection) = tokio_postgres::connect(base_url, NoTls).await.map_err(pg_error)?;
+    let task = tokio::spawn(connection);
+    let schema = format!("hookgate_test_{}", new_id().replace('-', ""));
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.map_err(pg_error)?;
+    drop(client);
+    let _ = task.await;
+    let separator = if base_url.contains('?') { '&' } else { '?' };
+    Ok(format!("{base_url}{separator}options=-csearch_path%3D{schema}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> Option<PostgresStore> {
+        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let url = fresh_schema_url(&base).await.expect("PostgreSQL reachable");
+        Some(PostgresStore::open(&url).await.expect("store opens"))
+    }
+
+    fn delivery(source: &str, delivery: &str) -> NewDelivery {
+        NewDelivery {
+            id: new_id(),
+            source: source.into(),
+            event: "push".into(),
+            delivery: delivery.into(),
+            received_at: now_ms(),
+            headers: vec![("x-a".into(), "1".into())],
+            body: Bytes::from_static(b"{}"),
+        }
+    }
+
+    fn job(route: &str, key: Option<&str>) -> NewJob {
+        NewJob { id: new_id(), route: route.into(), coalesce_key: key.map(Into::into), run_at: now_ms() }
+    }
+
+    #[tokio::test]
+    async fn migrations_apply_once_and_record_their_version() {
+        let Some(store) = store().await else { return };
+        store.migrate().await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i32);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_round_trips_and_duplicates_write_nothing() {
+        let Some(store) = store().await else { return };
+        let d = delivery("github", "d1");
+        assert_eq!(
+            store.insert_delivery(d.clone(), vec![job("r", None)]).await.unwrap(),
+            Insert::Stored { id: d.id.clone(), jobs: 1 }
+        );
+        let again = delivery("github", "d1");
+        assert_eq!(
+            store.insert_delivery(again, vec![job("r", None)]).await.unwrap(),
+            Insert::Duplicate { id: d.id.clone() }
+        );
+        let detail = store.get_delivery(&d.id).await.unwrap().unwrap();
+        assert_eq!(detail.delivery.headers, d.headers);
+        assert_eq!(detail.jobs.len(), 1);
+        assert_eq!(store.job_counts().await.unwrap().queued, 1);
+    }
+
+    #[tokio::test]
+    async fn claims_lease_retry_and_finish() {
+        let Some(store) = store().await else { return };
+        let d = delivery("github", "d2");
+        let j = job("r", Some("k"));
+        store.insert_delivery(d.clone(), vec![j.clone()]).await.unwrap();
+        // Coalesces into the queued job.
+        store.insert_delivery(delivery("github", "d3"), vec![job("r", Some("k"))]).await.unwrap();
+        let claim = |owner: &str, lease_until| Claim {
+            owner: owner.into(),
+            limit: 10,
+            now: now_ms(),
+            lease_until,
+            routes: vec!["r".into()],
+        };
+        let claimed = store.claim_jobs(claim("a", now_ms() + 60_000)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempt, 1);
+        assert!(store.claim_jobs(claim("b", now_ms() + 60_000)).await.unwrap().is_empty());
+        let record = AttemptRecord {
+            attempt: 1,
+            started_at: now_ms(),
+            finished_at: now_ms(),
+            ok: false,
+            error: Some("boom".into()),
+            output: None,
+            status_code: None,
+        };
+        assert!(!store.finish_job(&claimed[0].id, "b", record.clone(), NextState::Dead).await.unwrap());
+        assert!(store.finish_job(&claimed[0].id, "a", record, NextState::Retry { at: 0 }).await.unwrap());
+        let again = store.claim_jobs(claim("b", now_ms() - 1)).await.unwrap();
+        assert_eq!(again[0].attempt, 2);
+        // Its lease already ran out: another owner may take it over.
+        let taken = store.claim_jobs(claim("c", now_ms() + 60_000)).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert!(store.release_job(&taken[0].id, "c", now_ms()).await.unwrap());
+        let page = store.list_jobs(JobQuery { status: Some(JobStatus::Queued), ..Default::default() }).await.unwrap();
+        assert_eq!(page.items[0].merged, 1);
+    }
+}
