@@ -74,7 +74,7 @@ fn every_command_has_help() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_and_the_admin_commands_work_against_a_running_server() {
-    let app = spawn_app(&format!(
+    let app = spawn_app(&Backend::Sqlite, &format!(
         "{GITHUB_SOURCE}\n[[routes]]\nname = \"fails\"\nsource = \"github\"\naction = {{ type = \"command\", argv = [\"false\"] }}\nretry = {{ max_attempts = 1 }}\n"
     ))
     .await;

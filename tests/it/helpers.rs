@@ -24,23 +24,45 @@ pub struct TestApp {
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// The `[server]`/`[store]`/`[admin]` head every test config gets; `{dir}` is the test's temp dir.
-fn head(dir: &Path) -> String {
+/// Which store a test runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// The server's base URL; every test gets its own fresh schema on it.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("HOOKGATE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).map(Backend::Postgres)
+    }
+
+    /// A store URL with nothing in it yet.
+    pub async fn fresh_url(&self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => format!("sqlite://{}/hookgate.db", dir.display()),
+            Backend::Postgres(base) => hookgate::store::postgres::fresh_schema_url(base).await.expect("PostgreSQL is reachable"),
+        }
+    }
+}
+
+/// The `[server]`/`[store]`/`[admin]`/`[worker]` head every test config gets.
+fn head(store_url: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}/hookgate.db\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[worker]\npoll_interval = \"100ms\"\nshutdown_grace = \"5s\"\n",
-        dir.display()
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{store_url}\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n[worker]\npoll_interval = \"100ms\"\nshutdown_grace = \"5s\"\n"
     )
 }
 
-/// Start the app with `body` (sources and routes) appended to a test head. `{dir}` in `body` is replaced
-/// by the test's temporary directory.
-pub async fn spawn_app(body: &str) -> TestApp {
-    spawn_app_with_env(body, BTreeMap::new()).await
+/// Start the app on `backend` with `body` (sources and routes) appended to a test head. `{dir}` in `body`
+/// is replaced by the test's temporary directory.
+pub async fn spawn_app(backend: &Backend, body: &str) -> TestApp {
+    spawn_app_with_env(backend, body, BTreeMap::new()).await
 }
 
-pub async fn spawn_app_with_env(body: &str, env: BTreeMap<String, String>) -> TestApp {
+pub async fn spawn_app_with_env(backend: &Backend, body: &str, env: BTreeMap<String, String>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!("{}{}", head(dir.path()), body.replace("{dir}", &dir.path().display().to_string()));
+    let url = backend.fresh_url(dir.path()).await;
+    let text = format!("{}{}", head(&url), body.replace("{dir}", &dir.path().display().to_string()));
     let config = hookgate::config::parse(&text, dir.path(), &env).expect("test config is valid");
     let app = hookgate::startup::Application::build(config).await.expect("app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());
@@ -51,9 +73,10 @@ pub async fn spawn_app_with_env(body: &str, env: BTreeMap<String, String>) -> Te
 }
 
 /// Build the app (store opened, port bound) without running it: tests drive the worker step by step.
-pub async fn build_app(body: &str) -> (hookgate::startup::Application, tempfile::TempDir) {
+pub async fn build_app(backend: &Backend, body: &str) -> (hookgate::startup::Application, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!("{}{}", head(dir.path()), body.replace("{dir}", &dir.path().display().to_string()));
+    let url = backend.fresh_url(dir.path()).await;
+    let text = format!("{}{}", head(&url), body.replace("{dir}", &dir.path().display().to_string()));
     let config = hookgate::config::parse(&text, dir.path(), &BTreeMap::<String, String>::new()).unwrap();
     (hookgate::startup::Application::build(config).await.unwrap(), dir)
 }
@@ -273,4 +296,72 @@ pub async fn admin_json(base: &str, path: &str) -> serde_json::Value {
         .unwrap();
     assert!(response.status().is_success(), "GET {path}: {}", response.status());
     response.json().await.unwrap()
+}
+
+/// A loopback TCP forwarder in front of a real server, which a test can cut and restore to simulate an
+/// outage (connections reset, new ones refused) without touching the server itself.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: String) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (flag, gen) = (up.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(inbound); // refused while down
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = gen.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, up, generation, task }
+    }
+
+    /// Reset every open connection and refuse new ones.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Start the app with an explicit store URL.
+pub async fn spawn_app_at(store_url: &str, body: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{}", head(store_url), body.replace("{dir}", &dir.path().display().to_string()));
+    let config = hookgate::config::parse(&text, dir.path(), &BTreeMap::<String, String>::new()).unwrap();
+    let app = hookgate::startup::Application::build(config).await.expect("app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let store = app.state().store.clone();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp { addr, dir, client: reqwest::Client::new(), store, shutdown, handle: Some(handle) }
 }

@@ -1,4 +1,33 @@
 //! One integration binary (one link): a module per feature, all on real servers and fresh databases.
+//!
+//! `store_test!` runs a test once per store: `…::sqlite` always, `…::postgres` against a fresh schema when
+//! `HOOKGATE_TEST_POSTGRES_URL` is set (and says it was skipped otherwise).
+
+macro_rules! store_test {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$meta])*
+            async fn sqlite() {
+                let $backend = crate::helpers::Backend::Sqlite;
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$meta])*
+            async fn postgres() {
+                let Some($backend) = crate::helpers::Backend::postgres() else {
+                    eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
+                    return;
+                };
+                $body
+            }
+        }
+    };
+}
 
 mod admin;
 mod cli;

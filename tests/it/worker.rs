@@ -6,188 +6,195 @@ use hookgate::store::{new_id, now_ms, Claim, JobStatus, NewJob};
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn a_matching_push_runs_its_command_with_rendered_arguments() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "record"
-source = "github"
-filter = 'event == "push"'
-action = {{ type = "command", argv = ["sh", "-c", "printf '%s' \"$1\" > {{dir}}/out.txt", "sh", "{{{{ body.repository.full_name }}}}"] }}
-"#
-    ))
-    .await;
-    let body = push_body("refs/heads/main", "octo/hello");
-    let json: serde_json::Value = app.github("push", "run-1", &body).await.json().await.unwrap();
-    let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
-    assert_eq!(jobs[0]["status"], "succeeded", "{jobs:?}");
-    assert_eq!(std::fs::read_to_string(app.path("out.txt")).unwrap(), "octo/hello");
+store_test! {
+    async fn a_matching_push_runs_its_command_with_rendered_arguments(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "record"
+    source = "github"
+    filter = 'event == "push"'
+    action = {{ type = "command", argv = ["sh", "-c", "printf '%s' \"$1\" > {{dir}}/out.txt", "sh", "{{{{ body.repository.full_name }}}}"] }}
+    "#
+        ))
+        .await;
+        let body = push_body("refs/heads/main", "octo/hello");
+        let json: serde_json::Value = app.github("push", "run-1", &body).await.json().await.unwrap();
+        let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
+        assert_eq!(jobs[0]["status"], "succeeded", "{jobs:?}");
+        assert_eq!(std::fs::read_to_string(app.path("out.txt")).unwrap(), "octo/hello");
+    }
 }
 
-#[tokio::test]
-async fn hostile_payload_values_never_reach_a_shell_or_become_options() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "echo"
-source = "github"
-action = {{ type = "command", argv = ["printf", "%s", "{{{{ body.repository.full_name }}}}"] }}
-retry = {{ max_attempts = 1 }}
-"#
-    ))
-    .await;
-    let marker = app.path("pwned");
-    let hostile = format!("x; touch {0} $(touch {0}) `touch {0}`", marker.display());
-    let body = serde_json::json!({ "repository": { "full_name": hostile, "name": "x" } }).to_string();
-    let json: serde_json::Value = app.github("push", "hostile-1", &body).await.json().await.unwrap();
-    let id = json["id"].as_str().unwrap().to_string();
-    let jobs = terminal_jobs(&app, &id).await;
-    assert_eq!(jobs[0]["status"], "succeeded");
-    let detail = app.admin_get(&format!("/api/v1/deliveries/{id}")).await;
-    assert_eq!(detail["jobs"][0]["attempt_log"][0]["output"], hostile);
-    assert!(!marker.exists(), "a shell ran the payload");
+store_test! {
+    async fn hostile_payload_values_never_reach_a_shell_or_become_options(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "echo"
+    source = "github"
+    action = {{ type = "command", argv = ["printf", "%s", "{{{{ body.repository.full_name }}}}"] }}
+    retry = {{ max_attempts = 1 }}
+    "#
+        ))
+        .await;
+        let marker = app.path("pwned");
+        let hostile = format!("x; touch {0} $(touch {0}) `touch {0}`", marker.display());
+        let body = serde_json::json!({ "repository": { "full_name": hostile, "name": "x" } }).to_string();
+        let json: serde_json::Value = app.github("push", "hostile-1", &body).await.json().await.unwrap();
+        let id = json["id"].as_str().unwrap().to_string();
+        let jobs = terminal_jobs(&app, &id).await;
+        assert_eq!(jobs[0]["status"], "succeeded");
+        let detail = app.admin_get(&format!("/api/v1/deliveries/{id}")).await;
+        assert_eq!(detail["jobs"][0]["attempt_log"][0]["output"], hostile);
+        assert!(!marker.exists(), "a shell ran the payload");
 
-    let option = serde_json::json!({ "repository": { "full_name": "--upload-pack=touch /tmp/x", "name": "x" } }).to_string();
-    let json: serde_json::Value = app.github("push", "hostile-2", &option).await.json().await.unwrap();
-    let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
-    assert_eq!(jobs[0]["status"], "dead");
-    assert!(jobs[0]["last_error"].as_str().unwrap().contains("option"), "{jobs:?}");
+        let option = serde_json::json!({ "repository": { "full_name": "--upload-pack=touch /tmp/x", "name": "x" } }).to_string();
+        let json: serde_json::Value = app.github("push", "hostile-2", &option).await.json().await.unwrap();
+        let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
+        assert_eq!(jobs[0]["status"], "dead");
+        assert!(jobs[0]["last_error"].as_str().unwrap().contains("option"), "{jobs:?}");
+    }
 }
 
-#[tokio::test]
-async fn a_failing_action_is_retried_with_backoff_then_dead() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "fails"
-source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "echo boom >&2; exit 3"] }}
-retry = {{ max_attempts = 3, initial = "100ms", max = "200ms" }}
-"#
-    ))
-    .await;
-    let json: serde_json::Value = app.github("push", "fail-1", "{}").await.json().await.unwrap();
-    let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
-    let job = &jobs[0];
-    assert_eq!(job["status"], "dead");
-    assert_eq!(job["attempts"], 3);
-    let log = job["attempt_log"].as_array().unwrap();
-    assert_eq!(log.len(), 3);
-    assert!(log.iter().all(|a| a["ok"] == false));
-    assert!(log[0]["output"].as_str().unwrap().contains("boom"));
-    assert!(job["last_error"].as_str().unwrap().contains('3'));
+store_test! {
+    async fn a_failing_action_is_retried_with_backoff_then_dead(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "fails"
+    source = "github"
+    action = {{ type = "command", argv = ["sh", "-c", "echo boom >&2; exit 3"] }}
+    retry = {{ max_attempts = 3, initial = "100ms", max = "200ms" }}
+    "#
+        ))
+        .await;
+        let json: serde_json::Value = app.github("push", "fail-1", "{}").await.json().await.unwrap();
+        let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
+        let job = &jobs[0];
+        assert_eq!(job["status"], "dead");
+        assert_eq!(job["attempts"], 3);
+        let log = job["attempt_log"].as_array().unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(log.iter().all(|a| a["ok"] == false));
+        assert!(log[0]["output"].as_str().unwrap().contains("boom"));
+        assert!(job["last_error"].as_str().unwrap().contains('3'));
+    }
 }
 
-#[tokio::test]
-async fn a_job_whose_lease_expired_is_run_by_another_worker() {
-    let (app, dir) = build_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "touch"
-source = "github"
-action = {{ type = "command", argv = ["touch", "{{dir}}/ran"] }}
-"#
-    ))
-    .await;
-    let store = app.state().store.clone();
-    let delivery = new_delivery("github", "lease-1");
-    let job = NewJob { id: new_id(), route: "touch".into(), coalesce_key: None, run_at: now_ms() };
-    store.insert_delivery(delivery.clone(), vec![job.clone()]).await.unwrap();
+store_test! {
+    async fn a_job_whose_lease_expired_is_run_by_another_worker(backend) {
+        let (app, dir) = build_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "touch"
+    source = "github"
+    action = {{ type = "command", argv = ["touch", "{{dir}}/ran"] }}
+    "#
+        ))
+        .await;
+        let store = app.state().store.clone();
+        let delivery = new_delivery("github", "lease-1");
+        let job = NewJob { id: new_id(), route: "touch".into(), coalesce_key: None, run_at: now_ms() };
+        store.insert_delivery(delivery.clone(), vec![job.clone()]).await.unwrap();
 
-    // A crashed instance holds the job under a live lease: nobody else may run it.
-    let claim = |owner: &str, lease_until| Claim {
-        owner: owner.into(),
-        limit: 10,
-        now: now_ms(),
-        lease_until,
-        routes: vec!["touch".into()],
-    };
-    let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
-    assert_eq!(held.len(), 1);
-    assert_eq!(app.worker().run_due_jobs().await.unwrap(), 0, "a leased job ran twice");
+        // A crashed instance holds the job under a live lease: nobody else may run it.
+        let claim = |owner: &str, lease_until| Claim {
+            owner: owner.into(),
+            limit: 10,
+            now: now_ms(),
+            lease_until,
+            routes: vec!["touch".into()],
+        };
+        let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(app.worker().run_due_jobs().await.unwrap(), 0, "a leased job ran twice");
 
-    // Its lease runs out (simulated by a second claim with an already expired lease).
-    store.release_job(&job.id, "crashed", now_ms()).await.unwrap();
-    store.claim_jobs(claim("crashed", now_ms() - 1)).await.unwrap();
-    assert_eq!(app.worker().run_due_jobs().await.unwrap(), 1);
-    assert!(dir.path().join("ran").exists());
-    let detail = store.get_delivery(&delivery.id).await.unwrap().unwrap();
-    assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
-    // The crashed instance's late report is refused: it no longer holds the job.
-    let late = hookgate::store::AttemptRecord {
-        attempt: 1, started_at: 0, finished_at: 0, ok: false, error: Some("late".into()), output: None, status_code: None,
-    };
-    assert!(!store.finish_job(&job.id, "crashed", late, hookgate::store::NextState::Dead).await.unwrap());
+        // Its lease runs out (simulated by a second claim with an already expired lease).
+        store.release_job(&job.id, "crashed", now_ms()).await.unwrap();
+        store.claim_jobs(claim("crashed", now_ms() - 1)).await.unwrap();
+        assert_eq!(app.worker().run_due_jobs().await.unwrap(), 1);
+        assert!(dir.path().join("ran").exists());
+        let detail = store.get_delivery(&delivery.id).await.unwrap().unwrap();
+        assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
+        // The crashed instance's late report is refused: it no longer holds the job.
+        let late = hookgate::store::AttemptRecord {
+            attempt: 1, started_at: 0, finished_at: 0, ok: false, error: Some("late".into()), output: None, status_code: None,
+        };
+        assert!(!store.finish_job(&job.id, "crashed", late, hookgate::store::NextState::Dead).await.unwrap());
+    }
 }
 
-#[tokio::test]
-async fn graceful_shutdown_lets_a_running_job_finish() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "slow"
-source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "sleep 0.5; touch {{dir}}/done"] }}
-"#
-    ))
-    .await;
-    let json: serde_json::Value = app.github("push", "slow-1", "{}").await.json().await.unwrap();
-    let id = json["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(10), "the job to start", || async {
-        let jobs = delivery_jobs(&app, &id).await;
-        (jobs[0]["status"] == "running").then_some(())
-    })
-    .await;
-    let store = app.store.clone();
-    let done = app.path("done");
-    app.stop().await;
-    assert!(done.exists(), "the running job was not allowed to finish");
-    let detail = store.get_delivery(&id).await.unwrap().unwrap();
-    assert_eq!(detail.jobs[0].job.status, hookgate::store::JobStatus::Succeeded);
+store_test! {
+    async fn graceful_shutdown_lets_a_running_job_finish(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "slow"
+    source = "github"
+    action = {{ type = "command", argv = ["sh", "-c", "sleep 0.5; touch {{dir}}/done"] }}
+    "#
+        ))
+        .await;
+        let json: serde_json::Value = app.github("push", "slow-1", "{}").await.json().await.unwrap();
+        let id = json["id"].as_str().unwrap().to_string();
+        eventually(Duration::from_secs(10), "the job to start", || async {
+            let jobs = delivery_jobs(&app, &id).await;
+            (jobs[0]["status"] == "running").then_some(())
+        })
+        .await;
+        let store = app.store.clone();
+        let done = app.path("done");
+        app.stop().await;
+        assert!(done.exists(), "the running job was not allowed to finish");
+        let detail = store.get_delivery(&id).await.unwrap().unwrap();
+        assert_eq!(detail.jobs[0].job.status, hookgate::store::JobStatus::Succeeded);
+    }
 }
 
-#[tokio::test]
-async fn a_job_past_the_shutdown_grace_is_stopped_and_released_for_later() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "endless"
-source = "github"
-action = {{ type = "command", argv = ["sleep", "60"], timeout = "5m" }}
-"#
-    ))
-    .await;
-    let json: serde_json::Value = app.github("push", "endless-1", "{}").await.json().await.unwrap();
-    let id = json["id"].as_str().unwrap().to_string();
-    eventually(Duration::from_secs(10), "the job to start", || async {
-        (delivery_jobs(&app, &id).await[0]["status"] == "running").then_some(())
-    })
-    .await;
-    let store = app.store.clone();
-    let started = std::time::Instant::now();
-    app.stop().await; // grace is 5 s in tests
-    assert!(started.elapsed() < Duration::from_secs(30));
-    let job = &store.get_delivery(&id).await.unwrap().unwrap().jobs[0];
-    assert_eq!(job.job.status, hookgate::store::JobStatus::Queued, "released, not lost or dead");
-    assert_eq!(job.job.attempts, 0, "a stopped run does not use up an attempt");
+store_test! {
+    async fn a_job_past_the_shutdown_grace_is_stopped_and_released_for_later(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "endless"
+    source = "github"
+    action = {{ type = "command", argv = ["sleep", "60"], timeout = "5m" }}
+    "#
+        ))
+        .await;
+        let json: serde_json::Value = app.github("push", "endless-1", "{}").await.json().await.unwrap();
+        let id = json["id"].as_str().unwrap().to_string();
+        eventually(Duration::from_secs(10), "the job to start", || async {
+            (delivery_jobs(&app, &id).await[0]["status"] == "running").then_some(())
+        })
+        .await;
+        let store = app.store.clone();
+        let started = std::time::Instant::now();
+        app.stop().await; // grace is 5 s in tests
+        assert!(started.elapsed() < Duration::from_secs(30));
+        let job = &store.get_delivery(&id).await.unwrap().unwrap().jobs[0];
+        assert_eq!(job.job.status, hookgate::store::JobStatus::Queued, "released, not lost or dead");
+        assert_eq!(job.job.attempts, 0, "a stopped run does not use up an attempt");
+    }
 }
 
-#[tokio::test]
-async fn a_scheduled_route_runs_without_a_delivery() {
-    let app = spawn_app(&format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "backstop"
-source = "github"
-filter = "false"
-schedule = "1s"
-action = {{ type = "command", argv = ["touch", "{{dir}}/scheduled"] }}
-"#
-    ))
-    .await;
-    let marker = app.path("scheduled");
-    eventually(Duration::from_secs(10), "the schedule to fire", || async { marker.exists().then_some(()) }).await;
-    let page = app.admin_get("/api/v1/deliveries?event=schedule").await;
-    assert!(!page["items"].as_array().unwrap().is_empty());
+store_test! {
+    async fn a_scheduled_route_runs_without_a_delivery(backend) {
+        let app = spawn_app(&backend, &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "backstop"
+    source = "github"
+    filter = "false"
+    schedule = "1s"
+    action = {{ type = "command", argv = ["touch", "{{dir}}/scheduled"] }}
+    "#
+        ))
+        .await;
+        let marker = app.path("scheduled");
+        eventually(Duration::from_secs(10), "the schedule to fire", || async { marker.exists().then_some(()) }).await;
+        let page = app.admin_get("/api/v1/deliveries?event=schedule").await;
+        assert!(!page["items"].as_array().unwrap().is_empty());
+    }
 }
