@@ -1,7 +1,10 @@
 //! actions: run one attempt of a job's action — a command (argv, never a shell) or an HTTP call (optionally signed).
 //!
-//! STUB: interface fixed; a helper fills in `command.rs` and `http.rs`. Specs arrive fully rendered:
-//! templates were already evaluated by `route`.
+//! Specs arrive fully rendered: templates were already evaluated by `route`. One call is one attempt;
+//! retry timing belongs to the worker, which gets the classification (and any `Retry-After`) from here.
+
+mod command;
+mod http;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,7 +35,7 @@ pub struct SignSpec {
 #[derive(Debug, Clone)]
 pub struct HttpSpec {
     pub url: String,
-    pub method: http::Method,
+    pub method: ::http::Method,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub timeout: Duration,
@@ -54,7 +57,9 @@ pub enum ActionSpec {
 pub enum Outcome {
     Success,
     /// Worth another attempt (timeouts, connection errors, 408/429/5xx, non-zero exit).
-    Retryable { retry_after: Option<Duration> },
+    Retryable {
+        retry_after: Option<Duration>,
+    },
     /// Will not succeed by retrying (other 4xx, a program that cannot start).
     Failed,
     /// The peer answered 410 Gone: the route should be disabled.
@@ -78,13 +83,18 @@ pub struct Runner {
 
 impl Runner {
     pub fn new() -> Self {
-        Runner { http: reqwest::Client::new() }
+        Runner {
+            http: http::client(),
+        }
     }
 
-    /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed.
-    pub async fn run(&self, _spec: ActionSpec, _cancel: &CancellationToken) -> AttemptResult {
-        let _ = &self.http;
-        todo!("actions")
+    /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed, an HTTP
+    /// request is abandoned; either way the attempt ends `Retryable` with the error "cancelled".
+    pub async fn run(&self, spec: ActionSpec, cancel: &CancellationToken) -> AttemptResult {
+        match spec {
+            ActionSpec::Command(spec) => command::run(spec, cancel).await,
+            ActionSpec::Http(spec) => http::run(&self.http, spec, cancel).await,
+        }
     }
 }
 

@@ -1,0 +1,291 @@
+//! The `command` action: run argv directly (never through a shell) in its own process group, capped output.
+//!
+//! Output: stdout and stderr are merged in arrival order (like `2>&1`, chunk by chunk) into one buffer of at
+//! most `output_cap` bytes; the rest is read and discarded so a chatty child never blocks on a full pipe.
+//!
+//! Lifetime: the child leads a new process group. On timeout or cancellation the whole group gets SIGTERM,
+//! then SIGKILL after [`KILL_GRACE`]. When the child exits on its own, processes it left behind are left
+//! alone unless they keep stdout/stderr open for longer than [`PIPE_GRACE`]; then the group is killed too,
+//! so a stray background job cannot hold the attempt open.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{AttemptResult, CommandSpec, Outcome};
+
+/// Time between SIGTERM and SIGKILL.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long the pipes may stay open after the child has exited.
+pub(super) const PIPE_GRACE: Duration = Duration::from_secs(1);
+/// Upper bound for reaping after SIGKILL and for the readers after the group is gone.
+const REAP_BOUND: Duration = Duration::from_secs(2);
+
+pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
+    let Some((program, args)) = spec.argv.split_first() else {
+        return failed("empty argv".into());
+    };
+    if let Some(cwd) = &spec.cwd {
+        // Checked first: a missing cwd would otherwise surface as "cannot start `prog`: No such file ...".
+        if !tokio::fs::metadata(cwd).await.is_ok_and(|m| m.is_dir()) {
+            return failed(format!(
+                "working directory `{}` does not exist",
+                cwd.display()
+            ));
+        }
+    }
+
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return spawn_error(program, &e),
+    };
+    let Some(group) = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw)
+    else {
+        // Only possible if the child was already reaped, which nothing here did.
+        return failed(format!("cannot start `{program}`: no process id"));
+    };
+
+    let stop_reading = CancellationToken::new();
+    let mut reader = tokio::spawn(capture(
+        child.stdout.take(),
+        child.stderr.take(),
+        spec.output_cap,
+        stop_reading.clone(),
+    ));
+
+    let ended = tokio::select! {
+        status = child.wait() => Ended::Exited(status),
+        () = tokio::time::sleep(spec.timeout) => Ended::TimedOut,
+        () = cancel.cancelled() => Ended::Cancelled,
+    };
+
+    // Some once the reader task has been joined (a JoinHandle must not be polled after completion).
+    let mut joined: Option<Option<Captured>> = None;
+    let status = match ended {
+        Ended::Exited(status) => {
+            match tokio::time::timeout(PIPE_GRACE, &mut reader).await {
+                Ok(result) => joined = Some(result.ok()),
+                Err(_) => {
+                    tracing::warn!(program = %program, "processes left behind keep the output open; killing the group");
+                    terminate_group(group, &mut child).await;
+                }
+            }
+            status.map_err(|e| format!("waiting for `{program}` failed: {e}"))
+        }
+        Ended::TimedOut | Ended::Cancelled => {
+            terminate_group(group, &mut child).await;
+            Err(match ended {
+                Ended::TimedOut => format!("timed out after {}", human(spec.timeout)),
+                _ => "cancelled".to_string(),
+            })
+        }
+    };
+
+    // Normally done by now; the bound covers a process that escaped the group yet holds a pipe.
+    let captured = match joined {
+        Some(captured) => captured,
+        None => match tokio::time::timeout(REAP_BOUND, &mut reader).await {
+            Ok(result) => result.ok(),
+            Err(_) => {
+                stop_reading.cancel();
+                tokio::time::timeout(REAP_BOUND, reader)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+        },
+    };
+    let output = captured.and_then(Captured::into_text);
+
+    let (outcome, error) = match status {
+        Ok(status) if status.success() => (Outcome::Success, None),
+        Ok(status) => (
+            Outcome::Retryable { retry_after: None },
+            Some(describe(status)),
+        ),
+        Err(error) => (Outcome::Retryable { retry_after: None }, Some(error)),
+    };
+    AttemptResult {
+        outcome,
+        error,
+        output,
+        status_code: None,
+    }
+}
+
+enum Ended {
+    Exited(io::Result<ExitStatus>),
+    TimedOut,
+    Cancelled,
+}
+
+fn failed(error: String) -> AttemptResult {
+    AttemptResult {
+        outcome: Outcome::Failed,
+        error: Some(error),
+        output: None,
+        status_code: None,
+    }
+}
+
+/// A missing or unusable program is permanent; a resource shortage (fork limits, fds) may pass.
+fn spawn_error(program: &str, e: &io::Error) -> AttemptResult {
+    let (reason, transient) = match e.raw_os_error().map(Errno::from_raw) {
+        Some(errno @ (Errno::EAGAIN | Errno::ENOMEM | Errno::EMFILE | Errno::ENFILE)) => {
+            (errno.desc().to_string(), true)
+        }
+        Some(errno) => (errno.desc().to_string(), false),
+        None => (e.to_string(), false),
+    };
+    let error = format!("cannot start `{program}`: {reason}");
+    if transient {
+        AttemptResult {
+            outcome: Outcome::Retryable { retry_after: None },
+            error: Some(error),
+            output: None,
+            status_code: None,
+        }
+    } else {
+        failed(error)
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(sig) => match Signal::try_from(sig) {
+            Ok(signal) => format!("killed by signal {signal}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        None => status.to_string(),
+    }
+}
+
+/// "90s" rather than "90.000s"; sub-second timeouts keep milliseconds.
+pub(super) fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// SIGTERM the group, SIGKILL it after the grace if anything is left, and reap the child.
+async fn terminate_group(group: Pid, child: &mut Child) {
+    if killpg(group, Signal::SIGTERM).is_err() {
+        // ESRCH: the group is already empty; only a zombie leader may remain to be reaped.
+        let _ = tokio::time::timeout(REAP_BOUND, child.wait()).await;
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + KILL_GRACE;
+    loop {
+        let leader_gone = matches!(child.try_wait(), Ok(Some(_)) | Err(_));
+        if leader_gone && !group_alive(group) {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = tokio::time::timeout(REAP_BOUND, child.wait()).await;
+}
+
+/// True while any process is in the group. Zombies count (no init reaps them in some containers), which
+/// costs at most the grace period plus a harmless SIGKILL.
+fn group_alive(group: Pid) -> bool {
+    !matches!(killpg(group, None), Err(Errno::ESRCH))
+}
+
+/// The merged, capped output.
+struct Captured {
+    kept: Vec<u8>,
+    dropped: u64,
+}
+
+impl Captured {
+    fn push(&mut self, chunk: &[u8], cap: usize) {
+        let room = cap.saturating_sub(self.kept.len());
+        let take = room.min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..take]);
+        self.dropped += (chunk.len() - take) as u64;
+    }
+
+    fn into_text(self) -> Option<String> {
+        if self.kept.is_empty() && self.dropped == 0 {
+            return None;
+        }
+        let mut text = String::from_utf8_lossy(&self.kept).into_owned();
+        if self.dropped > 0 {
+            text.push_str(&format!("…[truncated {} bytes]", self.dropped));
+        }
+        Some(text)
+    }
+}
+
+/// Reads both pipes until both close or `stop` fires.
+async fn capture(
+    mut stdout: Option<impl AsyncRead + Unpin>,
+    mut stderr: Option<impl AsyncRead + Unpin>,
+    cap: usize,
+    stop: CancellationToken,
+) -> Captured {
+    let mut captured = Captured {
+        kept: Vec::with_capacity(cap.min(64 * 1024)),
+        dropped: 0,
+    };
+    let mut out_buf = vec![0u8; 8192];
+    let mut err_buf = vec![0u8; 8192];
+    while stdout.is_some() || stderr.is_some() {
+        tokio::select! {
+            read = read_some(&mut stdout, &mut out_buf) => match read {
+                Some(n) => captured.push(&out_buf[..n], cap),
+                None => stdout = None,
+            },
+            read = read_some(&mut stderr, &mut err_buf) => match read {
+                Some(n) => captured.push(&err_buf[..n], cap),
+                None => stderr = None,
+            },
+            () = stop.cancelled() => break,
+        }
+    }
+    captured
+}
+
+/// Some(n) for data; None at end of stream or on a read error. Pends forever for a closed pipe so that
+/// `select!` keeps waiting on the other one.
+async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) -> Option<usize> {
+    match pipe {
+        Some(p) => match p.read(buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(n),
+        },
+        None => std::future::pending().await,
+    }
+}
