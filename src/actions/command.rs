@@ -289,3 +289,284 @@ async fn read_some(pipe: &mut Option<impl AsyncRead + Unpin>, buf: &mut [u8]) ->
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Instant;
+
+    use super::*;
+
+    fn spec(argv: &[&str]) -> CommandSpec {
+        CommandSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            cwd: None,
+            timeout: Duration::from_secs(10),
+            output_cap: 64 * 1024,
+        }
+    }
+
+    async fn run_spec(spec: CommandSpec) -> AttemptResult {
+        run(spec, &CancellationToken::new()).await
+    }
+
+    /// Alive means present and not a zombie: PID 1 here may never reap orphans.
+    fn process_is_alive(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+            Ok(stat) => {
+                let state = stat
+                    .rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().chars().next());
+                !matches!(state, Some(Some('Z' | 'X')))
+            }
+            Err(_) => false,
+        }
+    }
+
+    async fn read_pid_file(path: &Path) -> String {
+        for _ in 0..200 {
+            if let Ok(pid) = std::fs::read_to_string(path) {
+                if !pid.trim().is_empty() {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the pid file {} was never written", path.display());
+    }
+
+    #[tokio::test]
+    async fn a_successful_command_has_stdout_and_stderr_captured() {
+        let result = run_spec(spec(&["sh", "-c", "echo out; echo err >&2"])).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.error, None);
+        let output = result.output.expect("output");
+        assert!(output.contains("out\n"), "{output:?}");
+        assert!(output.contains("err\n"), "{output:?}");
+        assert_eq!(result.status_code, None);
+    }
+
+    #[tokio::test]
+    async fn a_silent_command_has_no_output() {
+        let result = run_spec(spec(&["true"])).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.output, None);
+    }
+
+    #[tokio::test]
+    async fn a_non_zero_exit_is_retryable() {
+        let result = run_spec(spec(&["sh", "-c", "echo failing; exit 3"])).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("exit status 3"));
+        assert_eq!(result.output.as_deref(), Some("failing\n"));
+    }
+
+    #[tokio::test]
+    async fn a_command_killed_by_a_signal_says_which() {
+        let result = run_spec(spec(&["sh", "-c", "kill -9 $$"])).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("killed by signal SIGKILL"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_fails_with_a_clear_error() {
+        let result = run_spec(spec(&["hookgate-no-such-program", "x"])).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(
+            result.error.as_deref(),
+            Some("cannot start `hookgate-no-such-program`: No such file or directory")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_program_without_execute_permission_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("not-executable.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+        let result = run_spec(spec(&[script.to_str().unwrap()])).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        let error = result.error.unwrap();
+        assert!(error.starts_with("cannot start `"), "{error}");
+        assert!(error.ends_with("`: Permission denied"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_argv_fails() {
+        let result = run_spec(spec(&[])).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(result.error.as_deref(), Some("empty argv"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_directory_fails() {
+        let mut s = spec(&["true"]);
+        s.cwd = Some("/nonexistent/hookgate-test".into());
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(
+            result.error.as_deref(),
+            Some("working directory `/nonexistent/hookgate-test` does not exist")
+        );
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_cap_is_drained_and_marked() {
+        // 1 MB, far more than a pipe buffer: the child only finishes if the reader keeps draining.
+        let mut s = spec(&[
+            "sh",
+            "-c",
+            "yes abcdefghi | head -c 1000000; yes 0123456789 | head -c 1000000 >&2",
+        ]);
+        s.output_cap = 1000;
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        let output = result.output.unwrap();
+        let (kept, marker) = output.split_at(1000);
+        assert_eq!(kept, "abcdefghi\n".repeat(100));
+        assert_eq!(marker, "…[truncated 1999000 bytes]");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > '{}'; sleep 30", pid_file.display());
+        let mut s = spec(&["sh", "-c", &script]);
+        s.timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let result = run_spec(s).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1) + KILL_GRACE,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("timed out after 1s"));
+        let grandchild = read_pid_file(&pid_file).await;
+        assert!(
+            !process_is_alive(&grandchild),
+            "background process {} survived",
+            grandchild.trim()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("stubborn.pid");
+        let script = format!(
+            "trap '' TERM; echo $$ > '{}'; while :; do sleep 0.1; done",
+            pid_file.display()
+        );
+        let mut s = spec(&["sh", "-c", &script]);
+        s.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = run_spec(s).await;
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= KILL_GRACE,
+            "SIGKILL came before the grace: {elapsed:?}"
+        );
+        assert!(
+            elapsed < KILL_GRACE + Duration::from_secs(3),
+            "took {elapsed:?}"
+        );
+        assert_eq!(result.error.as_deref(), Some("timed out after 300ms"));
+        assert!(!process_is_alive(&read_pid_file(&pid_file).await));
+    }
+
+    #[tokio::test]
+    async fn cancellation_kills_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
+        let mut s = spec(&["sh", "-c", &script]);
+        s.timeout = Duration::from_secs(60);
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let result = run(s, &cancel).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("cancelled"));
+        assert!(!process_is_alive(&read_pid_file(&pid_file).await));
+    }
+
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipes_does_not_hang_the_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("daemon.pid");
+        let script = format!(
+            "sleep 30 & echo $! > '{}'; echo started",
+            pid_file.display()
+        );
+        let started = Instant::now();
+        let result = run_spec(spec(&["sh", "-c", &script])).await;
+        assert!(
+            started.elapsed() < PIPE_GRACE + KILL_GRACE,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.output.as_deref(), Some("started\n"));
+        assert!(!process_is_alive(&read_pid_file(&pid_file).await));
+    }
+
+    #[tokio::test]
+    async fn hostile_argument_values_are_passed_literally() {
+        let dir = tempfile::tempdir().unwrap();
+        let pwned = dir.path().join("pwned");
+        let victim = dir.path().join("x");
+        std::fs::create_dir(&victim).unwrap();
+        let hostile = format!(
+            "; rm -rf {victim} $(touch {pwned}) `touch {pwned}` && touch {pwned} | touch {pwned}\n'\"*",
+            victim = victim.display(),
+            pwned = pwned.display()
+        );
+        let result = run_spec(spec(&["printf", "[%s]", &hostile, "two words"])).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.output.unwrap(), format!("[{hostile}][two words]"));
+        assert!(!pwned.exists(), "a shell ran the argument");
+        assert!(victim.exists(), "a shell ran the argument");
+    }
+
+    #[tokio::test]
+    async fn env_and_cwd_are_applied_and_the_environment_is_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(&[
+            "sh",
+            "-c",
+            r#"printf '%s|%s|%s' "$HOOKGATE_TEST_VALUE" "$(pwd -P)" "${PATH:+has-path}""#,
+        ]);
+        s.env = vec![("HOOKGATE_TEST_VALUE".into(), "a value; $(not run)".into())];
+        s.cwd = Some(dir.path().to_path_buf());
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        let cwd = dir.path().canonicalize().unwrap();
+        assert_eq!(
+            result.output.unwrap(),
+            format!("a value; $(not run)|{}|has-path", cwd.display())
+        );
+    }
+
+    #[test]
+    fn the_liveness_probe_sees_a_running_process() {
+        assert!(process_is_alive(&std::process::id().to_string()));
+        assert!(!process_is_alive("999999999"));
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human(Duration::from_secs(120)), "120s");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
+    }
+}
