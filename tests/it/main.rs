@@ -31,6 +31,7 @@ macro_rules! store_test {
 
 mod admin;
 mod cli;
+mod cluster;
 mod durability;
 mod helpers;
 mod hooks;
