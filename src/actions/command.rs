@@ -205,22 +205,54 @@ async fn terminate_group(group: Pid, child: &mut Child) {
     let deadline = tokio::time::Instant::now() + KILL_GRACE;
     loop {
         let leader_gone = matches!(child.try_wait(), Ok(Some(_)) | Err(_));
-        if leader_gone && !group_alive(group) {
+        if leader_gone
+            && !tokio::task::spawn_blocking(move || group_alive(group))
+                .await
+                .unwrap_or(true)
+        {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let _ = killpg(group, Signal::SIGKILL);
     let _ = tokio::time::timeout(REAP_BOUND, child.wait()).await;
 }
 
-/// True while any process is in the group. Zombies count (no init reaps them in some containers), which
-/// costs at most the grace period plus a harmless SIGKILL.
+/// True while a live (not zombie) process is in the group. Zombies are discounted because some PID 1s
+/// (minimal container inits) reap orphans late or never; where /proc is missing, any member counts.
 fn group_alive(group: Pid) -> bool {
-    !matches!(killpg(group, None), Err(Errno::ESRCH))
+    if matches!(killpg(group, None), Err(Errno::ESRCH)) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| live_group_of(&stat))
+            == Some(group.as_raw())
+    })
+}
+
+/// The process group of a `/proc/PID/stat` line, unless the process is a zombie or dead.
+fn live_group_of(stat: &str) -> Option<i32> {
+    // The command name may hold spaces and parentheses; the fields after the last ')' do not.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    (!matches!(state, "Z" | "X" | "x")).then_some(pgrp)
 }
 
 /// The merged, capped output.
@@ -562,6 +594,14 @@ mod tests {
     fn the_liveness_probe_sees_a_running_process() {
         assert!(process_is_alive(&std::process::id().to_string()));
         assert!(!process_is_alive("999999999"));
+    }
+
+    #[test]
+    fn zombies_and_odd_command_names_are_read_from_proc_stat() {
+        assert_eq!(live_group_of("42 (sleep) S 1 4242 13133 0 -1"), Some(4242));
+        assert_eq!(live_group_of("42 (a) b (c) R 1 7 13133 0 -1"), Some(7));
+        assert_eq!(live_group_of("42 (sleep) Z 1 4242 13133 0 -1"), None);
+        assert_eq!(live_group_of("garbage"), None);
     }
 
     #[test]

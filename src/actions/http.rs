@@ -157,30 +157,27 @@ fn now_ms() -> i64 {
 }
 
 /// Reads at most `cap` bytes of the body; the rest is not read (the connection is dropped instead).
-/// A body that fails half-way keeps what arrived: the status already decided the outcome.
 async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Option<String> {
+    // Taken up front: reqwest reports what is left of the body, not its total.
+    let total = response.content_length();
     let mut kept: Vec<u8> = Vec::new();
     let mut truncated = false;
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = cap - kept.len();
-                if chunk.len() > room {
-                    kept.extend_from_slice(&chunk[..room]);
-                    truncated = true;
-                    break;
-                }
-                kept.extend_from_slice(&chunk);
-            }
-            Ok(None) | Err(_) => break,
+    // A body failing half-way keeps what arrived: the status already decided the outcome.
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = cap - kept.len();
+        if chunk.len() > room {
+            kept.extend_from_slice(&chunk[..room]);
+            truncated = true;
+            break;
         }
+        kept.extend_from_slice(&chunk);
     }
     if kept.is_empty() && !truncated {
         return None;
     }
     let mut text = String::from_utf8_lossy(&kept).into_owned();
     if truncated {
-        match response.content_length() {
+        match total {
             Some(total) => text.push_str(&format!(
                 "…[truncated {} bytes]",
                 total.saturating_sub(cap as u64)
@@ -237,4 +234,383 @@ fn root_cause(e: &reqwest::Error) -> String {
         last = Some(next);
     }
     last.map_or_else(|| "no details".to_string(), |cause| cause.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::body::Bytes as AxumBytes;
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::any;
+    use axum::Router;
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::actions::SignSpec;
+    use crate::verify::{Scheme, Secret};
+
+    /// What the test server saw.
+    #[derive(Debug)]
+    struct Received {
+        method: http::Method,
+        path: String,
+        headers: HeaderMap,
+        body: AxumBytes,
+    }
+
+    /// Serves `app` on 127.0.0.1 at a free port; returns the base URL.
+    async fn serve(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// A server answering every request with `status`, `headers` and `body`.
+    async fn answering(
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        body: &'static str,
+    ) -> String {
+        let headers: Vec<_> = headers.to_vec();
+        let app = Router::new().fallback(any(move || {
+            let headers = headers.clone();
+            async move {
+                let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+                for (name, value) in headers {
+                    response
+                        .headers_mut()
+                        .insert(name, HeaderValue::from_static(value));
+                }
+                response
+            }
+        }));
+        serve(app).await
+    }
+
+    /// A server answering 200 "ok" that reports each request on the channel.
+    async fn recording() -> (String, mpsc::UnboundedReceiver<Received>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = Router::new().fallback(any(move |request: Request| {
+            let tx = tx.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                let _ = tx.send(Received {
+                    method: parts.method,
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                    body,
+                });
+                "ok"
+            }
+        }));
+        (serve(app).await, rx)
+    }
+
+    fn spec(url: impl Into<String>) -> HttpSpec {
+        HttpSpec {
+            url: url.into(),
+            method: http::Method::POST,
+            headers: Vec::new(),
+            body: Bytes::from_static(br#"{"hello":"world"}"#),
+            timeout: Duration::from_secs(10),
+            sign: None,
+            message_id: "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W".into(),
+            event: "push".into(),
+            output_cap: 64 * 1024,
+        }
+    }
+
+    async fn run_spec(spec: HttpSpec) -> AttemptResult {
+        run(&client(), spec, &CancellationToken::new()).await
+    }
+
+    #[tokio::test]
+    async fn a_2xx_answer_is_a_success_with_the_body_kept() {
+        let url = answering(200, &[], "thanks").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(result.status_code, Some(200));
+        assert_eq!(result.error, None);
+        assert_eq!(result.output.as_deref(), Some("thanks"));
+    }
+
+    #[tokio::test]
+    async fn a_500_is_retryable() {
+        let url = answering(500, &[], "boom").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.status_code, Some(500));
+        assert_eq!(result.error.as_deref(), Some("HTTP 500"));
+        assert_eq!(result.output.as_deref(), Some("boom"));
+    }
+
+    #[tokio::test]
+    async fn a_429_with_retry_after_is_retryable_after_that_delay() {
+        let url = answering(429, &[("retry-after", "7")], "").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(
+            result.outcome,
+            Outcome::Retryable {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert_eq!(result.status_code, Some(429));
+        assert_eq!(result.error.as_deref(), Some("HTTP 429"));
+        assert_eq!(result.output, None);
+    }
+
+    #[tokio::test]
+    async fn a_408_and_a_503_are_retryable() {
+        for status in [408, 503] {
+            let url = answering(status, &[], "").await;
+            let result = run_spec(spec(url)).await;
+            assert_eq!(
+                result.outcome,
+                Outcome::Retryable { retry_after: None },
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_404_fails_at_once() {
+        let url = answering(404, &[], "no such hook").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(result.status_code, Some(404));
+        assert_eq!(result.error.as_deref(), Some("HTTP 404"));
+    }
+
+    #[tokio::test]
+    async fn a_410_means_gone() {
+        let url = answering(410, &[], "").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(result.outcome, Outcome::Gone);
+        assert_eq!(result.status_code, Some(410));
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_fails() {
+        let (target, mut seen) = recording().await;
+        let location: &'static str = Box::leak(format!("{target}/elsewhere").into_boxed_str());
+        let url = answering(307, &[("location", location)], "").await;
+        let result = run_spec(spec(url)).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        assert_eq!(result.status_code, Some(307));
+        assert_eq!(
+            result.error.as_deref(),
+            Some("HTTP 307 (redirects are not followed)")
+        );
+        assert!(seen.try_recv().is_err(), "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_retryable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let result = run_spec(spec(format!("http://{addr}/hook?token=s3cr3t"))).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.status_code, None);
+        assert_eq!(result.error.as_deref(), Some("connection refused"));
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_host_is_retryable() {
+        // `.invalid` never resolves (RFC 2606); without a resolver this may time out instead.
+        let mut s = spec("http://hookgate-test.invalid/hook?token=s3cr3t");
+        s.timeout = Duration::from_secs(3);
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        let error = result.error.unwrap();
+        assert!(
+            !error.contains("s3cr3t") && !error.contains("hookgate-test"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_peer_times_out_and_is_retryable() {
+        let app = Router::new().fallback(any(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "too late"
+        }));
+        let url = serve(app).await;
+        let mut s = spec(url);
+        s.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = run_spec(s).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("timed out after 300ms"));
+    }
+
+    #[tokio::test]
+    async fn cancellation_abandons_the_request() {
+        let app = Router::new().fallback(any(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "too late"
+        }));
+        let url = serve(app).await;
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let result = run(&client(), spec(url), &cancel).await;
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.error.as_deref(), Some("cancelled"));
+    }
+
+    #[tokio::test]
+    async fn method_headers_and_body_are_delivered() {
+        let (url, mut seen) = recording().await;
+        let mut s = spec(format!("{url}/deploy/now"));
+        s.method = http::Method::PUT;
+        s.headers = vec![
+            ("X-Custom".into(), "one".into()),
+            ("x-custom".into(), "two".into()),
+        ];
+        s.body = Bytes::from_static(b"payload bytes");
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        let got = seen.recv().await.unwrap();
+        assert_eq!(got.method, http::Method::PUT);
+        assert_eq!(got.path, "/deploy/now");
+        assert_eq!(&got.body[..], b"payload bytes");
+        let custom: Vec<_> = got
+            .headers
+            .get_all("x-custom")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(custom, ["one", "two"]);
+        assert_eq!(got.headers["content-type"], "application/json");
+        assert_eq!(got.headers["user-agent"], "hookgate");
+    }
+
+    #[tokio::test]
+    async fn a_configured_content_type_is_kept() {
+        let (url, mut seen) = recording().await;
+        let mut s = spec(url);
+        s.headers = vec![("Content-Type".into(), "text/plain".into())];
+        run_spec(s).await;
+        let got = seen.recv().await.unwrap();
+        let types: Vec<_> = got.headers.get_all("content-type").iter().collect();
+        assert_eq!(types, ["text/plain"]);
+    }
+
+    #[tokio::test]
+    async fn the_response_body_is_capped() {
+        let app = Router::new().fallback(any(|| async { "a".repeat(10_000) }));
+        let url = serve(app).await;
+        let mut s = spec(url);
+        s.output_cap = 100;
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        assert_eq!(
+            result.output.unwrap(),
+            format!("{}…[truncated 9900 bytes]", "a".repeat(100))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_url_fails() {
+        for url in ["not a url", "ftp://127.0.0.1/x", ""] {
+            let result = run_spec(spec(url)).await;
+            assert_eq!(result.outcome, Outcome::Failed, "{url}");
+            assert!(result.error.unwrap().starts_with("invalid URL"), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_header_fails_without_echoing_its_value() {
+        let (url, _seen) = recording().await;
+        let mut s = spec(url);
+        s.headers = vec![(
+            "Authorization".into(),
+            "Bearer s3cr3t\nInjected: yes".into(),
+        )];
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Failed);
+        let error = result.error.unwrap();
+        assert_eq!(error, "invalid value for header `authorization`");
+    }
+
+    #[tokio::test]
+    #[ignore = "needs sign module"]
+    async fn a_standard_webhooks_signature_verifies_at_the_peer() {
+        let key = b"test signing key for hookgate!!";
+        let secret = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        );
+        let (url, mut seen) = recording().await;
+        let mut s = spec(url);
+        s.sign = Some(SignSpec {
+            scheme: Scheme::Standard,
+            secret: Secret::new(secret),
+        });
+        let before_ms = now_ms();
+        let result = run_spec(s.clone()).await;
+        assert_eq!(result.outcome, Outcome::Success, "{:?}", result.error);
+
+        let got = seen.recv().await.unwrap();
+        let id = got.headers["webhook-id"].to_str().unwrap();
+        let timestamp = got.headers["webhook-timestamp"].to_str().unwrap();
+        assert_eq!(id, s.message_id);
+        let seconds: i64 = timestamp.parse().unwrap();
+        assert!(
+            (before_ms / 1000 - 1..=now_ms() / 1000 + 1).contains(&seconds),
+            "{timestamp}"
+        );
+
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(&got.body);
+        let expected = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        let signatures = got.headers["webhook-signature"].to_str().unwrap();
+        assert!(
+            signatures.split(' ').any(|sig| sig == expected),
+            "{signatures} lacks {expected}"
+        );
+        assert_eq!(&got.body[..], &s.body[..]);
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates_within_an_hour() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let parse = |text: &'static str| parse_retry_after(&HeaderValue::from_static(text), now);
+        assert_eq!(parse("0"), Some(Duration::ZERO));
+        assert_eq!(parse(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(parse("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse("99999999999999999999999"), Some(MAX_RETRY_AFTER));
+        let in_90s = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        let date = |text: &str| parse_retry_after(&HeaderValue::try_from(text).unwrap(), now);
+        assert_eq!(date(&in_90s), Some(Duration::from_secs(90)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(date(&past), Some(Duration::ZERO));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(7 * 86400));
+        assert_eq!(date(&far), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse("-5"), None);
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse(""), None);
+    }
 }

@@ -47,6 +47,8 @@ pub struct HttpSpec {
     pub output_cap: usize,
 }
 
+// One spec is built per attempt and moved once; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ActionSpec {
     Command(CommandSpec),
