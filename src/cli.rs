@@ -14,7 +14,11 @@ use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret,
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "hookgate", version, about = "Self-hosted webhook gateway: verify, store durably, answer fast, run actions reliably.")]
+#[command(
+    name = "hookgate",
+    version,
+    about = "Self-hosted webhook gateway: verify, store durably, answer fast, run actions reliably."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -223,7 +227,11 @@ fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(live) => {
             for s in live.config.sources.iter().filter(|s| !s.enabled) {
-                eprintln!("warning: sources `{}` is off: {}", s.name, s.disabled_reason.as_deref().unwrap_or("disabled"));
+                eprintln!(
+                    "warning: sources `{}` is off: {}",
+                    s.name,
+                    s.disabled_reason.as_deref().unwrap_or("disabled")
+                );
             }
             println!(
                 "{}: ok ({} sources, {} routes)",
@@ -403,12 +411,7 @@ async fn admin_call(
     query: &[(&str, String)],
 ) -> anyhow::Result<()> {
     let url = format!("{}{path}", admin.url.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .request(method, url)
-        .bearer_auth(&admin.token)
-        .query(query)
-        .send()
-        .await?;
+    let response = reqwest::Client::new().request(method, url).bearer_auth(&admin.token).query(query).send().await?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let pretty = serde_json::from_str::<serde_json::Value>(&text)

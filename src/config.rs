@@ -8,9 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::verify::{
-    Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions, Verifier,
-};
+use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions, Verifier};
 
 /// The file used when neither `--config` nor `HOOKGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "hookgate.toml";
@@ -322,16 +320,15 @@ impl Config {
 
 /// Read, parse and validate a config file, applying `HOOKGATE_*` overrides from `env`.
 pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base, env)
 }
 
 /// Parse and validate config text; relative `file:` secrets resolve against `base`.
 pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let file: raw::File =
-        toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(text, &e)))?;
+    let file: raw::File = toml::from_str(text).map_err(|e| ConfigError::Parse(describe_toml_error(text, &e)))?;
     validate(file, base, env)
 }
 
@@ -348,10 +345,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-    let listen_text = env
-        .var("HOOKGATE_LISTEN")
-        .or(file.server.listen)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen_text = env.var("HOOKGATE_LISTEN").or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen: SocketAddr = listen_text
         .parse()
         .map_err(|_| invalid("server.listen", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
@@ -360,7 +354,11 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         listen,
         max_body,
         log_client_ip: file.server.log_client_ip.unwrap_or(false),
-        read_timeout: opt_duration("server.read_timeout", file.server.read_timeout.as_deref(), Duration::from_secs(30))?,
+        read_timeout: opt_duration(
+            "server.read_timeout",
+            file.server.read_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?,
         max_connections: file.server.max_connections.unwrap_or(10_000),
     };
     if server.max_connections == 0 {
@@ -368,10 +366,7 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
     }
 
     let store = StoreConfig {
-        url: env
-            .var("HOOKGATE_STORE_URL")
-            .or(file.store.url)
-            .unwrap_or_else(|| "sqlite://hookgate.db".into()),
+        url: env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| "sqlite://hookgate.db".into()),
         retention: opt_duration("store.retention", file.store.retention.as_deref(), Duration::from_secs(7 * 86400))?,
     };
     let store = StoreConfig { url: resolve_store_url(&store.url, base), ..store };
@@ -381,8 +376,16 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
 
     let worker = WorkerConfig {
         concurrency: file.worker.concurrency.unwrap_or(32),
-        poll_interval: opt_duration("worker.poll_interval", file.worker.poll_interval.as_deref(), Duration::from_secs(1))?,
-        shutdown_grace: opt_duration("worker.shutdown_grace", file.worker.shutdown_grace.as_deref(), Duration::from_secs(30))?,
+        poll_interval: opt_duration(
+            "worker.poll_interval",
+            file.worker.poll_interval.as_deref(),
+            Duration::from_secs(1),
+        )?,
+        shutdown_grace: opt_duration(
+            "worker.shutdown_grace",
+            file.worker.shutdown_grace.as_deref(),
+            Duration::from_secs(30),
+        )?,
         output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), 16 << 10)?,
     };
     if worker.concurrency == 0 {
@@ -557,7 +560,11 @@ fn validate_route(
             Ok(Breaker {
                 window: opt_duration(&key("circuit_breaker.window"), b.window.as_deref(), Duration::from_secs(120))?,
                 max_failures: b.max_failures.unwrap_or(5).max(1),
-                open_for: opt_duration(&key("circuit_breaker.open_for"), b.open_for.as_deref(), Duration::from_secs(60))?,
+                open_for: opt_duration(
+                    &key("circuit_breaker.open_for"),
+                    b.open_for.as_deref(),
+                    Duration::from_secs(60),
+                )?,
             })
         })
         .transpose()?;
@@ -633,7 +640,12 @@ fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> R
     }
 }
 
-fn validate_sign(key: &str, raw: raw::Sign, base: &Path, env: &dyn Env) -> Result<crate::actions::SignSpec, ConfigError> {
+fn validate_sign(
+    key: &str,
+    raw: raw::Sign,
+    base: &Path,
+    env: &dyn Env,
+) -> Result<crate::actions::SignSpec, ConfigError> {
     let k = |s: &str| format!("{key}.{s}");
     let secret_ref = raw.secret.ok_or_else(|| invalid(k("secret"), "missing"))?;
     let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
@@ -671,9 +683,7 @@ fn validate_content(key: &str, content: Option<String>) -> Result<String, Config
     let content = content.unwrap_or_else(|| "{body}".into());
     let mut rest = content.as_str();
     while let Some(start) = rest.find('{') {
-        let end = rest[start..]
-            .find('}')
-            .ok_or_else(|| invalid(key, "unclosed `{`"))?;
+        let end = rest[start..].find('}').ok_or_else(|| invalid(key, "unclosed `{`"))?;
         let name = &rest[start + 1..start + end];
         if !matches!(name, "body" | "timestamp" | "id") {
             return Err(invalid(key, format!("unknown placeholder `{{{name}}}` (body, timestamp, id)")));
@@ -808,7 +818,11 @@ mod tests {
 
     #[test]
     fn env_overrides_listen_and_store_url() {
-        let e = env(&[("GH_SECRET", "x"), ("HOOKGATE_LISTEN", "127.0.0.1:0"), ("HOOKGATE_STORE_URL", "sqlite:///tmp/x.db")]);
+        let e = env(&[
+            ("GH_SECRET", "x"),
+            ("HOOKGATE_LISTEN", "127.0.0.1:0"),
+            ("HOOKGATE_STORE_URL", "sqlite:///tmp/x.db"),
+        ]);
         let cfg = parse(MINIMAL, Path::new(""), &e).unwrap();
         assert_eq!(cfg.server.listen.port(), 0);
         assert_eq!(cfg.store.url, "sqlite:///tmp/x.db");

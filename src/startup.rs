@@ -61,9 +61,7 @@ impl Application {
         ));
         let router = app(self.state.clone());
         let signal = shutdown.clone();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await?;
+        axum::serve(self.listener, router).with_graceful_shutdown(async move { signal.cancelled().await }).await?;
         let _ = maintenance.await;
         let _ = worker.await;
         tracing::info!("stopped");

@@ -36,10 +36,7 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
     if let Some(cwd) = &spec.cwd {
         // Checked first: a missing cwd would otherwise surface as "cannot start `prog`: No such file ...".
         if !tokio::fs::metadata(cwd).await.is_ok_and(|m| m.is_dir()) {
-            return failed(format!(
-                "working directory `{}` does not exist",
-                cwd.display()
-            ));
+            return failed(format!("working directory `{}` does not exist", cwd.display()));
         }
     }
 
@@ -59,22 +56,14 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
         Ok(child) => child,
         Err(e) => return spawn_error(program, &e),
     };
-    let Some(group) = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw)
-    else {
+    let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw) else {
         // Only possible if the child was already reaped, which nothing here did.
         return failed(format!("cannot start `{program}`: no process id"));
     };
 
     let stop_reading = CancellationToken::new();
-    let mut reader = tokio::spawn(capture(
-        child.stdout.take(),
-        child.stderr.take(),
-        spec.output_cap,
-        stop_reading.clone(),
-    ));
+    let mut reader =
+        tokio::spawn(capture(child.stdout.take(), child.stderr.take(), spec.output_cap, stop_reading.clone()));
 
     let ended = tokio::select! {
         status = child.wait() => Ended::Exited(status),
@@ -111,10 +100,7 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
             Ok(result) => result.ok(),
             Err(_) => {
                 stop_reading.cancel();
-                tokio::time::timeout(REAP_BOUND, reader)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
+                tokio::time::timeout(REAP_BOUND, reader).await.ok().and_then(Result::ok)
             }
         },
     };
@@ -122,18 +108,10 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
 
     let (outcome, error) = match status {
         Ok(status) if status.success() => (Outcome::Success, None),
-        Ok(status) => (
-            Outcome::Retryable { retry_after: None },
-            Some(describe(status)),
-        ),
+        Ok(status) => (Outcome::Retryable { retry_after: None }, Some(describe(status))),
         Err(error) => (Outcome::Retryable { retry_after: None }, Some(error)),
     };
-    AttemptResult {
-        outcome,
-        error,
-        output,
-        status_code: None,
-    }
+    AttemptResult { outcome, error, output, status_code: None }
 }
 
 enum Ended {
@@ -143,12 +121,7 @@ enum Ended {
 }
 
 fn failed(error: String) -> AttemptResult {
-    AttemptResult {
-        outcome: Outcome::Failed,
-        error: Some(error),
-        output: None,
-        status_code: None,
-    }
+    AttemptResult { outcome: Outcome::Failed, error: Some(error), output: None, status_code: None }
 }
 
 /// A missing or unusable program is permanent; a resource shortage (fork limits, fds) may pass.
@@ -205,11 +178,7 @@ async fn terminate_group(group: Pid, child: &mut Child) {
     let deadline = tokio::time::Instant::now() + KILL_GRACE;
     loop {
         let leader_gone = matches!(child.try_wait(), Ok(Some(_)) | Err(_));
-        if leader_gone
-            && !tokio::task::spawn_blocking(move || group_alive(group))
-                .await
-                .unwrap_or(true)
-        {
+        if leader_gone && !tokio::task::spawn_blocking(move || group_alive(group)).await.unwrap_or(true) {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -232,15 +201,10 @@ fn group_alive(group: Pid) -> bool {
     };
     entries.flatten().any(|entry| {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
             return false;
         };
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| live_group_of(&stat))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| live_group_of(&stat))
             == Some(group.as_raw())
     })
 }
@@ -288,10 +252,7 @@ async fn capture(
     cap: usize,
     stop: CancellationToken,
 ) -> Captured {
-    let mut captured = Captured {
-        kept: Vec::with_capacity(cap.min(64 * 1024)),
-        dropped: 0,
-    };
+    let mut captured = Captured { kept: Vec::with_capacity(cap.min(64 * 1024)), dropped: 0 };
     let mut out_buf = vec![0u8; 8192];
     let mut err_buf = vec![0u8; 8192];
     while stdout.is_some() || stderr.is_some() {
@@ -347,9 +308,7 @@ mod tests {
     fn process_is_alive(pid: &str) -> bool {
         match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
             Ok(stat) => {
-                let state = stat
-                    .rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().chars().next());
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
                 !matches!(state, Some(Some('Z' | 'X')))
             }
             Err(_) => false,
@@ -405,10 +364,7 @@ mod tests {
     async fn a_missing_program_fails_with_a_clear_error() {
         let result = run_spec(spec(&["hookgate-no-such-program", "x"])).await;
         assert_eq!(result.outcome, Outcome::Failed);
-        assert_eq!(
-            result.error.as_deref(),
-            Some("cannot start `hookgate-no-such-program`: No such file or directory")
-        );
+        assert_eq!(result.error.as_deref(), Some("cannot start `hookgate-no-such-program`: No such file or directory"));
     }
 
     #[tokio::test]
@@ -436,20 +392,13 @@ mod tests {
         s.cwd = Some("/nonexistent/hookgate-test".into());
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Failed);
-        assert_eq!(
-            result.error.as_deref(),
-            Some("working directory `/nonexistent/hookgate-test` does not exist")
-        );
+        assert_eq!(result.error.as_deref(), Some("working directory `/nonexistent/hookgate-test` does not exist"));
     }
 
     #[tokio::test]
     async fn output_beyond_the_cap_is_drained_and_marked() {
         // 1 MB, far more than a pipe buffer: the child only finishes if the reader keeps draining.
-        let mut s = spec(&[
-            "sh",
-            "-c",
-            "yes abcdefghi | head -c 1000000; yes 0123456789 | head -c 1000000 >&2",
-        ]);
+        let mut s = spec(&["sh", "-c", "yes abcdefghi | head -c 1000000; yes 0123456789 | head -c 1000000 >&2"]);
         s.output_cap = 1000;
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Success);
@@ -468,42 +417,25 @@ mod tests {
         s.timeout = Duration::from_secs(1);
         let started = Instant::now();
         let result = run_spec(s).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1) + KILL_GRACE,
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(1) + KILL_GRACE, "took {:?}", started.elapsed());
         assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
         assert_eq!(result.error.as_deref(), Some("timed out after 1s"));
         let grandchild = read_pid_file(&pid_file).await;
-        assert!(
-            !process_is_alive(&grandchild),
-            "background process {} survived",
-            grandchild.trim()
-        );
+        assert!(!process_is_alive(&grandchild), "background process {} survived", grandchild.trim());
     }
 
     #[tokio::test]
     async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("stubborn.pid");
-        let script = format!(
-            "trap '' TERM; echo $$ > '{}'; while :; do sleep 0.1; done",
-            pid_file.display()
-        );
+        let script = format!("trap '' TERM; echo $$ > '{}'; while :; do sleep 0.1; done", pid_file.display());
         let mut s = spec(&["sh", "-c", &script]);
         s.timeout = Duration::from_millis(300);
         let started = Instant::now();
         let result = run_spec(s).await;
         let elapsed = started.elapsed();
-        assert!(
-            elapsed >= KILL_GRACE,
-            "SIGKILL came before the grace: {elapsed:?}"
-        );
-        assert!(
-            elapsed < KILL_GRACE + Duration::from_secs(3),
-            "took {elapsed:?}"
-        );
+        assert!(elapsed >= KILL_GRACE, "SIGKILL came before the grace: {elapsed:?}");
+        assert!(elapsed < KILL_GRACE + Duration::from_secs(3), "took {elapsed:?}");
         assert_eq!(result.error.as_deref(), Some("timed out after 300ms"));
         assert!(!process_is_alive(&read_pid_file(&pid_file).await));
     }
@@ -523,11 +455,7 @@ mod tests {
         });
         let started = Instant::now();
         let result = run(s, &cancel).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
         assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
         assert_eq!(result.error.as_deref(), Some("cancelled"));
         assert!(!process_is_alive(&read_pid_file(&pid_file).await));
@@ -537,17 +465,10 @@ mod tests {
     async fn a_background_process_holding_the_pipes_does_not_hang_the_attempt() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("daemon.pid");
-        let script = format!(
-            "sleep 30 & echo $! > '{}'; echo started",
-            pid_file.display()
-        );
+        let script = format!("sleep 30 & echo $! > '{}'; echo started", pid_file.display());
         let started = Instant::now();
         let result = run_spec(spec(&["sh", "-c", &script])).await;
-        assert!(
-            started.elapsed() < PIPE_GRACE + KILL_GRACE,
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < PIPE_GRACE + KILL_GRACE, "took {:?}", started.elapsed());
         assert_eq!(result.outcome, Outcome::Success);
         assert_eq!(result.output.as_deref(), Some("started\n"));
         assert!(!process_is_alive(&read_pid_file(&pid_file).await));
@@ -574,20 +495,13 @@ mod tests {
     #[tokio::test]
     async fn env_and_cwd_are_applied_and_the_environment_is_inherited() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = spec(&[
-            "sh",
-            "-c",
-            r#"printf '%s|%s|%s' "$HOOKGATE_TEST_VALUE" "$(pwd -P)" "${PATH:+has-path}""#,
-        ]);
+        let mut s = spec(&["sh", "-c", r#"printf '%s|%s|%s' "$HOOKGATE_TEST_VALUE" "$(pwd -P)" "${PATH:+has-path}""#]);
         s.env = vec![("HOOKGATE_TEST_VALUE".into(), "a value; $(not run)".into())];
         s.cwd = Some(dir.path().to_path_buf());
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Success);
         let cwd = dir.path().canonicalize().unwrap();
-        assert_eq!(
-            result.output.unwrap(),
-            format!("a value; $(not run)|{}|has-path", cwd.display())
-        );
+        assert_eq!(result.output.unwrap(), format!("a value; $(not run)|{}|has-path", cwd.display()));
     }
 
     #[test]

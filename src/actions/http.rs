@@ -29,11 +29,7 @@ pub(super) fn client() -> reqwest::Client {
         .expect("the HTTP client (rustls) can be built")
 }
 
-pub(super) async fn run(
-    client: &reqwest::Client,
-    spec: HttpSpec,
-    cancel: &CancellationToken,
-) -> AttemptResult {
+pub(super) async fn run(client: &reqwest::Client, spec: HttpSpec, cancel: &CancellationToken) -> AttemptResult {
     let request = match build(client, &spec) {
         Ok(request) => request,
         Err(error) => return result(Outcome::Failed, Some(error), None, None),
@@ -47,33 +43,23 @@ pub(super) async fn run(
 fn build(client: &reqwest::Client, spec: &HttpSpec) -> Result<reqwest::Request, String> {
     let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("invalid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "invalid URL: unsupported scheme `{}`",
-            url.scheme()
-        ));
+        return Err(format!("invalid URL: unsupported scheme `{}`", url.scheme()));
     }
     let mut headers = HeaderMap::new();
     for (name, value) in &spec.headers {
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let value = HeaderValue::try_from(value.as_str())
-            .map_err(|_| format!("invalid value for header `{name}`"))?;
+        let name = HeaderName::try_from(name.as_str()).map_err(|_| format!("invalid header name `{name}`"))?;
+        let value = HeaderValue::try_from(value.as_str()).map_err(|_| format!("invalid value for header `{name}`"))?;
         headers.append(name, value);
     }
     if let Some(sign) = &spec.sign {
-        let message = Message {
-            id: &spec.message_id,
-            event: Some(&spec.event),
-            timestamp_ms: now_ms(),
-            body: &spec.body,
-        };
-        let signed = sign::headers(&sign.scheme, &sign.secret, &message)
-            .map_err(|e| format!("cannot sign: {e}"))?;
+        let message =
+            Message { id: &spec.message_id, event: Some(&spec.event), timestamp_ms: now_ms(), body: &spec.body };
+        let signed = sign::headers(&sign.scheme, &sign.secret, &message).map_err(|e| format!("cannot sign: {e}"))?;
         for (name, value) in signed {
-            let name = HeaderName::try_from(name.as_str())
-                .map_err(|_| format!("cannot sign: bad header name `{name}`"))?;
-            let value = HeaderValue::try_from(value)
-                .map_err(|_| format!("cannot sign: bad value for header `{name}`"))?;
+            let name =
+                HeaderName::try_from(name.as_str()).map_err(|_| format!("cannot sign: bad header name `{name}`"))?;
+            let value =
+                HeaderValue::try_from(value).map_err(|_| format!("cannot sign: bad value for header `{name}`"))?;
             // The signature must win over a configured header of the same name.
             headers.insert(name, value);
         }
@@ -90,60 +76,27 @@ fn build(client: &reqwest::Client, spec: &HttpSpec) -> Result<reqwest::Request, 
         .map_err(|e| format!("invalid request: {}", root_cause(&e)))
 }
 
-async fn send(
-    client: &reqwest::Client,
-    request: reqwest::Request,
-    spec: &HttpSpec,
-) -> AttemptResult {
+async fn send(client: &reqwest::Client, request: reqwest::Request, spec: &HttpSpec) -> AttemptResult {
     let mut response = match client.execute(request).await {
         Ok(response) => response,
-        Err(e) => {
-            return result(
-                retry(None),
-                Some(transport_error(&e, spec.timeout)),
-                None,
-                None,
-            )
-        }
+        Err(e) => return result(retry(None), Some(transport_error(&e, spec.timeout)), None, None),
     };
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
     let output = read_capped(&mut response, spec.output_cap).await;
 
     let (outcome, error) = match status.as_u16() {
         200..=299 => (Outcome::Success, None),
         410 => (Outcome::Gone, Some(format!("HTTP {}", status.as_u16()))),
-        408 | 429 | 500..=599 => (
-            retry(retry_after),
-            Some(format!("HTTP {}", status.as_u16())),
-        ),
-        300..=399 => (
-            Outcome::Failed,
-            Some(format!(
-                "HTTP {} (redirects are not followed)",
-                status.as_u16()
-            )),
-        ),
+        408 | 429 | 500..=599 => (retry(retry_after), Some(format!("HTTP {}", status.as_u16()))),
+        300..=399 => (Outcome::Failed, Some(format!("HTTP {} (redirects are not followed)", status.as_u16()))),
         _ => (Outcome::Failed, Some(format!("HTTP {}", status.as_u16()))),
     };
     result(outcome, error, output, Some(status.as_u16()))
 }
 
-fn result(
-    outcome: Outcome,
-    error: Option<String>,
-    output: Option<String>,
-    status_code: Option<u16>,
-) -> AttemptResult {
-    AttemptResult {
-        outcome,
-        error,
-        output,
-        status_code,
-    }
+fn result(outcome: Outcome, error: Option<String>, output: Option<String>, status_code: Option<u16>) -> AttemptResult {
+    AttemptResult { outcome, error, output, status_code }
 }
 
 fn retry(retry_after: Option<Duration>) -> Outcome {
@@ -151,9 +104,7 @@ fn retry(retry_after: Option<Duration>) -> Outcome {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Reads at most `cap` bytes of the body; the rest is not read (the connection is dropped instead).
@@ -178,10 +129,7 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Option<Str
     let mut text = String::from_utf8_lossy(&kept).into_owned();
     if truncated {
         match total {
-            Some(total) => text.push_str(&format!(
-                "…[truncated {} bytes]",
-                total.saturating_sub(cap as u64)
-            )),
+            Some(total) => text.push_str(&format!("…[truncated {} bytes]", total.saturating_sub(cap as u64))),
             None => text.push_str("…[truncated]"),
         }
     }
@@ -274,20 +222,14 @@ mod tests {
     }
 
     /// A server answering every request with `status`, `headers` and `body`.
-    async fn answering(
-        status: u16,
-        headers: &[(&'static str, &'static str)],
-        body: &'static str,
-    ) -> String {
+    async fn answering(status: u16, headers: &[(&'static str, &'static str)], body: &'static str) -> String {
         let headers: Vec<_> = headers.to_vec();
         let app = Router::new().fallback(any(move || {
             let headers = headers.clone();
             async move {
                 let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
                 for (name, value) in headers {
-                    response
-                        .headers_mut()
-                        .insert(name, HeaderValue::from_static(value));
+                    response.headers_mut().insert(name, HeaderValue::from_static(value));
                 }
                 response
             }
@@ -357,12 +299,7 @@ mod tests {
     async fn a_429_with_retry_after_is_retryable_after_that_delay() {
         let url = answering(429, &[("retry-after", "7")], "").await;
         let result = run_spec(spec(url)).await;
-        assert_eq!(
-            result.outcome,
-            Outcome::Retryable {
-                retry_after: Some(Duration::from_secs(7))
-            }
-        );
+        assert_eq!(result.outcome, Outcome::Retryable { retry_after: Some(Duration::from_secs(7)) });
         assert_eq!(result.status_code, Some(429));
         assert_eq!(result.error.as_deref(), Some("HTTP 429"));
         assert_eq!(result.output, None);
@@ -373,11 +310,7 @@ mod tests {
         for status in [408, 503] {
             let url = answering(status, &[], "").await;
             let result = run_spec(spec(url)).await;
-            assert_eq!(
-                result.outcome,
-                Outcome::Retryable { retry_after: None },
-                "{status}"
-            );
+            assert_eq!(result.outcome, Outcome::Retryable { retry_after: None }, "{status}");
         }
     }
 
@@ -406,10 +339,7 @@ mod tests {
         let result = run_spec(spec(url)).await;
         assert_eq!(result.outcome, Outcome::Failed);
         assert_eq!(result.status_code, Some(307));
-        assert_eq!(
-            result.error.as_deref(),
-            Some("HTTP 307 (redirects are not followed)")
-        );
+        assert_eq!(result.error.as_deref(), Some("HTTP 307 (redirects are not followed)"));
         assert!(seen.try_recv().is_err(), "the redirect was followed");
     }
 
@@ -432,10 +362,7 @@ mod tests {
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
         let error = result.error.unwrap();
-        assert!(
-            !error.contains("s3cr3t") && !error.contains("hookgate-test"),
-            "{error}"
-        );
+        assert!(!error.contains("s3cr3t") && !error.contains("hookgate-test"), "{error}");
     }
 
     #[tokio::test]
@@ -449,11 +376,7 @@ mod tests {
         s.timeout = Duration::from_millis(300);
         let started = Instant::now();
         let result = run_spec(s).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
         assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
         assert_eq!(result.error.as_deref(), Some("timed out after 300ms"));
     }
@@ -481,10 +404,7 @@ mod tests {
         let (url, mut seen) = recording().await;
         let mut s = spec(format!("{url}/deploy/now"));
         s.method = http::Method::PUT;
-        s.headers = vec![
-            ("X-Custom".into(), "one".into()),
-            ("x-custom".into(), "two".into()),
-        ];
+        s.headers = vec![("X-Custom".into(), "one".into()), ("x-custom".into(), "two".into())];
         s.body = Bytes::from_static(b"payload bytes");
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Success);
@@ -492,12 +412,7 @@ mod tests {
         assert_eq!(got.method, http::Method::PUT);
         assert_eq!(got.path, "/deploy/now");
         assert_eq!(&got.body[..], b"payload bytes");
-        let custom: Vec<_> = got
-            .headers
-            .get_all("x-custom")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
+        let custom: Vec<_> = got.headers.get_all("x-custom").iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(custom, ["one", "two"]);
         assert_eq!(got.headers["content-type"], "application/json");
         assert_eq!(got.headers["user-agent"], "hookgate");
@@ -522,10 +437,7 @@ mod tests {
         s.output_cap = 100;
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Success);
-        assert_eq!(
-            result.output.unwrap(),
-            format!("{}…[truncated 9900 bytes]", "a".repeat(100))
-        );
+        assert_eq!(result.output.unwrap(), format!("{}…[truncated 9900 bytes]", "a".repeat(100)));
     }
 
     #[tokio::test]
@@ -541,10 +453,7 @@ mod tests {
     async fn an_invalid_header_fails_without_echoing_its_value() {
         let (url, _seen) = recording().await;
         let mut s = spec(url);
-        s.headers = vec![(
-            "Authorization".into(),
-            "Bearer s3cr3t\nInjected: yes".into(),
-        )];
+        s.headers = vec![("Authorization".into(), "Bearer s3cr3t\nInjected: yes".into())];
         let result = run_spec(s).await;
         assert_eq!(result.outcome, Outcome::Failed);
         let error = result.error.unwrap();
@@ -555,16 +464,10 @@ mod tests {
     #[ignore = "needs sign module"]
     async fn a_standard_webhooks_signature_verifies_at_the_peer() {
         let key = b"test signing key for hookgate!!";
-        let secret = format!(
-            "whsec_{}",
-            base64::engine::general_purpose::STANDARD.encode(key)
-        );
+        let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
         let (url, mut seen) = recording().await;
         let mut s = spec(url);
-        s.sign = Some(SignSpec {
-            scheme: Scheme::Standard,
-            secret: Secret::new(secret),
-        });
+        s.sign = Some(SignSpec { scheme: Scheme::Standard, secret: Secret::new(secret) });
         let before_ms = now_ms();
         let result = run_spec(s.clone()).await;
         assert_eq!(result.outcome, Outcome::Success, "{:?}", result.error);
@@ -574,23 +477,14 @@ mod tests {
         let timestamp = got.headers["webhook-timestamp"].to_str().unwrap();
         assert_eq!(id, s.message_id);
         let seconds: i64 = timestamp.parse().unwrap();
-        assert!(
-            (before_ms / 1000 - 1..=now_ms() / 1000 + 1).contains(&seconds),
-            "{timestamp}"
-        );
+        assert!((before_ms / 1000 - 1..=now_ms() / 1000 + 1).contains(&seconds), "{timestamp}");
 
         let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
         mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(&got.body);
-        let expected = format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-        );
+        let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
         let signatures = got.headers["webhook-signature"].to_str().unwrap();
-        assert!(
-            signatures.split(' ').any(|sig| sig == expected),
-            "{signatures} lacks {expected}"
-        );
+        assert!(signatures.split(' ').any(|sig| sig == expected), "{signatures} lacks {expected}");
         assert_eq!(&got.body[..], &s.body[..]);
     }
 

@@ -85,9 +85,7 @@ pub struct Runner {
 
 impl Runner {
     pub fn new() -> Self {
-        Runner {
-            http: http::client(),
-        }
+        Runner { http: http::client() }
     }
 
     /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed, an HTTP

@@ -143,7 +143,9 @@ async fn list_deliveries(
 
 async fn show_delivery(
     _auth: AdminAuth,
-    State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let detail = state.store.get_delivery(&id).await?.ok_or(ApiError::NotFound)?;
     let d = &detail.delivery;
     Ok(Json(json!({
@@ -157,7 +159,9 @@ async fn show_delivery(
 
 async fn replay_delivery(
     _auth: AdminAuth,
-    State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let detail = state.store.get_delivery(&id).await?.ok_or(ApiError::NotFound)?;
     let live = state.live.current();
     let ctx = EventContext::from_stored(&detail.delivery);
@@ -180,7 +184,9 @@ struct JobsParams {
 
 async fn list_jobs(
     _auth: AdminAuth,
-    State(state): State<AppState>, Query(p): Query<JobsParams>) -> Result<Json<Value>, ApiError> {
+    State(state): State<AppState>,
+    Query(p): Query<JobsParams>,
+) -> Result<Json<Value>, ApiError> {
     let status = match p.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -197,7 +203,9 @@ async fn list_jobs(
 
 async fn retry_job(
     _auth: AdminAuth,
-    State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if !state.store.retry_job(&id, now_ms()).await? {
         return Err(ApiError::NotFound);
     }

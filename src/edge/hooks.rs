@@ -83,11 +83,7 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
-    let source = live
-        .config
-        .source(source_name)
-        .filter(|s| s.enabled)
-        .ok_or(ApiError::NotFound)?;
+    let source = live.config.source(source_name).filter(|s| s.enabled).ok_or(ApiError::NotFound)?;
 
     if let Some(limiter) = live.limiters.get(&source.name) {
         if let Err(not_until) = limiter.check() {
@@ -137,10 +133,8 @@ async fn handle(
 
 /// Read the body, refusing before reading past `limit` and cutting off clients slower than `timeout`.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
@@ -153,8 +147,5 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Durat
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect()
+    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }

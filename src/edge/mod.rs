@@ -29,10 +29,7 @@ pub struct AppState {
 /// The whole HTTP application: webhooks, health, metrics, admin API and dashboard.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/hooks/{source}",
-            post(hooks::receive).fallback(|| async { ApiError::MethodNotAllowed }),
-        )
+        .route("/hooks/{source}", post(hooks::receive).fallback(|| async { ApiError::MethodNotAllowed }))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -40,12 +37,6 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::ui::router())
         .fallback(|| async { ApiError::NotFound })
         .with_state(state)
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }

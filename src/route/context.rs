@@ -48,11 +48,7 @@ impl EventContext {
 
     /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null.
     pub fn from_stored(d: &StoredDelivery) -> Self {
-        let content_type = d
-            .headers
-            .iter()
-            .find(|(k, _)| k == "content-type")
-            .map(|(_, v)| v.as_str());
+        let content_type = d.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
         let body = parse_body(content_type, &d.body).unwrap_or(serde_json::Value::Null);
         EventContext {
             source: d.source.clone(),
@@ -82,15 +78,15 @@ impl EventContext {
 /// Returns `Null` for bodies that are neither (plain text, empty). An error means the body claims to be
 /// JSON but is not.
 pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, BodyError> {
-    let media = content_type
-        .and_then(|c| c.split(';').next())
-        .map(|c| c.trim().to_ascii_lowercase());
+    let media = content_type.and_then(|c| c.split(';').next()).map(|c| c.trim().to_ascii_lowercase());
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]);
     match media.as_deref() {
         Some("application/x-www-form-urlencoded") => {
             let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v);
             match payload {
-                Some(p) => serde_json::from_str(&p).map_err(|e| BodyError(format!("form field `payload` is not JSON: {e}"))),
+                Some(p) => {
+                    serde_json::from_str(&p).map_err(|e| BodyError(format!("form field `payload` is not JSON: {e}")))
+                }
                 None => Ok(serde_json::Value::Null),
             }
         }
@@ -100,7 +96,9 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<serde_json:
         },
         // No or another content type: JSON if it looks like JSON, else null.
         _ => match trimmed {
-            Some([b'{' | b'[', ..]) => serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}"))),
+            Some([b'{' | b'[', ..]) => {
+                serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}")))
+            }
             _ => Ok(serde_json::Value::Null),
         },
     }

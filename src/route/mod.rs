@@ -177,9 +177,7 @@ mod tests {
     use std::path::Path;
 
     fn routes(toml: &str) -> Routes {
-        let text = format!(
-            "[[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"s\"]\n{toml}"
-        );
+        let text = format!("[[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"s\"]\n{toml}");
         let cfg = crate::config::parse(&text, Path::new(""), &BTreeMap::<String, String>::new()).unwrap();
         Routes::compile(&cfg).unwrap()
     }
@@ -227,7 +225,9 @@ mod tests {
 
     #[test]
     fn without_a_filter_every_event_but_ping_matches() {
-        let r = routes("[[routes]]\nname = \"all\"\nsource = \"github\"\naction = { type = \"command\", argv = [\"true\"] }");
+        let r = routes(
+            "[[routes]]\nname = \"all\"\nsource = \"github\"\naction = { type = \"command\", argv = [\"true\"] }",
+        );
         assert_eq!(r.jobs_for(&push("x", "y"), 0).len(), 1);
         let ping = EventContext::new("github", "ping", "d", "i", serde_json::json!({}), vec![]);
         assert!(r.jobs_for(&ping, 0).is_empty());
@@ -254,7 +254,8 @@ mod tests {
     fn argv_templates_render_one_argument_each() {
         let r = routes(REFRESH);
         let route = r.get("refresh").unwrap();
-        let ActionSpec::Command(spec) = r.render_action(route, &push("refs/heads/main", "o/r"), "job", 100).unwrap() else {
+        let ActionSpec::Command(spec) = r.render_action(route, &push("refs/heads/main", "o/r"), "job", 100).unwrap()
+        else {
             panic!("command expected")
         };
         assert_eq!(spec.argv, ["git", "-C", "/srv/r", "fetch"]);

@@ -56,7 +56,12 @@ impl Text {
     }
 
     /// Render, then refuse what only a template value could have introduced.
-    fn render_guarded(&self, env: &Environment<'static>, ctx: &Value, as_argument: bool) -> Result<String, RenderError> {
+    fn render_guarded(
+        &self,
+        env: &Environment<'static>,
+        ctx: &Value,
+        as_argument: bool,
+    ) -> Result<String, RenderError> {
         let out = self.render(env, ctx)?;
         if !self.compiled {
             return Ok(out);
@@ -223,7 +228,8 @@ mod tests {
 
     #[test]
     fn a_value_that_would_become_an_option_is_refused() {
-        let err = render_argv("{{ body.x }}", serde_json::json!({ "x": "--upload-pack=touch /tmp/pwned" })).unwrap_err();
+        let err =
+            render_argv("{{ body.x }}", serde_json::json!({ "x": "--upload-pack=touch /tmp/pwned" })).unwrap_err();
         assert!(matches!(err, RenderError::OptionInjection { .. }), "{err}");
     }
 

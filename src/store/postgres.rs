@@ -44,7 +44,8 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
 impl PostgresStore {
     /// Connect (lazily: a server that is down now may come back) and apply pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Internal(format!("bad PostgreSQL URL: {e}")))?;
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Internal(format!("bad PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(16)
@@ -80,12 +81,9 @@ impl PostgresStore {
             .get(0);
         for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
             tx.batch_execute(sql).await.map_err(pg_error)?;
-            tx.execute(
-                "INSERT INTO hookgate_migrations (version, applied_at) VALUES ($1, $2)",
-                &[version, &now_ms()],
-            )
-            .await
-            .map_err(pg_error)?;
+            tx.execute("INSERT INTO hookgate_migrations (version, applied_at) VALUES ($1, $2)", &[version, &now_ms()])
+                .await
+                .map_err(pg_error)?;
         }
         tx.commit().await.map_err(pg_error)
     }
@@ -155,12 +153,9 @@ async fn insert_jobs_tx(
     for job in jobs {
         if let Some(key) = &job.coalesce_key {
             // Serialise writers of one (route, key) so two instances cannot both miss the queued job.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))",
-                &[&job.route, key],
-            )
-            .await
-            .map_err(pg_error)?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))", &[&job.route, key])
+                .await
+                .map_err(pg_error)?;
             let merged = tx
                 .execute(
                     "UPDATE jobs SET delivery_id = $1, merged = merged + 1, updated_at = $2
@@ -223,10 +218,7 @@ impl Store for PostgresStore {
     async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let exists = tx
-            .query_opt("SELECT 1 FROM deliveries WHERE id = $1", &[&delivery_id])
-            .await
-            .map_err(pg_error)?;
+        let exists = tx.query_opt("SELECT 1 FROM deliveries WHERE id = $1", &[&delivery_id]).await.map_err(pg_error)?;
         if exists.is_none() {
             return Ok(0);
         }
@@ -388,10 +380,7 @@ impl Store for PostgresStore {
         };
         let delivery = stored_delivery(&row);
         let job_rows = client
-            .query(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = $1 ORDER BY created_at, id"),
-                &[&id],
-            )
+            .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = $1 ORDER BY created_at, id"), &[&id])
             .await
             .map_err(pg_error)?;
         let job_ids: Vec<String> = job_rows.iter().map(|r| r.get("id")).collect();
@@ -500,10 +489,7 @@ impl Store for PostgresStore {
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
         let client = self.client().await?;
-        let rows = client
-            .query("SELECT status, COUNT(*) FROM jobs GROUP BY status", &[])
-            .await
-            .map_err(pg_error)?;
+        let rows = client.query("SELECT status, COUNT(*) FROM jobs GROUP BY status", &[]).await.map_err(pg_error)?;
         let mut counts = JobCounts::default();
         for row in rows {
             let n = row.get::<_, i64>(1) as u64;

@@ -15,9 +15,7 @@ use crate::error::ApiError;
 const INDEX: &str = include_str!("index.html");
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(index))
+    Router::new().route("/ui", get(|| async { Redirect::permanent("/ui/") })).route("/ui/", get(index))
 }
 
 async fn index(State(state): State<AppState>) -> Response {

@@ -126,18 +126,14 @@ impl Worker {
         if finished.is_err() {
             tracing::warn!(running = tasks.len(), "grace period over; stopping running jobs and releasing them");
             self.force.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(15), async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(15), async { while tasks.join_next().await.is_some() {} })
+                .await;
         }
     }
 
     fn route_semaphore(&self, route: &str, limit: usize) -> Arc<Semaphore> {
         let mut map = self.route_slots.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((route.to_string(), limit))
-            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
-            .clone()
+        map.entry((route.to_string(), limit)).or_insert_with(|| Arc::new(Semaphore::new(limit))).clone()
     }
 
     /// Claim as many due jobs as there is capacity for: global slots, and per-route `concurrency`.
@@ -183,16 +179,12 @@ impl Worker {
         }
         let now = now_ms();
         let lease_until = now + (timeout + LEASE_MARGIN).as_millis() as i64;
-        let jobs = self
-            .store
-            .claim_jobs(Claim { owner: self.owner.clone(), limit, now, lease_until, routes })
-            .await?;
+        let jobs = self.store.claim_jobs(Claim { owner: self.owner.clone(), limit, now, lease_until, routes }).await?;
         for job in jobs {
             // Capacity was counted above and only this loop takes permits, so these succeed.
             let slot = self.slots.clone().try_acquire_owned().expect("global slot counted before claim");
-            let route_slot = route_sem
-                .as_ref()
-                .map(|s| s.clone().try_acquire_owned().expect("route slot counted before claim"));
+            let route_slot =
+                route_sem.as_ref().map(|s| s.clone().try_acquire_owned().expect("route slot counted before claim"));
             out.push(Running { job, _slot: slot, _route_slot: route_slot });
         }
         Ok(())
@@ -211,7 +203,9 @@ impl Worker {
         let output_cap = live.config.worker.output_cap;
         let result = match live.routes.render_action(route, &ctx, &job.id, output_cap) {
             Ok(spec) => self.runner.run(spec, &self.force).await,
-            Err(e) => AttemptResult { outcome: Outcome::Failed, error: Some(e.to_string()), output: None, status_code: None },
+            Err(e) => {
+                AttemptResult { outcome: Outcome::Failed, error: Some(e.to_string()), output: None, status_code: None }
+            }
         };
         let finished_ms = now_ms();
         if self.force.is_cancelled() && result.outcome != Outcome::Success {
@@ -248,8 +242,12 @@ impl Worker {
             metrics::histogram!(DELIVERY_LATENCY, "route" => route_label.clone()).record(latency);
         }
         match &result.error {
-            Some(error) => tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, error = %error, "job attempt"),
-            None => tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt"),
+            Some(error) => {
+                tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, error = %error, "job attempt")
+            }
+            None => {
+                tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt")
+            }
         }
         if matches!(result.outcome, Outcome::Gone) {
             tracing::warn!(route = %route_label, "peer answered 410 Gone");

@@ -7,7 +7,10 @@ use crate::helpers::*;
 fn run(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, String, String) {
     use std::io::Write;
     let mut cmd = Command::new(hookgate_bin());
-    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     cmd.env_remove("HOOKGATE_CONFIG").env_remove("HOOKGATE_ADMIN_TOKEN");
     for (k, v) in envs {
         cmd.env(k, v);
@@ -15,7 +18,11 @@ fn run(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, Strin
     let mut child = cmd.spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -32,7 +39,11 @@ fn check_accepts_every_example() {
 fn check_names_the_bad_key_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\ntolerance = \"soon\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\ntolerance = \"soon\"\n",
+    )
+    .unwrap();
     let (code, _, err) = run(&["check", "-c", path.to_str().unwrap()], None, &[]);
     assert_eq!(code, 64);
     assert!(err.contains("sources[0].tolerance"), "{err}");
@@ -45,7 +56,8 @@ fn check_names_the_bad_key_and_exits_non_zero() {
 
 #[test]
 fn sign_prints_headers_that_match_githubs_documented_vector() {
-    let (code, out, err) = run(&["sign", "--provider", "github", "--secret", GITHUB_SECRET], Some("Hello, World!"), &[]);
+    let (code, out, err) =
+        run(&["sign", "--provider", "github", "--secret", GITHUB_SECRET], Some("Hello, World!"), &[]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("X-Hub-Signature-256: sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"),
@@ -81,13 +93,20 @@ async fn send_and_the_admin_commands_work_against_a_running_server() {
     let url = format!("{}/hooks/github", app.addr);
     let addr = app.addr.clone();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        run(&["send", &url, "--provider", "github", "--secret", GITHUB_SECRET, "--event", "push"], Some("{\"ref\":\"x\"}"), &[])
+        run(
+            &["send", &url, "--provider", "github", "--secret", GITHUB_SECRET, "--event", "push"],
+            Some("{\"ref\":\"x\"}"),
+            &[],
+        )
     })
     .await
     .unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("202"), "{out}");
-    let id = serde_json::from_str::<serde_json::Value>(out.lines().nth(1).unwrap()).unwrap()["id"].as_str().unwrap().to_string();
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().nth(1).unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     terminal_jobs(&app, &id).await;
 
     let env = [("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
@@ -106,6 +125,8 @@ async fn send_and_the_admin_commands_work_against_a_running_server() {
     let (code, out, _) = tokio::task::block_in_place(|| run(&["deliveries", "replay", &id], None, &env));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"jobs\": 1"));
-    let (code, _, _) = tokio::task::block_in_place(|| run(&["deliveries", "list"], None, &[("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", "wrong")]));
+    let (code, _, _) = tokio::task::block_in_place(|| {
+        run(&["deliveries", "list"], None, &[("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", "wrong")])
+    });
     assert_ne!(code, 0);
 }

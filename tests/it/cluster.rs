@@ -146,7 +146,8 @@ action = {{ type = "command", argv = ["sh", "-c", "echo \"$1\" >> '{runs}'; slee
     }
     let mut repeated = 0;
     for job in &jobs {
-        let detail = admin_json(&survivor, &format!("/api/v1/deliveries/{}", job["delivery_id"].as_str().unwrap())).await;
+        let detail =
+            admin_json(&survivor, &format!("/api/v1/deliveries/{}", job["delivery_id"].as_str().unwrap())).await;
         let log = detail["jobs"][0]["attempt_log"].as_array().unwrap().clone();
         assert_eq!(log.iter().filter(|a| a["ok"] == true).count(), 1, "{detail}");
         let ran = runs_per_delivery.get(job["delivery_id"].as_str().unwrap()).copied().unwrap_or(0);

@@ -41,7 +41,9 @@ impl Backend {
     pub async fn fresh_url(&self, dir: &Path) -> String {
         match self {
             Backend::Sqlite => format!("sqlite://{}/hookgate.db", dir.display()),
-            Backend::Postgres(base) => hookgate::store::postgres::fresh_schema_url(base).await.expect("PostgreSQL is reachable"),
+            Backend::Postgres(base) => {
+                hookgate::store::postgres::fresh_schema_url(base).await.expect("PostgreSQL is reachable")
+            }
         }
     }
 }
@@ -112,13 +114,7 @@ impl TestApp {
     }
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.addr))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let response = self.client.get(format!("{}{path}", self.addr)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         assert!(response.status().is_success(), "GET {path}: {}", response.status());
         response.json().await.unwrap()
     }
@@ -203,9 +199,7 @@ pub async fn delivery_jobs(app: &TestApp, id: &str) -> Vec<serde_json::Value> {
 pub async fn terminal_jobs(app: &TestApp, id: &str) -> Vec<serde_json::Value> {
     eventually(Duration::from_secs(20), "jobs to finish", || async {
         let jobs = delivery_jobs(app, id).await;
-        jobs.iter()
-            .all(|j| j["status"] == "succeeded" || j["status"] == "dead")
-            .then_some(jobs)
+        jobs.iter().all(|j| j["status"] == "succeeded" || j["status"] == "dead").then_some(jobs)
     })
     .await
 }
@@ -242,7 +236,8 @@ impl BinaryServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(pos) = line.find("listening addr=") {
-                    let addr = line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string();
+                    let addr =
+                        line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -288,12 +283,7 @@ impl Drop for BinaryServer {
 
 /// Admin GET against a binary server.
 pub async fn admin_json(base: &str, path: &str) -> serde_json::Value {
-    let response = reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert!(response.status().is_success(), "GET {path}: {}", response.status());
     response.json().await.unwrap()
 }

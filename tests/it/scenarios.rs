@@ -104,7 +104,10 @@ async fn scenario_5_a_push_makes_the_mirror_fetch_the_new_commit_and_bursts_coal
 
     let config = example("repo-refresh").replace("/var/lib/hookgate/mirrors", mirrors.to_str().unwrap());
     let config = write_config(root, &config);
-    let server = BinaryServer::start(&config, &[("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let server = BinaryServer::start(
+        &config,
+        &[("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
 
     // A new commit upstream; the push delivery makes the mirror fetch it.
     std::fs::write(upstream.join("README"), "two\n").unwrap();
@@ -139,7 +142,8 @@ async fn scenario_5_a_push_makes_the_mirror_fetch_the_new_commit_and_bursts_coal
 
     // A hostile repository name cannot make git leave the mirrors folder.
     let hostile = serde_json::json!({ "ref": "refs/heads/main",
-        "repository": { "name": "../upstream/.git", "full_name": "x/escape" } }).to_string();
+        "repository": { "name": "../upstream/.git", "full_name": "x/escape" } })
+    .to_string();
     let response = post(&server.addr, "push", "s5-hostile", &hostile).await;
     let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let detail = eventually(Duration::from_secs(20), "the hostile job to die", || async {
