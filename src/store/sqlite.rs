@@ -926,3 +926,551 @@ impl Store for SqliteStore {
         self.read(job_counts_tx).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Millis = 3_600_000;
+
+    async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/dir/hookgate.db");
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        (dir, store)
+    }
+
+    fn delivery(source: &str, delivery: &str) -> NewDelivery {
+        NewDelivery {
+            id: new_id(),
+            source: source.into(),
+            event: "push".into(),
+            delivery: delivery.into(),
+            received_at: now_ms(),
+            headers: vec![("x-github-event".into(), "push".into()), ("x-a".into(), "1".into())],
+            body: Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}"),
+        }
+    }
+
+    fn job(route: &str, key: Option<&str>) -> NewJob {
+        job_at(route, key, now_ms() - 1)
+    }
+
+    fn job_at(route: &str, key: Option<&str>, run_at: Millis) -> NewJob {
+        NewJob { id: new_id(), route: route.into(), coalesce_key: key.map(Into::into), run_at }
+    }
+
+    fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
+        let now = now_ms();
+        Claim {
+            owner: owner.into(),
+            limit,
+            now,
+            lease_until: now + HOUR,
+            routes: routes.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn record(attempt: u32, ok: bool) -> AttemptRecord {
+        AttemptRecord {
+            attempt,
+            started_at: now_ms(),
+            finished_at: now_ms(),
+            ok,
+            error: (!ok).then(|| format!("failure {attempt}")),
+            output: Some("out".into()),
+            status_code: Some(if ok { 200 } else { 503 }),
+        }
+    }
+
+    async fn store_one(store: &SqliteStore, id: &str, jobs: Vec<NewJob>) -> String {
+        match store.insert_delivery(delivery("github", id), jobs).await.unwrap() {
+            Insert::Stored { id, .. } => id,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    async fn job_of(store: &SqliteStore, id: &str) -> JobSummary {
+        let page = store.list_jobs(JobQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        page.items.into_iter().find(|j| j.id == id).expect("job exists")
+    }
+
+    #[tokio::test]
+    async fn a_delivery_round_trips_with_its_headers_body_and_jobs() {
+        let (_dir, store) = fresh().await;
+        let d = delivery("github", "d1");
+        let j = job("r", None);
+        let stored = store.insert_delivery(d.clone(), vec![j.clone()]).await.unwrap();
+        assert_eq!(stored, Insert::Stored { id: d.id.clone(), jobs: 1 });
+        let detail = store.get_delivery(&d.id).await.unwrap().unwrap();
+        assert_eq!(detail.delivery.headers, d.headers);
+        assert_eq!(detail.delivery.body, d.body);
+        assert_eq!(detail.delivery.received_at, d.received_at);
+        assert_eq!(detail.jobs.len(), 1);
+        assert_eq!(detail.jobs[0].job.id, j.id);
+        assert_eq!(detail.jobs[0].job.status, JobStatus::Queued);
+        assert_eq!(detail.jobs[0].job.next_attempt_at, Some(j.run_at));
+        assert!(store.get_delivery("nope").await.unwrap().is_none());
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_delivery_returns_the_first_id_and_writes_nothing() {
+        let (_dir, store) = fresh().await;
+        let first = store_one(&store, "d1", vec![job("r", None)]).await;
+        let again =
+            store.insert_delivery(delivery("github", "d1"), vec![job("r", None), job("s", None)]).await.unwrap();
+        assert_eq!(again, Insert::Duplicate { id: first.clone() });
+        // The same delivery id from another source is a different delivery.
+        let other = store.insert_delivery(delivery("gitlab", "d1"), vec![]).await.unwrap();
+        assert!(matches!(other, Insert::Stored { jobs: 0, .. }));
+        let page = store.list_deliveries(Default::default()).await.unwrap();
+        assert_eq!(page.items.len(), 2);
+        assert_eq!(store.job_counts().await.unwrap().queued, 1);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_job_merges_into_a_queued_job_but_not_a_running_one() {
+        let (_dir, store) = fresh().await;
+        let first = job("fetch", Some("octo/a"));
+        let d1 = store_one(&store, "d1", vec![first.clone()]).await;
+        // Same key merges; another key and another route do not.
+        let d2 = store
+            .insert_delivery(
+                delivery("github", "d2"),
+                vec![job("fetch", Some("octo/a")), job("fetch", Some("octo/b")), job("other", Some("octo/a"))],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(d2, Insert::Stored { jobs: 3, .. }));
+        let merged = job_of(&store, &first.id).await;
+        assert_eq!(merged.merged, 1);
+        assert_ne!(merged.delivery_id, d1);
+        // The older delivery stays stored, now without jobs.
+        let old = store.get_delivery(&d1).await.unwrap().unwrap();
+        assert!(old.jobs.is_empty());
+        assert_eq!(store.job_counts().await.unwrap().queued, 3);
+
+        let claimed = store.claim_jobs(claim("w", &["fetch"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        let running = claimed.iter().find(|c| c.id == first.id).unwrap();
+        assert_eq!(running.delivery.delivery, "d2");
+        // Now running: a new delivery with the key gets a job of its own.
+        let newer = job("fetch", Some("octo/a"));
+        store_one(&store, "d3", vec![newer.clone()]).await;
+        assert_eq!(job_of(&store, &newer.id).await.status, JobStatus::Queued);
+        assert_eq!(job_of(&store, &first.id).await.merged, 1);
+    }
+
+    #[tokio::test]
+    async fn claims_respect_run_at_routes_and_limit() {
+        let (_dir, store) = fresh().await;
+        let later = job_at("a", None, now_ms() + HOUR);
+        let a1 = job_at("a", None, now_ms() - 30);
+        let a2 = job_at("a", None, now_ms() - 20);
+        let a3 = job_at("a", None, now_ms() - 10);
+        let b1 = job_at("b", None, now_ms() - 40);
+        store_one(&store, "d1", vec![later.clone(), a1.clone(), a2.clone(), a3.clone(), b1.clone()]).await;
+
+        let first = store.claim_jobs(claim("w", &["a"], 2)).await.unwrap();
+        let ids: Vec<_> = first.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, [a1.id.clone(), a2.id.clone()], "oldest run_at first");
+        assert!(first.iter().all(|c| c.attempt == 1));
+        let rest = store.claim_jobs(claim("w", &["a"], 10)).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].id, a3.id);
+        assert!(store.claim_jobs(claim("w", &["a"], 10)).await.unwrap().is_empty());
+        assert!(store.claim_jobs(claim("w", &[], 10)).await.unwrap().is_empty());
+        assert!(store.claim_jobs(claim("w", &["b"], 0)).await.unwrap().is_empty());
+        let b = store.claim_jobs(claim("w", &["b", "c"], 10)).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].id, b1.id);
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.running), (1, 4));
+        let running = job_of(&store, &a1.id).await;
+        assert_eq!(running.status, JobStatus::Running);
+        assert_eq!(running.attempts, 1);
+        assert_eq!(running.next_attempt_at, None);
+    }
+
+    #[tokio::test]
+    async fn claims_never_hand_out_two_jobs_of_one_key_at_once() {
+        let (_dir, store) = fresh().await;
+        let k1 = job("fetch", Some("k"));
+        store_one(&store, "d1", vec![k1.clone()]).await;
+        let claimed = store.claim_jobs(claim("w", &["fetch"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        // A second job of the key is queued while the first runs: it waits.
+        let k2 = job("fetch", Some("k"));
+        let other = job("fetch", Some("other"));
+        store_one(&store, "d2", vec![k2.clone(), other.clone()]).await;
+        let next = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].id, other.id);
+        assert!(store.finish_job(&k1.id, "w", record(1, true), NextState::Succeeded).await.unwrap());
+        let now_free = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+        assert_eq!(now_free.len(), 1);
+        assert_eq!(now_free[0].id, k2.id);
+    }
+
+    #[tokio::test]
+    async fn one_claim_takes_at_most_one_job_per_key() {
+        let (_dir, store) = fresh().await;
+        let expired = job("fetch", Some("k"));
+        store_one(&store, "d1", vec![expired.clone()]).await;
+        let mut short = claim("w", &["fetch"], 10);
+        short.lease_until = short.now - 1;
+        assert_eq!(store.claim_jobs(short).await.unwrap().len(), 1);
+        // Now one job of the key has an expired lease and another is queued: both are candidates.
+        let queued = job("fetch", Some("k"));
+        store_one(&store, "d2", vec![queued.clone()]).await;
+        let claimed = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, expired.id);
+        assert_eq!(claimed[0].attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_reclaimed_and_the_first_owner_can_no_longer_finish() {
+        let (_dir, store) = fresh().await;
+        let j = job("r", Some("k"));
+        store_one(&store, "d1", vec![j.clone()]).await;
+        let mut first = claim("a", &["r"], 1);
+        first.lease_until = first.now + 50;
+        assert_eq!(store.claim_jobs(first).await.unwrap().len(), 1);
+        // Still leased: nobody else gets it.
+        assert!(store.claim_jobs(claim("b", &["r"], 1)).await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let taken = store.claim_jobs(claim("b", &["r"], 1)).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].attempt, 2);
+        assert!(!store.finish_job(&j.id, "a", record(1, true), NextState::Succeeded).await.unwrap());
+        assert!(!store.release_job(&j.id, "a", now_ms()).await.unwrap());
+        let summary = job_of(&store, &j.id).await;
+        assert_eq!(summary.status, JobStatus::Running);
+        assert!(store.finish_job(&j.id, "b", record(2, true), NextState::Succeeded).await.unwrap());
+        let detail = store.get_delivery(&summary.delivery_id).await.unwrap().unwrap();
+        assert_eq!(detail.jobs[0].attempts.len(), 1, "only the owner's attempt is kept");
+        assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_retries_then_dies_with_an_attempt_row_each_time() {
+        let (_dir, store) = fresh().await;
+        let j = job("r", None);
+        let other = job("r2", None);
+        let d = store_one(&store, "d1", vec![j.clone(), other.clone()]).await;
+        let c1 = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+        assert_eq!(c1[0].attempt, 1);
+        assert_eq!(c1[0].delivery.id, d);
+        assert_eq!(c1[0].delivery.headers[0].0, "x-github-event");
+        let retry_at = now_ms() + HOUR;
+        assert!(store.finish_job(&j.id, "w", record(1, false), NextState::Retry { at: retry_at }).await.unwrap());
+        let queued = job_of(&store, &j.id).await;
+        assert_eq!(queued.status, JobStatus::Queued);
+        assert_eq!(queued.next_attempt_at, Some(retry_at));
+        assert_eq!(queued.last_error.as_deref(), Some("failure 1"));
+        // Not due yet.
+        assert!(store.claim_jobs(claim("w", &["r"], 1)).await.unwrap().is_empty());
+        assert!(store.release_job(&j.id, "w", 0).await.map(|owned| !owned).unwrap());
+        let mut later = claim("w", &["r"], 1);
+        later.now = retry_at;
+        later.lease_until = retry_at + HOUR;
+        let c2 = store.claim_jobs(later).await.unwrap();
+        assert_eq!(c2[0].attempt, 2);
+        assert!(store.finish_job(&j.id, "w", record(2, false), NextState::Dead).await.unwrap());
+        assert!(!store.finish_job(&j.id, "w", record(3, false), NextState::Dead).await.unwrap());
+
+        let detail = store.get_delivery(&d).await.unwrap().unwrap();
+        let ids: Vec<_> = detail.jobs.iter().map(|j| j.job.id.clone()).collect();
+        assert_eq!(ids, [j.id.clone(), other.id.clone()], "created order");
+        let dead = &detail.jobs[0];
+        assert_eq!(dead.job.status, JobStatus::Dead);
+        assert_eq!(dead.job.attempts, 2);
+        assert_eq!(dead.job.next_attempt_at, None);
+        assert_eq!(dead.job.last_error.as_deref(), Some("failure 2"));
+        let numbers: Vec<_> = dead.attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(numbers, [1, 2]);
+        assert_eq!(dead.attempts[0].status_code, Some(503));
+        assert_eq!(dead.attempts[0].output.as_deref(), Some("out"));
+        assert!(!dead.attempts[1].ok);
+        let list = store.list_deliveries(Default::default()).await.unwrap();
+        assert_eq!(list.items[0].jobs.dead, 1);
+        assert_eq!(list.items[0].jobs.queued, 1);
+    }
+
+    #[tokio::test]
+    async fn releasing_a_job_does_not_use_up_an_attempt() {
+        let (_dir, store) = fresh().await;
+        let j = job("r", Some("k"));
+        store_one(&store, "d1", vec![j.clone()]).await;
+        let c1 = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+        assert_eq!(c1[0].attempt, 1);
+        assert!(!store.release_job(&j.id, "someone else", 0).await.unwrap());
+        assert!(store.release_job(&j.id, "w", now_ms() - 1).await.unwrap());
+        let released = job_of(&store, &j.id).await;
+        assert_eq!(released.status, JobStatus::Queued);
+        assert_eq!(released.attempts, 0);
+        let c2 = store.claim_jobs(claim("v", &["r"], 1)).await.unwrap();
+        assert_eq!(c2[0].attempt, 1);
+        assert!(!store.release_job(&j.id, "w", 0).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_dead_job_can_be_retried_and_a_queued_one_cannot() {
+        let (_dir, store) = fresh().await;
+        let j = job("r", None);
+        store_one(&store, "d1", vec![j.clone()]).await;
+        assert!(!store.retry_job(&j.id, now_ms()).await.unwrap(), "queued");
+        assert!(!store.retry_job("unknown", now_ms()).await.unwrap());
+        store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+        assert!(!store.retry_job(&j.id, now_ms()).await.unwrap(), "running");
+        store.finish_job(&j.id, "w", record(1, false), NextState::Dead).await.unwrap();
+        let now = now_ms();
+        assert!(store.retry_job(&j.id, now).await.unwrap());
+        let retried = job_of(&store, &j.id).await;
+        assert_eq!(retried.status, JobStatus::Queued);
+        assert_eq!(retried.attempts, 0);
+        assert_eq!(retried.next_attempt_at, Some(now));
+        assert_eq!(retried.last_error, None);
+        let again = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+        assert_eq!(again[0].attempt, 1);
+    }
+
+    #[tokio::test]
+    async fn replayed_jobs_attach_to_a_stored_delivery_and_coalesce() {
+        let (_dir, store) = fresh().await;
+        let d = store_one(&store, "d1", vec![]).await;
+        let added =
+            store.insert_jobs(&d, vec![job("r", Some("k")), job("r", Some("k")), job("s", None)]).await.unwrap();
+        assert_eq!(added, 3);
+        let detail = store.get_delivery(&d).await.unwrap().unwrap();
+        assert_eq!(detail.jobs.len(), 2);
+        assert_eq!(detail.jobs[0].job.merged, 1);
+        assert_eq!(store.insert_jobs("missing", vec![job("r", None)]).await.unwrap(), 0);
+        assert_eq!(store.job_counts().await.unwrap().queued, 2);
+    }
+
+    #[tokio::test]
+    async fn deliveries_page_newest_first_with_a_cursor_and_filters() {
+        let (_dir, store) = fresh().await;
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let mut d = delivery(if i % 2 == 0 { "github" } else { "gitlab" }, &format!("d{i}"));
+            d.event = if i < 3 { "push".into() } else { "ping".into() };
+            ids.push(d.id.clone());
+            store.insert_delivery(d, vec![job("r", None)]).await.unwrap();
+        }
+        ids.reverse();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_deliveries(DeliveryQuery { limit: 3, before: cursor.clone(), ..Default::default() })
+                .await
+                .unwrap();
+            seen.extend(page.items.iter().map(|d| d.id.clone()));
+            assert!(page.items.iter().all(|d| d.jobs.queued == 1));
+            match page.next {
+                Some(next) => {
+                    assert_eq!(page.items.len(), 3);
+                    cursor = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids, "newest first, every delivery once");
+
+        let github =
+            store.list_deliveries(DeliveryQuery { source: Some("github".into()), ..Default::default() }).await.unwrap();
+        assert_eq!(github.items.len(), 4);
+        assert!(github.next.is_none());
+        let github_push = store
+            .list_deliveries(DeliveryQuery {
+                source: Some("github".into()),
+                event: Some("push".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let names: Vec<_> = github_push.items.iter().map(|d| d.delivery.clone()).collect();
+        assert_eq!(names, ["d2", "d0"]);
+        let after = store
+            .list_deliveries(DeliveryQuery { before: Some(ids[1].clone()), limit: 1000, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(after.items.len(), 5);
+        assert!(after.next.is_none());
+    }
+
+    #[tokio::test]
+    async fn jobs_list_newest_first_filtered_by_status_and_route() {
+        let (_dir, store) = fresh().await;
+        let jobs: Vec<_> = (0..5).map(|i| job(if i < 3 { "a" } else { "b" }, None)).collect();
+        store_one(&store, "d1", jobs.clone()).await;
+        store.claim_jobs(claim("w", &["b"], 1)).await.unwrap();
+        let a = store.list_jobs(JobQuery { route: Some("a".into()), limit: 2, ..Default::default() }).await.unwrap();
+        let ids: Vec<_> = a.items.iter().map(|j| j.id.clone()).collect();
+        assert_eq!(ids, [jobs[2].id.clone(), jobs[1].id.clone()]);
+        let rest = store
+            .list_jobs(JobQuery { route: Some("a".into()), limit: 2, before: a.next, ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(rest.items.len(), 1);
+        assert!(rest.next.is_none());
+        let running =
+            store.list_jobs(JobQuery { status: Some(JobStatus::Running), ..Default::default() }).await.unwrap();
+        assert_eq!(running.items.len(), 1);
+        assert_eq!(running.items[0].route, "b");
+        let queued_b = store
+            .list_jobs(JobQuery { status: Some(JobStatus::Queued), route: Some("b".into()), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!(queued_b.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn purge_keeps_recent_deliveries_and_those_with_unfinished_jobs() {
+        let (_dir, store) = fresh().await;
+        let old = now_ms() - 10 * HOUR;
+        let insert = |name: &str, received_at: Millis| {
+            let mut d = delivery("github", name);
+            d.received_at = received_at;
+            d
+        };
+        let done = insert("done", old);
+        let no_jobs = insert("no-jobs", old);
+        let pending = insert("pending", old);
+        let recent = insert("recent", now_ms());
+        let done_job = job("r", None);
+        store.insert_delivery(done.clone(), vec![done_job.clone()]).await.unwrap();
+        store.insert_delivery(no_jobs, vec![]).await.unwrap();
+        store.insert_delivery(pending.clone(), vec![job_at("later", None, now_ms() + HOUR)]).await.unwrap();
+        store.insert_delivery(recent.clone(), vec![]).await.unwrap();
+        store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+        store.finish_job(&done_job.id, "w", record(1, true), NextState::Succeeded).await.unwrap();
+
+        assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 2);
+        let left: Vec<_> =
+            store.list_deliveries(Default::default()).await.unwrap().items.into_iter().map(|d| d.delivery).collect();
+        assert_eq!(left, ["recent", "pending"]);
+        assert!(store.get_delivery(&done.id).await.unwrap().is_none());
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.succeeded), (1, 0));
+        assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn data_survives_closing_and_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookgate.db");
+        let path = path.to_str().unwrap();
+        let store = SqliteStore::open(path).await.unwrap();
+        let j = job("r", None);
+        let id = store_one(&store, "d1", vec![j.clone()]).await;
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        store.close().await;
+
+        let store = SqliteStore::open(path).await.unwrap();
+        let detail = store.get_delivery(&id).await.unwrap().unwrap();
+        assert_eq!(detail.jobs[0].job.id, j.id);
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        let applied: i64 = store
+            .read(|c| c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0)).map_err(sql_error))
+            .await
+            .unwrap();
+        assert_eq!(applied, MIGRATIONS.len() as i64, "nothing re-applied");
+        drop(store);
+
+        // Dropping (rather than closing) also commits what was accepted.
+        let store = SqliteStore::open(path).await.unwrap();
+        assert_eq!(store.insert_delivery(delivery("github", "d1"), vec![]).await.unwrap(), Insert::Duplicate { id });
+        store_one(&store, "d2", vec![]).await;
+        drop(store);
+        let store = SqliteStore::open(path).await.unwrap();
+        assert_eq!(store.list_deliveries(Default::default()).await.unwrap().items.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_inserts_all_commit_in_far_fewer_transactions() {
+        let (_dir, store) = fresh().await;
+        let store = Arc::new(store);
+        let before = store.commit_count();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .insert_delivery(
+                            delivery("github", &format!("c{i}")),
+                            vec![job("r", Some(&format!("k{}", i % 10)))],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(task.await.unwrap().unwrap(), Insert::Stored { jobs: 1, .. }));
+        }
+        let commits = store.commit_count() - before;
+        assert!(commits >= 1);
+        assert!(commits < 500, "{commits} commits for 500 inserts");
+        let page = store.list_deliveries(DeliveryQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        assert_eq!(page.items.len(), 500);
+        // Ten keys: everything coalesced into ten queued jobs.
+        assert_eq!(store.job_counts().await.unwrap().queued, 10);
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_does_not_undo_the_others_in_its_batch() {
+        let (_dir, store) = fresh().await;
+        let good = delivery("github", "good");
+        let mut clash = delivery("github", "clash");
+        clash.id = good.id.clone();
+        let (a, b, c) = tokio::join!(
+            store.insert_delivery(good.clone(), vec![job("r", None)]),
+            store.insert_delivery(clash, vec![job("r", None)]),
+            store.insert_delivery(delivery("github", "third"), vec![job("r", None)]),
+        );
+        assert!(matches!(a.unwrap(), Insert::Stored { .. }));
+        assert!(matches!(b, Err(StoreError::Internal(_))));
+        assert!(matches!(c.unwrap(), Insert::Stored { .. }));
+        let names: Vec<_> =
+            store.list_deliveries(Default::default()).await.unwrap().items.into_iter().map(|d| d.delivery).collect();
+        assert_eq!(names.len(), 2);
+        assert!(!names.contains(&"clash".to_string()));
+        assert_eq!(store.job_counts().await.unwrap().queued, 2);
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_is_unavailable_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookgate.db");
+        let options = SqliteOptions { busy_timeout: Duration::from_millis(100), readers: 2 };
+        let store = SqliteStore::open_with(path.to_str().unwrap(), options).await.unwrap();
+        store_one(&store, "before", vec![]).await;
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let locked = store.insert_delivery(delivery("github", "d1"), vec![]).await;
+        assert!(matches!(locked, Err(StoreError::Unavailable(_))), "{locked:?}");
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+        // Readers are not blocked by a writer in WAL mode.
+        assert_eq!(store.list_deliveries(Default::default()).await.unwrap().items.len(), 1);
+        other.execute_batch("ROLLBACK").unwrap();
+        store.ping().await.unwrap();
+        store_one(&store, "d1", vec![]).await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_file_fails_the_ping() {
+        let (dir, store) = fresh().await;
+        store.ping().await.unwrap();
+        std::fs::remove_dir_all(dir.path().join("nested")).unwrap();
+        assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_path_is_refused() {
+        assert!(SqliteStore::open(":memory:").await.is_err());
+    }
+}
