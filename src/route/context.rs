@@ -104,6 +104,22 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<serde_json:
     }
 }
 
+/// The context of a request being received; fails when a body that claims to be JSON is not.
+pub fn context_for_request(
+    source: &str,
+    event: &str,
+    delivery: &str,
+    id: &str,
+    headers: &[(String, String)],
+    body: &bytes::Bytes,
+) -> Result<EventContext, BodyError> {
+    let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
+    let parsed = parse_body(content_type, body)?;
+    let mut ctx = EventContext::new(source, event, delivery, id, parsed, headers.to_vec());
+    ctx.raw_body = body.clone();
+    Ok(ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,20 +147,4 @@ mod tests {
         assert_eq!(parse_body(Some("text/plain"), b"hello").unwrap(), serde_json::Value::Null);
         assert_eq!(parse_body(None, b"").unwrap(), serde_json::Value::Null);
     }
-}
-
-/// The context of a request being received; fails when a body that claims to be JSON is not.
-pub fn context_for_request(
-    source: &str,
-    event: &str,
-    delivery: &str,
-    id: &str,
-    headers: &[(String, String)],
-    body: &bytes::Bytes,
-) -> Result<EventContext, BodyError> {
-    let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
-    let parsed = parse_body(content_type, body)?;
-    let mut ctx = EventContext::new(source, event, delivery, id, parsed, headers.to_vec());
-    ctx.raw_body = body.clone();
-    Ok(ctx)
 }

@@ -156,7 +156,7 @@ impl Routes {
 fn add(env: &mut Environment<'static>, name: &str, source: String) -> Result<(), ConfigError> {
     env.add_template_owned(name.to_string(), source).map_err(|e| ConfigError::Invalid {
         key: name.to_string(),
-        message: format!("{}", e.detail().unwrap_or("syntax error")),
+        message: e.detail().unwrap_or("syntax error").to_string(),
     })
 }
 

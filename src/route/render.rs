@@ -92,6 +92,7 @@ fn describe(e: &minijinja::Error) -> String {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per route, built once
 pub(super) enum ActionTemplates {
     Command {
         argv: Vec<Text>,

@@ -17,10 +17,7 @@ pub type Millis = i64;
 
 /// Current wall-clock time in Unix milliseconds.
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// A new time-ordered id (UUIDv7, lower-case hyphenated).
@@ -150,7 +147,9 @@ pub struct AttemptRecord {
 pub enum NextState {
     Succeeded,
     /// Back to queued, to run again at this time.
-    Retry { at: Millis },
+    Retry {
+        at: Millis,
+    },
     Dead,
 }
 
