@@ -1,0 +1,42 @@
+//! Bitbucket: `X-Hub-Signature: sha256=<hex>` over the raw body.
+
+use super::{header, header_owned, mac, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let presented = header(req, "x-hub-signature").ok_or(VerifyError::MissingSignature)?;
+    let hex = presented.strip_prefix("sha256=").ok_or(VerifyError::InvalidSignature)?;
+    if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, hex, &[req.body]) {
+        return Err(VerifyError::InvalidSignature);
+    }
+    Ok(Verified {
+        event: header_owned(req, "x-event-key"),
+        delivery: header_owned(req, "x-request-uuid").or_else(|| header_owned(req, "x-request-id")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    #[test]
+    fn bitbucket_signatures_verify_and_name_the_event() {
+        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let body = br#"{"push":{}}"#;
+        let sig = format!("sha256={}", hex::encode(mac::compute(Algorithm::Sha256, b"bb", &[body])));
+        let ok =
+            check(&v, &[("x-hub-signature", &sig), ("x-event-key", "repo:push"), ("x-request-uuid", "u-1")], body, 0)
+                .unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("repo:push"), Some("u-1")));
+        let ok = check(&v, &[("x-hub-signature", &sig), ("x-request-id", "r-1")], body, 0).unwrap();
+        assert_eq!(ok.delivery.as_deref(), Some("r-1"));
+    }
+
+    #[test]
+    fn bitbucket_rejects_a_bare_or_wrong_signature() {
+        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let hex = hex::encode(mac::compute(Algorithm::Sha256, b"bb", &[b"x"]));
+        assert_eq!(check(&v, &[("x-hub-signature", &hex)], b"x", 0), Err(VerifyError::InvalidSignature));
+        assert_eq!(check(&v, &[("x-hub-signature", "sha256=00")], b"x", 0), Err(VerifyError::InvalidSignature));
+    }
+}

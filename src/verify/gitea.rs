@@ -1,0 +1,52 @@
+//! Gitea and Forgejo: bare hex HMAC-SHA256 of the body in `X-Gitea-Signature` / `X-Forgejo-Signature`.
+
+use super::{header, header_owned, mac, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let presented = header(req, "x-gitea-signature")
+        .or_else(|| header(req, "x-forgejo-signature"))
+        .ok_or(VerifyError::MissingSignature)?;
+    if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, presented, &[req.body]) {
+        return Err(VerifyError::InvalidSignature);
+    }
+    Ok(Verified {
+        event: header_owned(req, "x-gitea-event").or_else(|| header_owned(req, "x-forgejo-event")),
+        delivery: header_owned(req, "x-gitea-delivery").or_else(|| header_owned(req, "x-forgejo-delivery")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    fn sig(secret: &str, body: &[u8]) -> String {
+        hex::encode(mac::compute(Algorithm::Sha256, secret.as_bytes(), &[body]))
+    }
+
+    #[test]
+    fn gitea_and_forgejo_signatures_verify() {
+        let v = verifier(Scheme::Gitea, &["s3"]);
+        let body = br#"{"ref":"refs/heads/main"}"#;
+        let ok = check(
+            &v,
+            &[("x-gitea-signature", &sig("s3", body)), ("x-gitea-event", "push"), ("x-gitea-delivery", "g-1")],
+            body,
+            0,
+        )
+        .unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("push"), Some("g-1")));
+        let ok = check(&v, &[("x-forgejo-signature", &sig("s3", body)), ("x-forgejo-event", "push")], body, 0).unwrap();
+        assert_eq!(ok.event.as_deref(), Some("push"));
+    }
+
+    #[test]
+    fn gitea_rejects_prefixed_truncated_and_missing_signatures() {
+        let v = verifier(Scheme::Gitea, &["s3"]);
+        let good = sig("s3", b"x");
+        for bad in [format!("sha256={good}"), good[..10].to_string(), sig("other", b"x")] {
+            assert_eq!(check(&v, &[("x-gitea-signature", &bad)], b"x", 0), Err(VerifyError::InvalidSignature));
+        }
+        assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
+    }
+}

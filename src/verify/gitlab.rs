@@ -1,0 +1,78 @@
+//! GitLab: `X-Gitlab-Token` equal to a secret, or Standard Webhooks headers when GitLab signs the request.
+
+use subtle::ConstantTimeEq;
+
+use super::{header, header_owned, standard, Inbound, Verified, Verifier, VerifyError};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let delivery = header_owned(req, "idempotency-key").or_else(|| header_owned(req, "x-gitlab-event-uuid"));
+    let event = header_owned(req, "x-gitlab-event");
+    if header(req, "webhook-signature").is_some() {
+        let id = standard::check_headers(v, req)?;
+        return Ok(Verified { event, delivery: delivery.or(Some(id)) });
+    }
+    let token = header(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
+    let mut ok = false;
+    for key in v.keys() {
+        ok |= key.len() == token.len() && bool::from(key.ct_eq(token.as_bytes()));
+    }
+    if !ok {
+        return Err(VerifyError::InvalidSignature);
+    }
+    Ok(Verified { event, delivery })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    #[test]
+    fn the_gitlab_token_verifies_and_names_event_and_delivery() {
+        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        let ok = check(
+            &v,
+            &[("x-gitlab-token", "glpat-secret"), ("x-gitlab-event", "Push Hook"), ("x-gitlab-event-uuid", "u-1")],
+            b"{}",
+            0,
+        )
+        .unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("Push Hook"), Some("u-1")));
+        let ok = check(
+            &v,
+            &[("x-gitlab-token", "glpat-secret"), ("idempotency-key", "i-1"), ("x-gitlab-event-uuid", "u")],
+            b"{}",
+            0,
+        )
+        .unwrap();
+        assert_eq!(ok.delivery.as_deref(), Some("i-1"));
+    }
+
+    #[test]
+    fn a_wrong_shorter_or_missing_gitlab_token_fails() {
+        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        for bad in ["glpat-secre", "glpat-secret2", "GLPAT-SECRET"] {
+            assert_eq!(check(&v, &[("x-gitlab-token", bad)], b"{}", 0), Err(VerifyError::InvalidSignature));
+        }
+        assert_eq!(check(&v, &[], b"{}", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn gitlab_signed_with_standard_webhooks_verifies() {
+        let v = verifier(Scheme::Gitlab, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+        let ok = check(
+            &v,
+            &[
+                ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+                ("webhook-timestamp", "1614265330"),
+                ("webhook-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
+                ("x-gitlab-event", "Push Hook"),
+            ],
+            br#"{"test": 2432232314}"#,
+            1_614_265_330_000,
+        )
+        .unwrap();
+        assert_eq!(ok.delivery.as_deref(), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"));
+        assert_eq!(ok.event.as_deref(), Some("Push Hook"));
+    }
+}

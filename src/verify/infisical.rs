@@ -1,0 +1,100 @@
+//! Infisical: `x-infisical-signature: t=<ms>;<hex HMAC-SHA256 of the body>`, with `t` equal to the body's
+//! `timestamp` and within tolerance.
+
+use super::{body_field, header, mac, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let value = header(req, "x-infisical-signature").ok_or(VerifyError::MissingSignature)?;
+    let (t, signature) = value.split_once(';').ok_or(VerifyError::InvalidSignature)?;
+    let t = t.trim().strip_prefix("t=").ok_or(VerifyError::InvalidSignature)?;
+    let signature = signature.trim();
+    let at: i64 = t.parse().map_err(|_| VerifyError::InvalidSignature)?;
+    v.check_time(at, req.now_ms)?;
+    if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, signature, &[req.body]) {
+        return Err(VerifyError::InvalidSignature);
+    }
+    // The signed body carries the same timestamp: a replayed body with a fresh `t` does not pass.
+    match body_field(req.body, "timestamp")? {
+        Some(body_t) if body_t == t => {}
+        _ => return Err(VerifyError::InvalidSignature),
+    }
+    Ok(Verified { event: body_field(req.body, "event")?, delivery: Some(format!("{t}.{signature}")) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    const NOW: i64 = 1_732_000_000_000;
+
+    fn signed(secret: &str, t: i64, body: &str) -> String {
+        format!("t={t};{}", hex::encode(mac::compute(Algorithm::Sha256, secret.as_bytes(), &[body.as_bytes()])))
+    }
+
+    fn body(t: i64) -> String {
+        format!(
+            r#"{{"event":"secrets.modified","project":{{"workspaceId":"w1","environment":"prod","secretPath":"/"}},"timestamp":{t}}}"#
+        )
+    }
+
+    #[test]
+    fn an_infisical_signature_verifies_and_names_the_event() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let ok = check(&v, &[("x-infisical-signature", &signed("inf", NOW, &body(NOW)))], body(NOW).as_bytes(), NOW)
+            .unwrap();
+        assert_eq!(ok.event.as_deref(), Some("secrets.modified"));
+        assert!(ok.delivery.unwrap().starts_with(&format!("{NOW}.")));
+    }
+
+    #[test]
+    fn a_header_timestamp_that_differs_from_the_body_fails() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let header = signed("inf", NOW + 1, &body(NOW));
+        assert_eq!(
+            check(&v, &[("x-infisical-signature", &header)], body(NOW).as_bytes(), NOW),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_stale_infisical_timestamp_fails() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let old = NOW - 301_000;
+        let header = signed("inf", old, &body(old));
+        assert_eq!(
+            check(&v, &[("x-infisical-signature", &header)], body(old).as_bytes(), NOW),
+            Err(VerifyError::StaleTimestamp)
+        );
+    }
+
+    #[test]
+    fn malformed_or_wrong_infisical_signatures_fail() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let good = signed("inf", NOW, &body(NOW));
+        let hex_only = good.split_once(';').unwrap().1.to_string();
+        for bad in [
+            hex_only.clone(),
+            format!("t={NOW}"),
+            format!("t={NOW};{}", &hex_only[..20]),
+            signed("other", NOW, &body(NOW)),
+        ] {
+            assert_eq!(
+                check(&v, &[("x-infisical-signature", &bad)], body(NOW).as_bytes(), NOW),
+                Err(VerifyError::InvalidSignature),
+                "{bad}"
+            );
+        }
+        assert_eq!(check(&v, &[], body(NOW).as_bytes(), NOW), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn a_verified_body_that_is_not_json_is_malformed() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let header = signed("inf", NOW, "not json");
+        assert!(matches!(
+            check(&v, &[("x-infisical-signature", &header)], b"not json", NOW),
+            Err(VerifyError::MalformedBody(_))
+        ));
+    }
+}

@@ -1,0 +1,73 @@
+//! Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>`, with `X-Slack-Request-Timestamp` (s).
+
+use super::{
+    body_field, header, mac, parse_time, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier, VerifyError,
+};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let signature = header(req, "x-slack-signature").ok_or(VerifyError::MissingSignature)?;
+    let ts = header(req, "x-slack-request-timestamp").ok_or(VerifyError::MissingSignature)?;
+    let hex = signature.strip_prefix("v0=").ok_or(VerifyError::InvalidSignature)?;
+    v.check_time(parse_time(ts, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?, req.now_ms)?;
+    if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, hex, &[b"v0:", ts.as_bytes(), b":", req.body]) {
+        return Err(VerifyError::InvalidSignature);
+    }
+    let is_json = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_json {
+        return Ok(Verified { event: body_field(req.body, "type")?, delivery: body_field(req.body, "event_id")? });
+    }
+    // Slash commands and interactions arrive as forms.
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(req.body).into_owned().collect();
+    let event = if form.iter().any(|(k, _)| k == "command") {
+        Some("slash_command".to_string())
+    } else if let Some((_, payload)) = form.iter().find(|(k, _)| k == "payload") {
+        body_field(payload.as_bytes(), "type")?
+    } else {
+        None
+    };
+    Ok(Verified { event, delivery: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+    const TS: &str = "1531420618";
+    const BODY: &str = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    const SIGNATURE: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+    const NOW: i64 = 1_531_420_618_000;
+
+    #[test]
+    fn slacks_documented_vector_verifies() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let ok =
+            check(&v, &[("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)], BODY.as_bytes(), NOW)
+                .unwrap();
+        assert_eq!(ok.event.as_deref(), Some("slash_command"));
+    }
+
+    #[test]
+    fn a_slack_request_one_second_past_tolerance_fails() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
+        assert!(check(&v, &pairs, BODY.as_bytes(), NOW + 300_000).is_ok());
+        assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW + 301_000), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn slack_rejects_a_wrong_prefix_or_a_shorter_signature() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        for bad in
+            [&SIGNATURE[3..], "v1=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503", &SIGNATURE[..40]]
+        {
+            let pairs = [("x-slack-signature", bad), ("x-slack-request-timestamp", TS)];
+            assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::InvalidSignature), "{bad}");
+        }
+        assert_eq!(
+            check(&v, &[("x-slack-signature", SIGNATURE)], BODY.as_bytes(), NOW),
+            Err(VerifyError::MissingSignature)
+        );
+    }
+}

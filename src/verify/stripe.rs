@@ -1,0 +1,78 @@
+//! Stripe: `Stripe-Signature: t=…,v1=…[,v1=…]` over `t.body`, keyed with the whole secret string.
+
+use super::{
+    body_field, header, mac, parse_time, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier, VerifyError,
+};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+    let value = header(req, "stripe-signature").ok_or(VerifyError::MissingSignature)?;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for item in value.split(',') {
+        match item.trim().split_once('=') {
+            Some(("t", t)) => timestamp = Some(t),
+            Some(("v1", sig)) => signatures.push(sig),
+            _ => {}
+        }
+    }
+    let t = timestamp.ok_or(VerifyError::InvalidSignature)?;
+    if signatures.is_empty() {
+        return Err(VerifyError::InvalidSignature);
+    }
+    v.check_time(parse_time(t, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?, req.now_ms)?;
+    let parts: [&[u8]; 3] = [t.as_bytes(), b".", req.body];
+    let mut ok = false;
+    for sig in signatures {
+        ok |= mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, sig, &parts);
+    }
+    if !ok {
+        return Err(VerifyError::InvalidSignature);
+    }
+    Ok(Verified { event: body_field(req.body, "type")?, delivery: body_field(req.body, "id")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    const SECRET: &str = "whsec_test_secret";
+    const BODY: &[u8] = br#"{"id":"evt_1","type":"payment_intent.succeeded"}"#;
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn v1(t: &str) -> String {
+        hex::encode(mac::compute(Algorithm::Sha256, SECRET.as_bytes(), &[t.as_bytes(), b".", BODY]))
+    }
+
+    #[test]
+    fn a_stripe_signature_verifies_among_several() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let header = format!("t=1700000000,v1={},v1={},v0=abc", "00".repeat(32), v1("1700000000"));
+        let ok = check(&v, &[("stripe-signature", &header)], BODY, NOW).unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("payment_intent.succeeded"), Some("evt_1")));
+    }
+
+    #[test]
+    fn a_stripe_timestamp_one_second_past_tolerance_fails() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let header = format!("t=1700000000,v1={}", v1("1700000000"));
+        assert!(check(&v, &[("stripe-signature", &header)], BODY, NOW + 300_000).is_ok());
+        assert_eq!(check(&v, &[("stripe-signature", &header)], BODY, NOW + 301_000), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn stripe_rejects_missing_parts_and_wrong_signatures() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        for bad in [
+            format!("v1={}", v1("1700000000")),
+            "t=1700000000".to_string(),
+            format!("t=1700000001,v1={}", v1("1700000000")),
+        ] {
+            assert_eq!(
+                check(&v, &[("stripe-signature", &bad)], BODY, NOW),
+                Err(VerifyError::InvalidSignature),
+                "{bad}"
+            );
+        }
+    }
+}

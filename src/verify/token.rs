@@ -1,0 +1,76 @@
+//! A shared token: `Authorization: Bearer <token>`, another header holding it as is, or a query parameter.
+
+use subtle::ConstantTimeEq;
+
+use super::{event_from, header, header_owned, Inbound, TokenOptions, Verified, Verifier, VerifyError};
+
+pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Result<Verified, VerifyError> {
+    let from_header = header(req, &o.header).and_then(|value| {
+        if o.header == "authorization" {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+        } else {
+            Some(value.to_string())
+        }
+    });
+    let from_query = || {
+        let name = o.query_param.as_deref()?;
+        url::form_urlencoded::parse(req.query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    };
+    let token = from_header.or_else(from_query).ok_or(VerifyError::MissingSignature)?;
+    let mut ok = false;
+    for key in v.keys() {
+        ok |= key.len() == token.len() && bool::from(key.ct_eq(token.as_bytes()));
+    }
+    if !ok {
+        return Err(VerifyError::InvalidSignature);
+    }
+    Ok(Verified {
+        event: event_from(req, &o.event)?,
+        delivery: o.id_header.as_deref().and_then(|h| header_owned(req, h)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::super::*;
+
+    fn options(header: &str) -> TokenOptions {
+        TokenOptions {
+            header: header.into(),
+            query_param: Some("token".into()),
+            id_header: Some("x-request-id".into()),
+            event: EventFrom::Field("type".into()),
+        }
+    }
+
+    #[test]
+    fn a_bearer_token_verifies() {
+        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        let ok =
+            check(&v, &[("authorization", "Bearer t0k3n"), ("x-request-id", "r1")], br#"{"type":"user.created"}"#, 0)
+                .unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("user.created"), Some("r1")));
+    }
+
+    #[test]
+    fn a_wrong_shorter_or_unprefixed_token_fails() {
+        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        for bad in ["Bearer t0k3", "Bearer t0k3n!", "t0k3n", "Basic t0k3n"] {
+            let result = check(&v, &[("authorization", bad)], b"{}", 0);
+            assert!(matches!(result, Err(VerifyError::InvalidSignature | VerifyError::MissingSignature)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_another_header_or_the_url_verifies() {
+        let v = verifier(Scheme::Token(options("x-api-token")), &["t0k3n"]);
+        assert!(check(&v, &[("x-api-token", "t0k3n")], b"{}", 0).is_ok());
+        let headers = headers(&[]);
+        let req = Inbound { headers: &headers, body: b"{}", query: Some("a=1&token=t0k3n"), now_ms: 0 };
+        assert!(v.verify(&req).is_ok());
+        let req = Inbound { headers: &headers, body: b"{}", query: Some("token=nope"), now_ms: 0 };
+        assert_eq!(v.verify(&req), Err(VerifyError::InvalidSignature));
+    }
+}
