@@ -461,7 +461,7 @@ mod tests {
     }
 
     #[tokio::test]
-        async fn a_standard_webhooks_signature_verifies_at_the_peer() {
+    async fn a_standard_webhooks_signature_verifies_at_the_peer() {
         let key = b"test signing key for hookgate!!";
         let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
         let (url, mut seen) = recording().await;

@@ -123,12 +123,13 @@ impl TestApp {
         self.client.post(format!("{}{path}", self.addr)).bearer_auth(ADMIN_TOKEN).send().await.unwrap()
     }
 
-    /// Stop gracefully and wait for the worker to drain.
-    pub async fn stop(mut self) {
+    /// Stop gracefully and wait for the worker to drain; the test keeps the directory (and database).
+    pub async fn stop(mut self) -> tempfile::TempDir {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
 

@@ -145,7 +145,7 @@ store_test! {
         .await;
         let store = app.store.clone();
         let done = app.path("done");
-        app.stop().await;
+        let _dir = app.stop().await;
         assert!(done.exists(), "the running job was not allowed to finish");
         let detail = store.get_delivery(&id).await.unwrap().unwrap();
         assert_eq!(detail.jobs[0].job.status, hookgate::store::JobStatus::Succeeded);
@@ -171,7 +171,7 @@ store_test! {
         .await;
         let store = app.store.clone();
         let started = std::time::Instant::now();
-        app.stop().await; // grace is 5 s in tests
+        let _dir = app.stop().await; // grace is 5 s in tests
         assert!(started.elapsed() < Duration::from_secs(30));
         let job = &store.get_delivery(&id).await.unwrap().unwrap().jobs[0];
         assert_eq!(job.job.status, hookgate::store::JobStatus::Queued, "released, not lost or dead");
