@@ -8,7 +8,7 @@ pub fn signed_content(content: &str, body: &[u8], timestamp: &str, id: &str) -> 
     let mut out = Vec::with_capacity(body.len() + content.len() + timestamp.len() + id.len());
     let mut rest = content;
     while let Some(start) = rest.find('{') {
-        out.extend_from_slice(rest[..start].as_bytes());
+        out.extend_from_slice(&rest.as_bytes()[..start]);
         let after = &rest[start..];
         let (value, skip): (&[u8], usize) = if after.starts_with("{body}") {
             (body, 6)
