@@ -611,4 +611,50 @@ mod tests {
         let page = store.list_jobs(JobQuery { status: Some(JobStatus::Queued), ..Default::default() }).await.unwrap();
         assert_eq!(page.items[0].merged, 1);
     }
+
+    #[tokio::test]
+    async fn concurrent_claimers_never_receive_the_same_job() {
+        let Some(store) = store().await else { return };
+        let store = std::sync::Arc::new(store);
+        for i in 0..200 {
+            let key = (i % 10 == 0).then(|| format!("k{}", i % 3));
+            store
+                .insert_delivery(delivery("github", &format!("c{i}")), vec![job("r", key.as_deref())])
+                .await
+                .unwrap();
+        }
+        let mut claimers = Vec::new();
+        for owner in 0..4 {
+            let store = store.clone();
+            claimers.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claim = Claim {
+                        owner: format!("o{owner}"),
+                        limit: 7,
+                        now: now_ms(),
+                        lease_until: now_ms() + 60_000,
+                        routes: vec!["r".into()],
+                    };
+                    let got = store.claim_jobs(claim).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|j| (j.id, j.coalesce_key)));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for c in claimers {
+            all.extend(c.await.unwrap());
+        }
+        let unique: std::collections::HashSet<_> = all.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(unique.len(), all.len(), "a job was handed out twice");
+        // Keyed jobs merged while queued: 20 keyed deliveries over 3 keys leave 3 jobs, so 180 + 3 in all;
+        // and no two running jobs share a key.
+        assert_eq!(all.len(), 183);
+        let keys: Vec<_> = all.iter().filter_map(|(_, k)| k.clone()).collect();
+        let unique_keys: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(keys.len(), unique_keys.len());
+    }
 }
