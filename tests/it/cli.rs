@@ -130,3 +130,23 @@ async fn send_and_the_admin_commands_work_against_a_running_server() {
     });
     assert_ne!(code, 0);
 }
+
+store_test! {
+    async fn migrate_creates_the_schema_and_is_idempotent(backend) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = backend.fresh_url(dir.path()).await;
+        let config = dir.path().join("hookgate.toml");
+        std::fs::write(&config, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        for _ in 0..2 {
+            let config = config.clone();
+            let (code, out, err) =
+                tokio::task::spawn_blocking(move || run(&["migrate", "-c", config.to_str().unwrap()], None, &[]))
+                    .await
+                    .unwrap();
+            assert_eq!(code, 0, "{out}{err}");
+            assert!(out.contains("current schema"), "{out}");
+        }
+        let store = hookgate::store::open(&url).await.unwrap();
+        assert_eq!(store.job_counts().await.unwrap().queued, 0);
+    }
+}
