@@ -261,7 +261,7 @@ impl Default for Retry {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Breaker {
     pub window: Duration,
     pub max_failures: u32,

@@ -8,6 +8,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 
 use crate::config::{Config, ConfigError, RateLimit};
 use crate::route::Routes;
+use crate::worker::health::RouteHealth;
 
 /// A configuration ready to serve: validated, routes compiled, one limiter per rate-limited source.
 pub struct Live {
@@ -37,21 +38,25 @@ fn limiter(rate: &RateLimit) -> DefaultDirectRateLimiter {
     DefaultDirectRateLimiter::direct(quota)
 }
 
-/// Shared handle to the live configuration; readers take a cheap `Arc` snapshot.
+/// Shared handle to the live configuration (readers take a cheap `Arc` snapshot) and to the route health
+/// that outlives reloads.
 #[derive(Clone)]
-pub struct LiveHandle(Arc<RwLock<Arc<Live>>>);
+pub struct LiveHandle {
+    live: Arc<RwLock<Arc<Live>>>,
+    pub health: Arc<RouteHealth>,
+}
 
 impl LiveHandle {
     pub fn new(live: Live) -> Self {
-        LiveHandle(Arc::new(RwLock::new(Arc::new(live))))
+        LiveHandle { live: Arc::new(RwLock::new(Arc::new(live))), health: Arc::default() }
     }
 
     pub fn current(&self) -> Arc<Live> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Replace the configuration; requests and jobs already under way keep their snapshot.
     pub fn replace(&self, live: Live) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
     }
 }

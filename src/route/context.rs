@@ -19,6 +19,13 @@ pub struct EventContext {
     pub headers: Vec<(String, String)>,
     /// The body exactly as received (the default body of an `http` action).
     pub raw_body: bytes::Bytes,
+    /// When hookgate received it, RFC 3339 (templates: `received_at`).
+    pub received_at: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Why a body that needed parsing could not be parsed.
@@ -43,6 +50,7 @@ impl EventContext {
             body,
             headers,
             raw_body: bytes::Bytes::new(),
+            received_at: rfc3339(crate::store::now_ms()),
         }
     }
 
@@ -58,6 +66,7 @@ impl EventContext {
             body,
             headers: d.headers.clone(),
             raw_body: d.body.clone(),
+            received_at: rfc3339(d.received_at),
         }
     }
 
@@ -70,6 +79,7 @@ impl EventContext {
             id => &self.id,
             headers => Value::from_serialize(&headers),
             body => Value::from_serialize(&self.body),
+            received_at => &self.received_at,
         }
     }
 }

@@ -149,7 +149,8 @@ impl Routes {
         job_id: &str,
         output_cap: usize,
     ) -> Result<ActionSpec, RenderError> {
-        route.action.render(&self.env, &ctx.to_value(), ctx, job_id, output_cap)
+        let value = minijinja::context! { job => job_id, ..ctx.to_value() };
+        route.action.render(&self.env, &value, ctx, job_id, output_cap)
     }
 }
 

@@ -618,10 +618,7 @@ mod tests {
         let store = std::sync::Arc::new(store);
         for i in 0..200 {
             let key = (i % 10 == 0).then(|| format!("k{}", i % 3));
-            store
-                .insert_delivery(delivery("github", &format!("c{i}")), vec![job("r", key.as_deref())])
-                .await
-                .unwrap();
+            store.insert_delivery(delivery("github", &format!("c{i}")), vec![job("r", key.as_deref())]).await.unwrap();
         }
         let mut claimers = Vec::new();
         for owner in 0..4 {

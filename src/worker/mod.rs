@@ -6,6 +6,8 @@
 //! them back to the queue without using up an attempt.
 
 pub mod backoff;
+pub mod breaker;
+pub mod health;
 pub mod maintenance;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use crate::live::{Live, LiveHandle};
 use crate::metrics::{DELIVERY_LATENCY, JOBS_TOTAL, JOB_DURATION};
 use crate::route::EventContext;
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
+use breaker::Allowance;
 
 /// Extra lease time beyond an action's timeout, covering the kill grace and the final write.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
@@ -136,28 +139,42 @@ impl Worker {
         map.entry((route.to_string(), limit)).or_insert_with(|| Arc::new(Semaphore::new(limit))).clone()
     }
 
-    /// Claim as many due jobs as there is capacity for: global slots, and per-route `concurrency`.
+    /// Claim as many due jobs as there is capacity for: global slots, per-route `concurrency`, and what
+    /// each route's circuit breaker allows (nothing while open, one probe while half-open). Routes that are
+    /// disabled, open or stopped by a 410 are not claimed at all: their jobs wait in the queue.
     async fn claim(&self, live: &Live) -> Result<Vec<Running>, StoreError> {
+        let health = &self.live.health;
         let mut out = Vec::new();
-        let mut unlimited = Vec::new();
-        let mut unlimited_timeout = Duration::ZERO;
-        let mut limited = Vec::new();
+        let mut grouped = Vec::new();
+        let mut grouped_timeout = Duration::ZERO;
+        let mut single = Vec::new();
         for route in live.routes.routes().filter(|r| r.config.enabled) {
-            match route.config.concurrency {
-                None => {
-                    unlimited.push(route.name().to_string());
-                    unlimited_timeout = unlimited_timeout.max(route.config.action.timeout());
+            let cap = match health.allowance(&route.config) {
+                Allowance::Any => None,
+                Allowance::One => Some(1),
+                Allowance::None { .. } => continue,
+            };
+            let timeout = route.config.action.timeout();
+            match (route.config.concurrency, cap) {
+                (None, None) => {
+                    grouped.push(route.name().to_string());
+                    grouped_timeout = grouped_timeout.max(timeout);
                 }
-                Some(n) => limited.push((route.name().to_string(), n, route.config.action.timeout())),
+                (concurrency, cap) => single.push((route, concurrency, cap, timeout)),
             }
         }
-        if !unlimited.is_empty() {
-            self.claim_into(&mut out, unlimited, unlimited_timeout, None).await?;
+        if !grouped.is_empty() {
+            self.claim_into(&mut out, grouped, grouped_timeout, None, None).await?;
         }
-        for (route, limit, timeout) in limited {
-            let sem = self.route_semaphore(&route, limit);
-            if sem.available_permits() > 0 {
-                self.claim_into(&mut out, vec![route], timeout, Some(sem)).await?;
+        for (route, concurrency, cap, timeout) in single {
+            let sem = concurrency.map(|n| self.route_semaphore(route.name(), n));
+            if sem.as_ref().is_some_and(|s| s.available_permits() == 0) {
+                continue;
+            }
+            let before = out.len();
+            self.claim_into(&mut out, vec![route.name().to_string()], timeout, sem, cap).await?;
+            if cap.is_some() && out.len() > before {
+                health.started(&route.config);
             }
         }
         Ok(out)
@@ -169,10 +186,14 @@ impl Worker {
         routes: Vec<String>,
         timeout: Duration,
         route_sem: Option<Arc<Semaphore>>,
+        cap: Option<usize>,
     ) -> Result<(), StoreError> {
         let mut limit = self.slots.available_permits();
         if let Some(sem) = &route_sem {
             limit = limit.min(sem.available_permits());
+        }
+        if let Some(cap) = cap {
+            limit = limit.min(cap);
         }
         if limit == 0 {
             return Ok(());
@@ -225,6 +246,15 @@ impl Worker {
             Outcome::Retryable { .. } | Outcome::Failed => (NextState::Dead, "dead"),
             Outcome::Gone => (NextState::Dead, "gone"),
         };
+        // Only a peer that did not answer properly counts against the circuit; a 4xx is an answer.
+        self.live.health.record(&route.config, !matches!(result.outcome, Outcome::Retryable { .. }));
+        let mut result = result;
+        if result.outcome == Outcome::Gone {
+            let reason = "the peer answered 410 Gone; route disabled until enabled again".to_string();
+            self.live.health.mark_gone(&route.config, reason.clone(), finished_ms);
+            tracing::warn!(route = %route.name(), "peer answered 410 Gone; route disabled");
+            result.error = Some(reason);
+        }
         let record = AttemptRecord {
             attempt: job.attempt,
             started_at: started_ms,
@@ -248,9 +278,6 @@ impl Worker {
             None => {
                 tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt")
             }
-        }
-        if matches!(result.outcome, Outcome::Gone) {
-            tracing::warn!(route = %route_label, "peer answered 410 Gone");
         }
         self.finish(job, record, next).await;
     }

@@ -27,9 +27,15 @@ fn run(args: &[&str], stdin: Option<&str>, envs: &[(&str, &str)]) -> (i32, Strin
 
 #[test]
 fn check_accepts_every_example() {
-    for example in ["quickstart", "gitops-reconcile", "repo-refresh"] {
+    let env = [
+        ("GITHUB_WEBHOOK_SECRET", "s"),
+        ("SCAN_AGENT_SECRET", "whsec_c2VjcmV0"),
+        ("APP_PUBLISH_TOKEN", "t"),
+        ("PARTNER_SIGNING_SECRET", "p"),
+    ];
+    for example in ["quickstart", "gitops-reconcile", "repo-refresh", "scan-pipeline", "notify"] {
         let path = format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"));
-        let (code, out, err) = run(&["check", "--config", &path], None, &[("GITHUB_WEBHOOK_SECRET", "s")]);
+        let (code, out, err) = run(&["check", "--config", &path], None, &env);
         assert_eq!(code, 0, "{example}: {out}{err}");
         assert!(out.contains("ok"));
     }

@@ -32,6 +32,7 @@ macro_rules! store_test {
 mod admin;
 mod cli;
 mod cluster;
+mod delivery;
 mod durability;
 mod helpers;
 mod hooks;
