@@ -201,7 +201,7 @@ fn notify_config(dir: &std::path::Path, peer: &Peer, enabled: bool) -> std::path
     path
 }
 
-fn notify_env<'a>(store_url: &'a str) -> [(&'static str, &'a str); 4] {
+fn notify_env(store_url: &str) -> [(&'static str, &str); 4] {
     [
         ("HOOKGATE_STORE_URL", store_url),
         ("APP_PUBLISH_TOKEN", APP_TOKEN),
