@@ -165,8 +165,10 @@ store_test! {
         })
         .await;
         let mut jobs: Vec<serde_json::Value> = Vec::new();
+        let official = standardwebhooks::Webhook::new(SCAN_SECRET).unwrap();
         for r in &received {
             assert!(standard_webhook_is_valid(r, SCAN_SECRET), "the agent could not verify {:?}", r.headers);
+            official.verify(&r.body, &r.headers).expect("the official Standard Webhooks library verifies it");
             jobs.push(serde_json::from_slice(&r.body).expect("the scan job is JSON"));
         }
         jobs.sort_by_key(|j| j["scan_target"]["type"].as_str().unwrap().to_string());
@@ -474,5 +476,73 @@ retry = {{ max_attempts = 1 }}
             let jobs = terminal_jobs(&app, &id).await;
             assert_eq!(jobs[0]["status"], "succeeded", "two ran at once: {jobs:?}");
         }
+    }
+}
+
+store_test! {
+    async fn github_and_custom_hmac_signatures_verify_at_the_peer(backend) {
+        let peer = Peer::start(vec![], Reply::Status(200)).await;
+        let body = format!(
+            r#"[[sources]]
+name = "app"
+provider = "token"
+secrets = ["{APP_TOKEN}"]
+
+[[routes]]
+name = "as-github"
+source = "app"
+action = {{ type = "http", url = "{url}/github", sign = {{ scheme = "github", secret = "gh-out" }} }}
+
+[[routes]]
+name = "as-shopify"
+source = "app"
+action = {{ type = "http", url = "{url}/shopify", sign = {{ scheme = "hmac", secret = "shop-out", signature_header = "X-Shopify-Hmac-Sha256", encoding = "base64", algorithm = "sha512", prefix = "v=", timestamp_header = "X-Sent-At", timestamp_unit = "s", content = "{{id}}:{{timestamp}}:{{body}}", id_header = "X-Message-Id" }} }}
+"#,
+            url = peer.url
+        );
+        let app = spawn_app(&backend, &body).await;
+        let id = publish(&app.addr, APP_TOKEN, r#"{"type":"x"}"#).await["id"].as_str().unwrap().to_string();
+        terminal_jobs(&app, &id).await;
+        let received = peer.received();
+        assert_eq!(received.len(), 2);
+        for r in &received {
+            if let Some(sig) = r.headers.get("x-hub-signature-256") {
+                assert_eq!(sig.to_str().unwrap(), github_signature("gh-out", &r.body));
+            } else {
+                let content = format!("{}:{}:", header(r, "x-message-id"), header(r, "x-sent-at"));
+                let mut mac = Hmac::<sha2::Sha512>::new_from_slice(b"shop-out").unwrap();
+                mac.update(content.as_bytes());
+                mac.update(&r.body);
+                let expected = format!("v={}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+                assert_eq!(header(r, "x-shopify-hmac-sha256"), expected);
+                assert!(header(r, "x-sent-at").len() == 10, "seconds, not milliseconds");
+            }
+        }
+    }
+}
+
+store_test! {
+    async fn a_source_switched_off_by_sighup_answers_404(backend) {
+        let peer = Peer::start(vec![], Reply::Status(200)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store_url = backend.fresh_url(dir.path()).await;
+        let config = notify_config(dir.path(), &peer, true);
+        let server = BinaryServer::start(&config, &notify_env(&store_url));
+        publish(&server.addr, APP_TOKEN, r#"{"type":"order.paid"}"#).await;
+        let text = std::fs::read_to_string(&config).unwrap().replace("name = \"app\"\n", "name = \"app\"\nenabled = false\n");
+        std::fs::write(&config, text).unwrap();
+        server.signal(nix::sys::signal::Signal::SIGHUP);
+        eventually(Duration::from_secs(10), "the source to be off", || async {
+            let status = reqwest::Client::new()
+                .post(format!("{}/hooks/app", server.addr))
+                .bearer_auth(APP_TOKEN)
+                .body("{}")
+                .send()
+                .await
+                .unwrap()
+                .status();
+            (status == 404).then_some(())
+        })
+        .await;
     }
 }
