@@ -32,8 +32,9 @@ fn check_accepts_every_example() {
         ("SCAN_AGENT_SECRET", "whsec_c2VjcmV0"),
         ("APP_PUBLISH_TOKEN", "t"),
         ("PARTNER_SIGNING_SECRET", "p"),
+        ("INFISICAL_WEBHOOK_SECRET", "i"),
     ];
-    for example in ["quickstart", "gitops-reconcile", "repo-refresh", "scan-pipeline", "notify"] {
+    for example in ["quickstart", "gitops-reconcile", "repo-refresh", "scan-pipeline", "notify", "secret-sync"] {
         let path = format!("{}/examples/{example}.toml", env!("CARGO_MANIFEST_DIR"));
         let (code, out, err) = run(&["check", "--config", &path], None, &env);
         assert_eq!(code, 0, "{example}: {out}{err}");

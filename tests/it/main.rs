@@ -37,4 +37,5 @@ mod durability;
 mod helpers;
 mod hooks;
 mod scenarios;
+mod secret_sync;
 mod worker;
