@@ -19,6 +19,8 @@ enum Reply {
     Status(u16),
     /// Sleep this long before answering 200 (past the action's timeout, the attempt fails).
     Hang(Duration),
+    /// This status with `Retry-After: <seconds>`.
+    RetryAfter(u16, u64),
 }
 
 #[derive(Clone, Debug)]
@@ -53,6 +55,9 @@ impl Peer {
                 let reply = state.script.lock().unwrap().pop_front().unwrap_or(*state.default.lock().unwrap());
                 match reply {
                     Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+                    Reply::RetryAfter(code, secs) => {
+                        (StatusCode::from_u16(code).unwrap(), [("retry-after", secs.to_string())]).into_response()
+                    }
                     Reply::Hang(d) => {
                         tokio::time::sleep(d).await;
                         StatusCode::OK.into_response()
@@ -544,5 +549,19 @@ store_test! {
             (status == 404).then_some(())
         })
         .await;
+    }
+}
+
+store_test! {
+    async fn a_peers_retry_after_is_honoured(backend) {
+        let peer = Peer::start(vec![Reply::RetryAfter(429, 2)], Reply::Status(200)).await;
+        let app = spawn_app(&backend, &http_route(&peer, "retry = { max_attempts = 3, initial = \"100ms\", max = \"30s\" }")).await;
+        let id = publish(&app.addr, APP_TOKEN, r#"{"n":1}"#).await["id"].as_str().unwrap().to_string();
+        let jobs = terminal_jobs(&app, &id).await;
+        assert_eq!(jobs[0]["status"], "succeeded");
+        let received = peer.received();
+        let pause = received[1].at.duration_since(received[0].at);
+        assert!(pause >= Duration::from_millis(1900), "retried after {pause:?}, before Retry-After: 2");
+        assert!(pause < Duration::from_secs(10));
     }
 }
