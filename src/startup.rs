@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::Runner;
 use crate::config::Config;
-use crate::edge::{app, AppState};
+use crate::edge::{app, serve, AppState, ServeLimits};
 use crate::live::{Live, LiveHandle};
 use crate::worker::Worker;
 
@@ -59,9 +59,9 @@ impl Application {
             self.state.wake.clone(),
             shutdown.clone(),
         ));
-        let router = app(self.state.clone());
-        let signal = shutdown.clone();
-        axum::serve(self.listener, router).with_graceful_shutdown(async move { signal.cancelled().await }).await?;
+        let server = &self.state.live.current().config.server;
+        let limits = ServeLimits { max_connections: server.max_connections, header_timeout: server.read_timeout };
+        serve(self.listener, app(self.state.clone()), limits, shutdown.clone()).await;
         let _ = maintenance.await;
         let _ = worker.await;
         tracing::info!("stopped");

@@ -6,11 +6,12 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use super::AppState;
+use super::{AppState, ClientAddr};
 use crate::error::ApiError;
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::route::context_for_request;
@@ -21,6 +22,7 @@ pub async fn receive(
     State(state): State<AppState>,
     Path(source): Path<String>,
     RawQuery(query): RawQuery,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -39,19 +41,24 @@ pub async fn receive(
     };
     metrics::counter!(REQUESTS_TOTAL, "source" => label.clone(), "outcome" => outcome).increment(1);
     metrics::histogram!(REQUEST_DURATION, "source" => label.clone()).record(started.elapsed().as_secs_f64());
+    // Client addresses are personal data: logged only when the operator asked for them.
+    let client = client.filter(|_| live.config.server.log_client_ip).map(|Extension(ClientAddr(a))| a.ip());
+    let (message, server_error) = match &result {
+        Ok(_) => ("webhook", false),
+        Err(e) => match e.status().is_server_error() {
+            true => ("webhook not accepted", true),
+            false => ("webhook refused", false),
+        },
+    };
+    match (client, server_error) {
+        (Some(ip), true) => tracing::warn!(source = %label, outcome, client_ip = %ip, "{message}"),
+        (Some(ip), false) => tracing::info!(source = %label, outcome, client_ip = %ip, "{message}"),
+        (None, true) => tracing::warn!(source = %label, outcome, "{message}"),
+        (None, false) => tracing::info!(source = %label, outcome, "{message}"),
+    }
     match result {
-        Ok(accepted) => {
-            tracing::info!(source = %label, outcome, "webhook");
-            accepted.into_response()
-        }
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!(source = %label, outcome, "webhook not accepted");
-            } else {
-                tracing::info!(source = %label, outcome, "webhook refused");
-            }
-            e.into_response()
-        }
+        Ok(accepted) => accepted.into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

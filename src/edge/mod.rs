@@ -2,6 +2,9 @@
 
 mod health;
 mod hooks;
+mod serve;
+
+pub use serve::{serve, ClientAddr, ServeLimits};
 
 use std::sync::Arc;
 

@@ -360,3 +360,18 @@ pub async fn spawn_app_at(store_url: &str, body: &str) -> TestApp {
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp { addr, dir, client: reqwest::Client::new(), store, shutdown, handle: Some(handle) }
 }
+
+/// Like `spawn_app`, with extra `[server]` keys (e.g. `read_timeout = "1s"`).
+pub async fn spawn_app_with_server(backend: &Backend, server: &str, body: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.fresh_url(dir.path()).await;
+    let head = head(&url).replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
+    let text = format!("{head}{}", body.replace("{dir}", &dir.path().display().to_string()));
+    let config = hookgate::config::parse(&text, dir.path(), &BTreeMap::<String, String>::new()).unwrap();
+    let app = hookgate::startup::Application::build(config).await.expect("app builds");
+    let addr = format!("http://127.0.0.1:{}", app.port());
+    let store = app.state().store.clone();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp { addr, dir, client: reqwest::Client::new(), store, shutdown, handle: Some(handle) }
+}

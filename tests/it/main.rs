@@ -34,6 +34,7 @@ mod cli;
 mod cluster;
 mod delivery;
 mod durability;
+mod edge;
 mod helpers;
 mod hooks;
 mod scenarios;
