@@ -37,6 +37,7 @@ mod durability;
 mod edge;
 mod helpers;
 mod hooks;
+mod logs;
 mod scenarios;
 mod secret_sync;
 mod worker;
