@@ -38,6 +38,7 @@ mod edge;
 mod helpers;
 mod hooks;
 mod logs;
+mod roundtrip;
 mod scenarios;
 mod secret_sync;
 mod worker;
