@@ -1,8 +1,10 @@
 //! The variables that expressions and templates see: `event`, `body`, `headers`, `source`, `delivery`, `id`.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use minijinja::Value;
+
+use super::lazy;
 
 use crate::store::StoredDelivery;
 
@@ -14,9 +16,9 @@ pub struct EventContext {
     pub delivery: String,
     pub id: String,
     /// Parsed JSON body, or null when the body is not JSON.
-    pub body: serde_json::Value,
+    pub body: Arc<serde_json::Value>,
     /// Lower-case header names.
-    pub headers: Vec<(String, String)>,
+    pub headers: Arc<Vec<(String, String)>>,
     /// The body exactly as received (the default body of an `http` action).
     pub raw_body: bytes::Bytes,
     /// When hookgate received it, RFC 3339 (templates: `received_at`).
@@ -47,8 +49,8 @@ impl EventContext {
             event: event.into(),
             delivery: delivery.into(),
             id: id.into(),
-            body,
-            headers,
+            body: Arc::new(body),
+            headers: Arc::new(headers),
             raw_body: bytes::Bytes::new(),
             received_at: rfc3339(crate::store::now_ms()),
         }
@@ -63,22 +65,21 @@ impl EventContext {
             event: d.event.clone(),
             delivery: d.delivery.clone(),
             id: d.id.clone(),
-            body,
-            headers: d.headers.clone(),
+            body: Arc::new(body),
+            headers: Arc::new(d.headers.clone()),
             raw_body: d.body.clone(),
             received_at: rfc3339(d.received_at),
         }
     }
 
     pub fn to_value(&self) -> Value {
-        let headers: BTreeMap<&str, &str> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         minijinja::context! {
             event => &self.event,
             source => &self.source,
             delivery => &self.delivery,
             id => &self.id,
-            headers => Value::from_serialize(&headers),
-            body => Value::from_serialize(&self.body),
+            headers => Value::from_object(lazy::Headers(self.headers.clone())),
+            body => lazy::body_value(&self.body),
             received_at => &self.received_at,
         }
     }

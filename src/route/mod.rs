@@ -3,6 +3,7 @@
 //! Everything is compiled once at start-up so a bad expression is a configuration error, not a runtime one.
 
 mod context;
+mod lazy;
 mod render;
 
 pub use context::{context_for_request, parse_body, BodyError, EventContext};
