@@ -21,6 +21,9 @@ pub struct Message<'a> {
 pub enum SignError {
     #[error("secret is not usable for this scheme: {0}")]
     BadSecret(&'static str),
+    /// The options ask for something the receiver could never check (e.g. `{id}` without an id header).
+    #[error("options cannot produce a verifiable signature: {0}")]
+    Unverifiable(&'static str),
 }
 
 /// The name a scheme has in configuration and on the command line.
@@ -39,12 +42,34 @@ pub fn scheme_name(scheme: &Scheme) -> &'static str {
     }
 }
 
+/// Lower-case hex HMAC of `data` under `key`.
+pub fn hmac_hex(algorithm: Algorithm, key: &[u8], data: &[u8]) -> String {
+    hex::encode(mac::compute(algorithm, key, &[data]))
+}
+
 fn hex_mac(key: &[u8], parts: &[&[u8]]) -> String {
     hex::encode(mac::compute(Algorithm::Sha256, key, parts))
 }
 
 fn push(out: &mut Vec<(String, String)>, name: &str, value: impl Into<String>) {
     out.push((name.to_string(), value.into()));
+}
+
+/// A shared token as it travels in a header: printable ASCII, without surrounding blanks the receiver would trim.
+fn token_text(key: &[u8]) -> Result<&str, SignError> {
+    let printable = key.iter().all(|b| (0x20..0x7f).contains(b));
+    let trimmed = key.first() != Some(&b' ') && key.last() != Some(&b' ');
+    match std::str::from_utf8(key) {
+        Ok(text) if printable && trimmed => Ok(text),
+        _ => Err(SignError::BadSecret("a token must be printable ASCII without surrounding spaces")),
+    }
+}
+
+/// Optional headers (event, delivery id) are left out rather than sent empty.
+fn push_some(out: &mut Vec<(String, String)>, name: &str, value: Option<&str>) {
+    if let Some(value) = value.filter(|v| !v.is_empty()) {
+        push(out, name, value);
+    }
 }
 
 /// The header lines (name, value) that make `msg` verify under `scheme` with `secret`.
@@ -58,31 +83,23 @@ pub fn headers(scheme: &Scheme, secret: &Secret, msg: &Message<'_>) -> Result<Ve
     match scheme {
         Scheme::Github { .. } => {
             push(&mut out, "X-Hub-Signature-256", format!("sha256={}", hex_mac(key, &[msg.body])));
-            if let Some(event) = msg.event {
-                push(&mut out, "X-GitHub-Event", event);
-            }
-            push(&mut out, "X-GitHub-Delivery", msg.id);
+            push_some(&mut out, "X-GitHub-Event", msg.event);
+            push_some(&mut out, "X-GitHub-Delivery", Some(msg.id));
         }
         Scheme::Gitlab => {
-            push(&mut out, "X-Gitlab-Token", String::from_utf8_lossy(key));
-            if let Some(event) = msg.event {
-                push(&mut out, "X-Gitlab-Event", event);
-            }
-            push(&mut out, "Idempotency-Key", msg.id);
+            push(&mut out, "X-Gitlab-Token", token_text(key)?);
+            push_some(&mut out, "X-Gitlab-Event", msg.event);
+            push_some(&mut out, "Idempotency-Key", Some(msg.id));
         }
         Scheme::Gitea => {
             push(&mut out, "X-Gitea-Signature", hex_mac(key, &[msg.body]));
-            if let Some(event) = msg.event {
-                push(&mut out, "X-Gitea-Event", event);
-            }
-            push(&mut out, "X-Gitea-Delivery", msg.id);
+            push_some(&mut out, "X-Gitea-Event", msg.event);
+            push_some(&mut out, "X-Gitea-Delivery", Some(msg.id));
         }
         Scheme::Bitbucket => {
             push(&mut out, "X-Hub-Signature", format!("sha256={}", hex_mac(key, &[msg.body])));
-            if let Some(event) = msg.event {
-                push(&mut out, "X-Event-Key", event);
-            }
-            push(&mut out, "X-Request-UUID", msg.id);
+            push_some(&mut out, "X-Event-Key", msg.event);
+            push_some(&mut out, "X-Request-UUID", Some(msg.id));
         }
         Scheme::Infisical => {
             // The body must carry `"timestamp": <the same ms>`; Infisical itself signs that way.
@@ -90,6 +107,9 @@ pub fn headers(scheme: &Scheme, secret: &Secret, msg: &Message<'_>) -> Result<Ve
             push(&mut out, "x-infisical-signature", format!("t={t};{}", hex_mac(key, &[msg.body])));
         }
         Scheme::Standard => {
+            if msg.id.is_empty() {
+                return Err(SignError::Unverifiable("Standard Webhooks needs a message id"));
+            }
             let key =
                 crate::verify::standard_key(secret).ok_or(SignError::BadSecret("whsec_ must be followed by base64"))?;
             let signature =
@@ -107,17 +127,27 @@ pub fn headers(scheme: &Scheme, secret: &Secret, msg: &Message<'_>) -> Result<Ve
             push(&mut out, "X-Slack-Request-Timestamp", seconds.as_str());
             push(&mut out, "X-Slack-Signature", format!("v0={v0}"));
         }
-        Scheme::Hmac(o) => hmac_headers(&mut out, o, key, msg),
-        Scheme::Token(o) => token_headers(&mut out, o, key, msg),
+        Scheme::Hmac(o) => hmac_headers(&mut out, o, key, msg)?,
+        Scheme::Token(o) => token_headers(&mut out, o, token_text(key)?, msg),
     }
     Ok(out)
 }
 
-fn hmac_headers(out: &mut Vec<(String, String)>, o: &HmacOptions, key: &[u8], msg: &Message<'_>) {
-    let timestamp = match o.timestamp_unit {
-        TimeUnit::Seconds => msg.timestamp_ms.div_euclid(1000).to_string(),
-        TimeUnit::Millis => msg.timestamp_ms.to_string(),
+fn hmac_headers(
+    out: &mut Vec<(String, String)>,
+    o: &HmacOptions,
+    key: &[u8],
+    msg: &Message<'_>,
+) -> Result<(), SignError> {
+    // The receiver substitutes only what it is sent: no timestamp header means an empty `{timestamp}`.
+    let timestamp = match (&o.timestamp_header, o.timestamp_unit) {
+        (None, _) => String::new(),
+        (Some(_), TimeUnit::Seconds) => msg.timestamp_ms.div_euclid(1000).to_string(),
+        (Some(_), TimeUnit::Millis) => msg.timestamp_ms.to_string(),
     };
+    if o.content.contains("{id}") && (o.id_header.is_none() || msg.id.is_empty()) {
+        return Err(SignError::Unverifiable("{id} is signed but no id header carries it"));
+    }
     let content = crate::verify::signed_content(&o.content, msg.body, &timestamp, msg.id);
     let signature = mac::encode(o.encoding, &mac::compute(o.algorithm, key, &[&content]));
     push(out, &o.signature_header, format!("{}{signature}", o.prefix));
@@ -125,25 +155,25 @@ fn hmac_headers(out: &mut Vec<(String, String)>, o: &HmacOptions, key: &[u8], ms
         push(out, name, timestamp);
     }
     if let Some(name) = &o.id_header {
-        push(out, name, msg.id);
+        push_some(out, name, Some(msg.id));
     }
-    if let (EventFrom::Header(name), Some(event)) = (&o.event, msg.event) {
-        push(out, name, event);
+    if let EventFrom::Header(name) = &o.event {
+        push_some(out, name, msg.event);
     }
+    Ok(())
 }
 
-fn token_headers(out: &mut Vec<(String, String)>, o: &TokenOptions, key: &[u8], msg: &Message<'_>) {
-    let token = String::from_utf8_lossy(key);
-    if o.header.eq_ignore_ascii_case("authorization") {
+fn token_headers(out: &mut Vec<(String, String)>, o: &TokenOptions, token: &str, msg: &Message<'_>) {
+    if o.header.trim().eq_ignore_ascii_case("authorization") {
         push(out, "Authorization", format!("Bearer {token}"));
     } else {
         push(out, &o.header, token);
     }
     if let Some(name) = &o.id_header {
-        push(out, name, msg.id);
+        push_some(out, name, Some(msg.id));
     }
-    if let (EventFrom::Header(name), Some(event)) = (&o.event, msg.event) {
-        push(out, name, event);
+    if let EventFrom::Header(name) = &o.event {
+        push_some(out, name, msg.event);
     }
 }
 

@@ -1,8 +1,6 @@
 //! GitLab: `X-Gitlab-Token` equal to a secret, or Standard Webhooks headers when GitLab signs the request.
 
-use subtle::ConstantTimeEq;
-
-use super::{header, header_owned, standard, Inbound, Verified, Verifier, VerifyError};
+use super::{header, header_owned, mac, standard, Inbound, Verified, Verifier, VerifyError};
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let delivery = header_owned(req, "idempotency-key").or_else(|| header_owned(req, "x-gitlab-event-uuid"));
@@ -12,11 +10,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
         return Ok(Verified { event, delivery: delivery.or(Some(id)) });
     }
     let token = header(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
-    let mut ok = false;
-    for key in v.keys() {
-        ok |= key.len() == token.len() && bool::from(key.ct_eq(token.as_bytes()));
-    }
-    if !ok {
+    if !mac::token_matches_any(v.keys(), token.as_bytes()) {
         return Err(VerifyError::InvalidSignature);
     }
     Ok(Verified { event, delivery })

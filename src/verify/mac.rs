@@ -62,6 +62,21 @@ pub fn matches_any<'k>(
     ok
 }
 
+/// Is `presented` equal to any of `keys`, for shared tokens? SHA-256 digests are compared rather than the
+/// values themselves, so neither the comparison time nor an early length check tells how long a token is.
+pub fn token_matches_any<'k>(keys: impl IntoIterator<Item = &'k [u8]>, presented: &[u8]) -> bool {
+    use sha2::Digest;
+    if presented.is_empty() {
+        return false;
+    }
+    let presented = sha2::Sha256::digest(presented);
+    let mut ok = false;
+    for key in keys {
+        ok |= !key.is_empty() && bool::from(sha2::Sha256::digest(key).ct_eq(&presented));
+    }
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +86,16 @@ mod tests {
         assert!(!equal(b"abcd", b"abc"));
         assert!(!equal(b"", b""));
         assert!(equal(b"abcd", b"abcd"));
+    }
+
+    #[test]
+    fn tokens_match_only_exactly_and_never_when_empty() {
+        let keys: [&[u8]; 2] = [b"old", b"t0k3n"];
+        assert!(token_matches_any(keys, b"t0k3n"));
+        assert!(!token_matches_any(keys, b"t0k3"));
+        assert!(!token_matches_any(keys, b"t0k3n2"));
+        assert!(!token_matches_any(keys, b""));
+        assert!(!token_matches_any([&b""[..]], b""));
     }
 
     #[test]

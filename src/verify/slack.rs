@@ -12,20 +12,20 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, hex, &[b"v0:", ts.as_bytes(), b":", req.body]) {
         return Err(VerifyError::InvalidSignature);
     }
+    // Retries of one Events API event keep `event_id`; otherwise the signed pair identifies the request.
+    let derived = || Some(format!("{ts}.{}", hex.to_ascii_lowercase()));
     let is_json = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if is_json {
-        return Ok(Verified { event: body_field(req.body, "type")?, delivery: body_field(req.body, "event_id")? });
+        let delivery = body_field(req.body, "event_id")?.or_else(derived);
+        return Ok(Verified { event: body_field(req.body, "type")?, delivery });
     }
-    // Slash commands and interactions arrive as forms.
+    // Slash commands and interactions arrive as forms; interactions carry their JSON in `payload`.
     let form: Vec<(String, String)> = url::form_urlencoded::parse(req.body).into_owned().collect();
-    let event = if form.iter().any(|(k, _)| k == "command") {
-        Some("slash_command".to_string())
-    } else if let Some((_, payload)) = form.iter().find(|(k, _)| k == "payload") {
-        body_field(payload.as_bytes(), "type")?
-    } else {
-        None
+    let event = match form.iter().find(|(k, _)| k == "payload") {
+        Some((_, payload)) if !form.iter().any(|(k, _)| k == "command") => body_field(payload.as_bytes(), "type")?,
+        _ => Some("command".to_string()),
     };
-    Ok(Verified { event, delivery: None })
+    Ok(Verified { event, delivery: derived() })
 }
 
 #[cfg(test)]
@@ -45,7 +45,8 @@ mod tests {
         let ok =
             check(&v, &[("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)], BODY.as_bytes(), NOW)
                 .unwrap();
-        assert_eq!(ok.event.as_deref(), Some("slash_command"));
+        assert_eq!(ok.event.as_deref(), Some("command"));
+        assert_eq!(ok.delivery, Some(format!("{TS}.{}", &SIGNATURE[3..])));
     }
 
     #[test]

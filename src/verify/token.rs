@@ -1,12 +1,10 @@
 //! A shared token: `Authorization: Bearer <token>`, another header holding it as is, or a query parameter.
 
-use subtle::ConstantTimeEq;
-
-use super::{event_from, header, header_owned, Inbound, TokenOptions, Verified, Verifier, VerifyError};
+use super::{event_from, header, header_owned, mac, Inbound, TokenOptions, Verified, Verifier, VerifyError};
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Result<Verified, VerifyError> {
     let from_header = header(req, &o.header).and_then(|value| {
-        if o.header == "authorization" {
+        if o.header.trim().eq_ignore_ascii_case("authorization") {
             let (scheme, token) = value.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
         } else {
@@ -18,11 +16,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Resul
         url::form_urlencoded::parse(req.query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
     };
     let token = from_header.or_else(from_query).ok_or(VerifyError::MissingSignature)?;
-    let mut ok = false;
-    for key in v.keys() {
-        ok |= key.len() == token.len() && bool::from(key.ct_eq(token.as_bytes()));
-    }
-    if !ok {
+    if !mac::token_matches_any(v.keys(), token.as_bytes()) {
         return Err(VerifyError::InvalidSignature);
     }
     Ok(Verified {
