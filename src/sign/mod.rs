@@ -180,7 +180,7 @@ fn token_headers(out: &mut Vec<(String, String)>, o: &TokenOptions, token: &str,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::{Inbound, Verifier};
+    use crate::verify::{Inbound, Verified, Verifier, VerifyError};
     use std::time::Duration;
 
     const NOW: i64 = 1_700_000_000_456;
@@ -284,5 +284,191 @@ mod tests {
         let msg = Message { id: "m", event: None, timestamp_ms: 0, body: b"" };
         assert!(headers(&Scheme::Standard, &Secret::new(b"whsec_!!!".to_vec()), &msg).is_err());
         assert!(headers(&Scheme::Gitea, &Secret::new(Vec::new()), &msg).is_err());
+    }
+
+    fn verify_signed(
+        scheme: &Scheme,
+        secrets: &[&str],
+        msg: &Message<'_>,
+        now_ms: i64,
+    ) -> Result<Verified, VerifyError> {
+        let secret = Secret::new(secrets[secrets.len() - 1].as_bytes().to_vec());
+        let headers = header_map(&headers(scheme, &secret, msg).unwrap());
+        let verifier = Verifier {
+            scheme: scheme.clone(),
+            secrets: secrets.iter().map(|s| Secret::new(s.as_bytes().to_vec())).collect(),
+            tolerance: Duration::from_secs(300),
+        };
+        verifier.verify(&Inbound { headers: &headers, body: msg.body, query: None, now_ms })
+    }
+
+    #[test]
+    fn signed_requests_verify_with_the_new_secret_during_rotation() {
+        let body = format!(r#"{{"type":"a.b","id":"evt_1","event":"e","timestamp":{NOW}}}"#);
+        let msg = Message { id: "msg_1", event: Some("push"), timestamp_ms: NOW, body: body.as_bytes() };
+        for (scheme, secret) in schemes() {
+            let old = if scheme == Scheme::Standard { "whsec_b2xk" } else { "old" };
+            assert!(verify_signed(&scheme, &[old, secret], &msg, NOW).is_ok(), "{}", scheme_name(&scheme));
+        }
+    }
+
+    #[test]
+    fn signed_header_schemes_carry_event_and_delivery_through() {
+        let msg = Message { id: "d-1", event: Some("push"), timestamp_ms: NOW, body: b"{}" };
+        for scheme in [Scheme::Github { allow_sha1: true }, Scheme::Gitlab, Scheme::Gitea, Scheme::Bitbucket] {
+            let ok = verify_signed(&scheme, &["s3cret"], &msg, NOW).unwrap();
+            assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("push"), Some("d-1")), "{scheme:?}");
+        }
+    }
+
+    #[test]
+    fn signed_hmac_variants_verify() {
+        let base = HmacOptions {
+            signature_header: "X-Sig".into(),
+            algorithm: Algorithm::Sha1,
+            encoding: Encoding::Base64,
+            prefix: "v1=".into(),
+            timestamp_header: Some("X-Ts".into()),
+            timestamp_unit: TimeUnit::Seconds,
+            content: "{id}:{timestamp}:{body}".into(),
+            id_header: Some("X-Id".into()),
+            event: EventFrom::Field("type".into()),
+        };
+        let untimed = HmacOptions { timestamp_header: None, content: "{timestamp}{body}".into(), ..base.clone() };
+        let msg = Message { id: "m-9", event: None, timestamp_ms: NOW, body: br#"{"type":"order.paid"}"# };
+        for options in [base, untimed] {
+            let ok = verify_signed(&Scheme::Hmac(options.clone()), &["k"], &msg, NOW + 299_000).unwrap();
+            assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("order.paid"), Some("m-9")), "{options:?}");
+        }
+    }
+
+    #[test]
+    fn a_token_in_a_custom_header_verifies() {
+        let options =
+            TokenOptions { header: "x-api-token".into(), query_param: None, id_header: None, event: EventFrom::None };
+        let msg = Message { id: "m", event: None, timestamp_ms: NOW, body: b"" };
+        let lines = headers(&Scheme::Token(options.clone()), &Secret::new(b"tok".to_vec()), &msg).unwrap();
+        assert_eq!(lines, vec![("x-api-token".to_string(), "tok".to_string())]);
+        assert!(verify_signed(&Scheme::Token(options), &["tok"], &msg, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_stale_signature_does_not_verify() {
+        let body = format!(r#"{{"type":"a","id":"e","event":"e","timestamp":{}}}"#, NOW - 301_000);
+        let msg = Message { id: "m", event: None, timestamp_ms: NOW - 301_000, body: body.as_bytes() };
+        for (scheme, secret) in schemes() {
+            let timed = match &scheme {
+                Scheme::Infisical | Scheme::Standard | Scheme::Stripe | Scheme::Slack => true,
+                Scheme::Hmac(o) => o.timestamp_header.is_some(),
+                _ => false,
+            };
+            if timed {
+                assert_eq!(
+                    verify_signed(&scheme, &[secret], &msg, NOW),
+                    Err(VerifyError::StaleTimestamp),
+                    "{scheme:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn slack_signing_matches_the_documented_vector() {
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let secret = Secret::new(b"8f742231b10e8888abcd99yyyzzz85a5".to_vec());
+        let msg = Message { id: "", event: None, timestamp_ms: 1_531_420_618_000, body: body.as_bytes() };
+        let lines = headers(&Scheme::Slack, &secret, &msg).unwrap();
+        assert!(lines.contains(&("X-Slack-Request-Timestamp".into(), "1531420618".into())));
+        assert!(lines.contains(&(
+            "X-Slack-Signature".into(),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503".into()
+        )));
+    }
+
+    #[test]
+    fn hmac_hex_matches_githubs_documented_vector() {
+        assert_eq!(
+            hmac_hex(Algorithm::Sha256, b"It's a Secret to Everybody", b"Hello, World!"),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[test]
+    fn github_signing_leaves_out_an_absent_event_and_delivery() {
+        let msg = Message { id: "", event: None, timestamp_ms: 0, body: b"x" };
+        let lines = headers(&Scheme::Github { allow_sha1: false }, &Secret::new(b"k".to_vec()), &msg).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0, "X-Hub-Signature-256");
+    }
+
+    #[test]
+    fn infisical_signing_puts_milliseconds_in_t() {
+        let msg = Message { id: "", event: None, timestamp_ms: NOW, body: b"{}" };
+        let lines = headers(&Scheme::Infisical, &Secret::new(b"k".to_vec()), &msg).unwrap();
+        assert_eq!(lines[0].1, format!("t={NOW};{}", hmac_hex(Algorithm::Sha256, b"k", b"{}")));
+    }
+
+    #[test]
+    fn signing_an_id_no_header_carries_is_refused() {
+        let options = HmacOptions {
+            signature_header: "x-sig".into(),
+            algorithm: Algorithm::Sha256,
+            encoding: Encoding::Hex,
+            prefix: String::new(),
+            timestamp_header: None,
+            timestamp_unit: TimeUnit::Millis,
+            content: "{id}.{body}".into(),
+            id_header: None,
+            event: EventFrom::None,
+        };
+        let msg = Message { id: "m", event: None, timestamp_ms: 0, body: b"" };
+        assert!(matches!(
+            headers(&Scheme::Hmac(options), &Secret::new(b"k".to_vec()), &msg),
+            Err(SignError::Unverifiable(_))
+        ));
+        assert!(matches!(
+            headers(&Scheme::Standard, &Secret::new(b"whsec_c2VjcmV0".to_vec()), &msg_with_id("")),
+            Err(SignError::Unverifiable(_))
+        ));
+    }
+
+    fn msg_with_id(id: &str) -> Message<'_> {
+        Message { id, event: None, timestamp_ms: 0, body: b"" }
+    }
+
+    #[test]
+    fn tokens_that_cannot_travel_in_a_header_are_refused() {
+        let token = Scheme::Token(TokenOptions {
+            header: "authorization".into(),
+            query_param: None,
+            id_header: None,
+            event: EventFrom::None,
+        });
+        for bad in [&b"line\nbreak"[..], b" padded", b"\xff\xfe"] {
+            let bad = bad.to_vec();
+            assert!(headers(&token, &Secret::new(bad.clone()), &msg_with_id("m")).is_err(), "{bad:?}");
+            assert!(headers(&Scheme::Gitlab, &Secret::new(bad), &msg_with_id("m")).is_err());
+        }
+    }
+
+    #[test]
+    fn every_scheme_has_its_configuration_name() {
+        let names: Vec<&str> = schemes().iter().map(|(s, _)| scheme_name(s)).collect();
+        assert_eq!(
+            names,
+            [
+                "github",
+                "gitlab",
+                "gitea",
+                "bitbucket",
+                "infisical",
+                "standard",
+                "stripe",
+                "slack",
+                "hmac",
+                "hmac",
+                "token"
+            ]
+        );
     }
 }

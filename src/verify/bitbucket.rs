@@ -39,4 +39,36 @@ mod tests {
         assert_eq!(check(&v, &[("x-hub-signature", &hex)], b"x", 0), Err(VerifyError::InvalidSignature));
         assert_eq!(check(&v, &[("x-hub-signature", "sha256=00")], b"x", 0), Err(VerifyError::InvalidSignature));
     }
+
+    fn sig(secret: &str, body: &[u8]) -> String {
+        format!("sha256={}", hex::encode(mac::compute(Algorithm::Sha256, secret.as_bytes(), &[body])))
+    }
+
+    #[test]
+    fn bitbucket_without_a_signature_is_missing() {
+        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
+        assert_eq!(check(&v, &[("x-hub-signature", "")], b"x", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn bitbucket_rejects_truncated_empty_and_sha1_prefixed_signatures() {
+        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let good = sig("bb", b"x");
+        for bad in [good[..good.len() - 1].to_string(), "sha256=".into(), good.replace("sha256=", "sha1=")] {
+            assert_eq!(check(&v, &[("x-hub-signature", &bad)], b"x", 0), Err(VerifyError::InvalidSignature), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bitbucket_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Bitbucket, &["old", "bb"]);
+        assert!(check(&v, &[("x-hub-signature", &sig("bb", b"x"))], b"x", 0).is_ok());
+    }
+
+    #[test]
+    fn bitbucket_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Bitbucket, &[""]);
+        assert_eq!(check(&v, &[("x-hub-signature", &sig("", b"x"))], b"x", 0), Err(VerifyError::NoSecret));
+    }
 }

@@ -153,4 +153,111 @@ mod tests {
         assert_eq!(signed_content("{body}", b"{x}", "", ""), b"{x}");
         assert_eq!(signed_content("a{b", b"B", "", ""), b"a{b");
     }
+
+    fn body_only(event: EventFrom) -> HmacOptions {
+        HmacOptions { timestamp_header: None, content: "{body}".into(), event, ..scenario3() }
+    }
+
+    fn hex_sig(key: &[u8], content: &[u8]) -> String {
+        hex::encode(mac::compute(Algorithm::Sha256, key, &[content]))
+    }
+
+    #[test]
+    fn hmac_without_a_signature_header_is_missing() {
+        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["k"]);
+        assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
+        assert_eq!(check(&v, &[("x-webhook-signature", "")], b"x", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn hmac_rejects_truncated_and_garbage_signatures() {
+        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["k"]);
+        let good = hex_sig(b"k", b"x");
+        for bad in [good[..good.len() - 2].to_string(), "x".repeat(64), format!("{good}00")] {
+            assert_eq!(check(&v, &[("x-webhook-signature", &bad)], b"x", 0), Err(VerifyError::InvalidSignature));
+        }
+    }
+
+    #[test]
+    fn hmac_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["old", "k"]);
+        assert!(check(&v, &[("x-webhook-signature", &hex_sig(b"k", b"x"))], b"x", 0).is_ok());
+    }
+
+    #[test]
+    fn hmac_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &[""]);
+        assert_eq!(check(&v, &[("x-webhook-signature", &hex_sig(b"", b"x"))], b"x", 0), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn hmac_sha1_signatures_verify_when_configured() {
+        let options = HmacOptions { algorithm: Algorithm::Sha1, ..body_only(EventFrom::None) };
+        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let sig = hex::encode(mac::compute(Algorithm::Sha1, b"k", &[b"x"]));
+        assert!(check(&v, &[("x-webhook-signature", &sig)], b"x", 0).is_ok());
+        assert_eq!(
+            check(&v, &[("x-webhook-signature", &hex_sig(b"k", b"x"))], b"x", 0),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_seconds_timestamp_exactly_at_tolerance_passes_and_one_second_past_fails() {
+        let options = HmacOptions { timestamp_unit: TimeUnit::Seconds, ..scenario3() };
+        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let sig = hex_sig(b"k", b"1700000000.x");
+        let pairs = [("x-webhook-signature", sig.as_str()), ("x-webhook-timestamp", "1700000000")];
+        assert!(check(&v, &pairs, b"x", 1_700_000_300_000).is_ok());
+        assert!(check(&v, &pairs, b"x", 1_699_999_700_000).is_ok());
+        assert_eq!(check(&v, &pairs, b"x", 1_700_000_301_000), Err(VerifyError::StaleTimestamp));
+        assert_eq!(check(&v, &pairs, b"x", 1_699_999_699_000), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn a_configured_timestamp_header_is_required() {
+        let v = verifier(Scheme::Hmac(scenario3()), &["k"]);
+        assert_eq!(
+            check(&v, &[("x-webhook-signature", &hex_sig(b"k", b".x"))], b"x", NOW),
+            Err(VerifyError::MissingSignature)
+        );
+    }
+
+    #[test]
+    fn an_id_in_the_signed_content_is_required_and_checked() {
+        let options = HmacOptions { content: "{id}.{body}".into(), timestamp_header: None, ..scenario3() };
+        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let sig = hex_sig(b"k", b"wh-1.x");
+        assert!(check(&v, &[("x-webhook-signature", &sig), ("x-webhook-id", "wh-1")], b"x", 0).is_ok());
+        assert_eq!(
+            check(&v, &[("x-webhook-signature", &sig), ("x-webhook-id", "wh-2")], b"x", 0),
+            Err(VerifyError::InvalidSignature)
+        );
+        assert_eq!(check(&v, &[("x-webhook-signature", &sig)], b"x", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn an_event_field_in_a_body_that_is_not_json_is_malformed_only_after_verifying() {
+        let v = verifier(Scheme::Hmac(body_only(EventFrom::Field("type".into()))), &["k"]);
+        assert!(matches!(
+            check(&v, &[("x-webhook-signature", &hex_sig(b"k", b"x"))], b"x", 0),
+            Err(VerifyError::MalformedBody(_))
+        ));
+        assert_eq!(
+            check(&v, &[("x-webhook-signature", &hex_sig(b"j", b"x"))], b"x", 0),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn shopifys_documented_style_uses_the_whole_body_with_any_header_case() {
+        let options = HmacOptions {
+            signature_header: "X-Shopify-Hmac-Sha256".into(),
+            encoding: Encoding::Base64,
+            ..body_only(EventFrom::None)
+        };
+        let v = verifier(Scheme::Hmac(options), &["hush"]);
+        let sig = mac::encode(Encoding::Base64, &mac::compute(Algorithm::Sha256, b"hush", &[b"{}"]));
+        assert!(check(&v, &[("X-SHOPIFY-HMAC-SHA256", &sig)], b"{}", 0).is_ok());
+    }
 }

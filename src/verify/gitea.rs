@@ -49,4 +49,32 @@ mod tests {
         }
         assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
     }
+
+    #[test]
+    fn gitea_rejects_an_empty_signature_and_non_hex_garbage() {
+        let v = verifier(Scheme::Gitea, &["s3"]);
+        assert_eq!(check(&v, &[("x-gitea-signature", "")], b"x", 0), Err(VerifyError::MissingSignature));
+        let garbage = "g".repeat(64);
+        assert_eq!(check(&v, &[("x-gitea-signature", &garbage)], b"x", 0), Err(VerifyError::InvalidSignature));
+    }
+
+    #[test]
+    fn gitea_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Gitea, &["old", "s3"]);
+        assert!(check(&v, &[("x-gitea-signature", &sig("s3", b"x"))], b"x", 0).is_ok());
+    }
+
+    #[test]
+    fn gitea_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Gitea, &[""]);
+        assert_eq!(check(&v, &[("x-gitea-signature", &sig("", b"x"))], b"x", 0), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn forgejo_names_its_delivery() {
+        let v = verifier(Scheme::Gitea, &["s3"]);
+        let ok =
+            check(&v, &[("x-forgejo-signature", &sig("s3", b"x")), ("x-forgejo-delivery", "f-1")], b"x", 0).unwrap();
+        assert_eq!((ok.event, ok.delivery.as_deref()), (None, Some("f-1")));
+    }
 }

@@ -90,4 +90,46 @@ mod tests {
         let sig = format!("sha256={}", hex::encode(mac::compute(Algorithm::Sha256, b"", &[BODY])));
         assert_eq!(check(&v, &[("x-hub-signature-256", &sig)], BODY, 0), Err(VerifyError::NoSecret));
     }
+
+    #[test]
+    fn github_rejects_an_empty_signature_header() {
+        assert_eq!(check(&github(), &[("x-hub-signature-256", "")], BODY, 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn github_rejects_non_hex_garbage_of_the_right_length() {
+        let garbage = format!("sha256={}", "zz".repeat(32));
+        assert_eq!(check(&github(), &[("x-hub-signature-256", &garbage)], BODY, 0), Err(VerifyError::InvalidSignature));
+    }
+
+    #[test]
+    fn github_rejects_a_wrong_prefix_case() {
+        let upper = SIGNATURE.replace("sha256=", "SHA256=");
+        assert_eq!(check(&github(), &[("x-hub-signature-256", &upper)], BODY, 0), Err(VerifyError::InvalidSignature));
+    }
+
+    #[test]
+    fn github_skips_empty_secrets_but_has_no_secret_without_any() {
+        let v = verifier(Scheme::Github { allow_sha1: false }, &["", SECRET]);
+        assert!(check(&v, &[("x-hub-signature-256", SIGNATURE)], BODY, 0).is_ok());
+        let none = verifier(Scheme::Github { allow_sha1: false }, &[]);
+        assert_eq!(check(&none, &[("x-hub-signature-256", SIGNATURE)], BODY, 0), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn github_without_event_or_delivery_headers_leaves_them_unset() {
+        let ok = check(&github(), &[("X-Hub-Signature-256", SIGNATURE)], BODY, 0).unwrap();
+        assert_eq!(ok, Verified::default());
+    }
+
+    #[test]
+    fn github_prefers_sha256_when_both_signatures_are_sent() {
+        let v = verifier(Scheme::Github { allow_sha1: true }, &[SECRET]);
+        let bad_256 = format!("sha256={}", "00".repeat(32));
+        let sha1 = format!("sha1={}", hex::encode(mac::compute(Algorithm::Sha1, SECRET.as_bytes(), &[BODY])));
+        assert_eq!(
+            check(&v, &[("x-hub-signature-256", &bad_256), ("x-hub-signature", &sha1)], BODY, 0),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
 }

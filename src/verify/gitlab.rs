@@ -69,4 +69,57 @@ mod tests {
         assert_eq!(ok.delivery.as_deref(), Some("msg_p5jXN8AQM9LWM0D4loKWxJek"));
         assert_eq!(ok.event.as_deref(), Some("Push Hook"));
     }
+
+    const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const STANDARD_HEADERS: [(&str, &str); 3] = [
+        ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+        ("webhook-timestamp", "1614265330"),
+        ("webhook-signature", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="),
+    ];
+    const STANDARD_BODY: &[u8] = br#"{"test": 2432232314}"#;
+    const STANDARD_NOW: i64 = 1_614_265_330_000;
+
+    #[test]
+    fn gitlab_rejects_an_empty_token() {
+        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        assert_eq!(check(&v, &[("x-gitlab-token", "")], b"{}", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn gitlab_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Gitlab, &["old-token", "new-token"]);
+        assert!(check(&v, &[("x-gitlab-token", "new-token")], b"{}", 0).is_ok());
+        assert!(check(&v, &[("x-gitlab-token", "old-token")], b"{}", 0).is_ok());
+    }
+
+    #[test]
+    fn gitlab_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Gitlab, &[""]);
+        assert_eq!(check(&v, &[("x-gitlab-token", "x")], b"{}", 0), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn gitlab_standard_webhooks_one_second_past_tolerance_fails() {
+        let v = verifier(Scheme::Gitlab, &[STANDARD_SECRET]);
+        assert!(check(&v, &STANDARD_HEADERS, STANDARD_BODY, STANDARD_NOW + 300_000).is_ok());
+        assert_eq!(
+            check(&v, &STANDARD_HEADERS, STANDARD_BODY, STANDARD_NOW + 301_000),
+            Err(VerifyError::StaleTimestamp)
+        );
+    }
+
+    #[test]
+    fn gitlab_standard_webhooks_reject_a_changed_body() {
+        let v = verifier(Scheme::Gitlab, &[STANDARD_SECRET]);
+        assert_eq!(
+            check(&v, &STANDARD_HEADERS, br#"{"test": 2432232315}"#, STANDARD_NOW),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn gitlab_never_parses_the_body() {
+        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        assert!(check(&v, &[("x-gitlab-token", "glpat-secret")], b"not json", 0).is_ok());
+    }
 }

@@ -97,4 +97,75 @@ mod tests {
             Err(VerifyError::MalformedBody(_))
         ));
     }
+
+    fn run(v: &Verifier, t: i64, now: i64) -> Result<Verified, VerifyError> {
+        check(v, &[("x-infisical-signature", &signed("inf", t, &body(t)))], body(t).as_bytes(), now)
+    }
+
+    #[test]
+    fn an_infisical_timestamp_exactly_at_tolerance_passes_in_either_direction() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        assert!(run(&v, NOW - 300_000, NOW).is_ok());
+        assert!(run(&v, NOW + 300_000, NOW).is_ok());
+    }
+
+    #[test]
+    fn an_infisical_timestamp_one_second_in_the_future_past_tolerance_fails() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        assert_eq!(run(&v, NOW + 301_000, NOW), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn infisical_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Infisical, &["old", "inf"]);
+        assert!(run(&v, NOW, NOW).is_ok());
+    }
+
+    #[test]
+    fn infisical_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Infisical, &[""]);
+        assert_eq!(run(&v, NOW, NOW), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn infisical_rejects_an_empty_signature_and_a_wrong_prefix() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let good = signed("inf", NOW, &body(NOW));
+        for bad in [format!("t={NOW};"), good.replacen("t=", "ts=", 1), good.replacen(';', ",", 1)] {
+            assert_eq!(
+                check(&v, &[("x-infisical-signature", &bad)], body(NOW).as_bytes(), NOW),
+                Err(VerifyError::InvalidSignature),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check(&v, &[("x-infisical-signature", "")], body(NOW).as_bytes(), NOW),
+            Err(VerifyError::MissingSignature)
+        );
+    }
+
+    #[test]
+    fn a_body_without_a_timestamp_fails() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let body = r#"{"event":"secrets.modified"}"#;
+        assert_eq!(
+            check(&v, &[("x-infisical-signature", &signed("inf", NOW, body))], body.as_bytes(), NOW),
+            Err(VerifyError::InvalidSignature)
+        );
+    }
+
+    #[test]
+    fn a_string_body_timestamp_as_in_infisicals_docs_verifies() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let body = format!(r#"{{"event":"secrets.modified","timestamp":"{NOW}"}}"#);
+        assert!(check(&v, &[("x-infisical-signature", &signed("inf", NOW, &body))], body.as_bytes(), NOW).is_ok());
+    }
+
+    #[test]
+    fn the_infisical_delivery_is_the_timestamp_and_signature() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let header = signed("inf", NOW, &body(NOW));
+        let ok = run(&v, NOW, NOW).unwrap();
+        assert_eq!(ok.delivery, Some(header.replacen("t=", "", 1).replacen(';', ".", 1)));
+    }
 }

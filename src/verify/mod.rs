@@ -232,3 +232,35 @@ pub(crate) mod test_support {
         v.verify(&Inbound { headers: &headers, body, query: None, now_ms })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn a_verifier_never_prints_its_secrets() {
+        let v = verifier(Scheme::Github { allow_sha1: false }, &["hunter2-secret"]);
+        assert!(!format!("{v:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_never_carry_the_expected_signature() {
+        let v = verifier(Scheme::Gitea, &["s3"]);
+        let expected = hex::encode(mac::compute(Algorithm::Sha256, b"s3", &[b"x"]));
+        let err = check(&v, &[("x-gitea-signature", &"0".repeat(64))], b"x", 0).unwrap_err();
+        assert!(!err.to_string().contains(&expected) && !format!("{err:?}").contains(&expected));
+        assert!(!err.to_string().contains("s3"));
+    }
+
+    #[test]
+    fn every_scheme_without_a_usable_secret_is_off() {
+        for scheme in [Scheme::Gitlab, Scheme::Infisical, Scheme::Standard, Scheme::Stripe, Scheme::Slack] {
+            assert_eq!(
+                check(&verifier(scheme.clone(), &["", ""]), &[], b"", 0),
+                Err(VerifyError::NoSecret),
+                "{scheme:?}"
+            );
+        }
+    }
+}

@@ -71,4 +71,70 @@ mod tests {
             Err(VerifyError::MissingSignature)
         );
     }
+
+    fn sign(secret: &str, ts: &str, body: &[u8]) -> String {
+        format!(
+            "v0={}",
+            hex::encode(mac::compute(Algorithm::Sha256, secret.as_bytes(), &[b"v0:", ts.as_bytes(), b":", body]))
+        )
+    }
+
+    #[test]
+    fn a_slack_request_one_second_in_the_future_past_tolerance_fails() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
+        assert!(check(&v, &pairs, BODY.as_bytes(), NOW - 300_000).is_ok());
+        assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW - 301_000), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn slack_rejects_an_empty_signature() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let pairs = [("x-slack-signature", "v0="), ("x-slack-request-timestamp", TS)];
+        assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::InvalidSignature));
+        let pairs = [("x-slack-signature", ""), ("x-slack-request-timestamp", TS)];
+        assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn slack_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Slack, &["old", SECRET]);
+        let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
+        assert!(check(&v, &pairs, BODY.as_bytes(), NOW).is_ok());
+    }
+
+    #[test]
+    fn slack_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Slack, &[""]);
+        let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
+        assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn a_slack_event_callback_names_its_type_and_event_id() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let body = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention"}}"#;
+        let sig = sign(SECRET, TS, body);
+        let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
+        assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("event_callback"), Some("Ev1")));
+    }
+
+    #[test]
+    fn a_slack_body_without_event_id_gets_a_delivery_from_timestamp_and_signature() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let body = br#"{"type":"url_verification","challenge":"c"}"#;
+        let sig = sign(SECRET, TS, body);
+        let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
+        assert_eq!(ok.event.as_deref(), Some("url_verification"));
+        assert_eq!(ok.delivery, Some(format!("{TS}.{}", &sig[3..])));
+    }
+
+    #[test]
+    fn a_slack_interaction_names_the_payloads_type() {
+        let v = verifier(Scheme::Slack, &[SECRET]);
+        let body = b"payload=%7B%22type%22%3A%22block_actions%22%7D";
+        let sig = sign(SECRET, TS, body);
+        let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
+        assert_eq!(ok.event.as_deref(), Some("block_actions"));
+    }
 }

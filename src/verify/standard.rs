@@ -116,4 +116,52 @@ mod tests {
             .unwrap();
         assert_eq!(ok.event.as_deref(), Some("invoice.paid"));
     }
+
+    #[test]
+    fn standard_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Standard, &["whsec_c2VjcmV0", SECRET]);
+        assert!(run(&v, headers_with(SIGNATURE, TS), NOW).is_ok());
+    }
+
+    #[test]
+    fn a_standard_secret_with_nothing_after_the_prefix_is_no_secret() {
+        for secret in ["whsec_", "whsec_!!!not base64"] {
+            let v = verifier(Scheme::Standard, &[secret]);
+            assert_eq!(run(&v, headers_with(SIGNATURE, TS), NOW), Err(VerifyError::NoSecret), "{secret}");
+        }
+        let empty = verifier(Scheme::Standard, &[""]);
+        assert_eq!(run(&empty, headers_with(SIGNATURE, TS), NOW), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn a_standard_secret_without_the_prefix_is_used_as_raw_bytes() {
+        let v = verifier(Scheme::Standard, &["raw-key"]);
+        let sig = format!(
+            "v1,{}",
+            mac::encode(
+                Encoding::Base64,
+                &mac::compute(Algorithm::Sha256, b"raw-key", &[ID.as_bytes(), b".", TS.as_bytes(), b".", BODY])
+            )
+        );
+        assert!(run(&v, headers_with(&sig, TS), NOW).is_ok());
+    }
+
+    #[test]
+    fn standard_rejects_a_timestamp_that_is_not_a_number() {
+        let v = verifier(Scheme::Standard, &[SECRET]);
+        assert_eq!(run(&v, headers_with(SIGNATURE, "soon"), NOW), Err(VerifyError::InvalidSignature));
+    }
+
+    #[test]
+    fn a_verified_standard_body_that_is_not_json_is_malformed() {
+        let v = verifier(Scheme::Standard, &["whsec_c2VjcmV0"]);
+        let sig = format!(
+            "v1,{}",
+            mac::encode(Encoding::Base64, &mac::compute(Algorithm::Sha256, b"secret", &[b"m1.1614265330.", b"<xml/>"]))
+        );
+        assert!(matches!(
+            check(&v, &[("webhook-id", "m1"), ("webhook-timestamp", TS), ("webhook-signature", &sig)], b"<xml/>", NOW),
+            Err(VerifyError::MalformedBody(_))
+        ));
+    }
 }

@@ -75,4 +75,61 @@ mod tests {
             );
         }
     }
+
+    fn valid() -> String {
+        format!("t=1700000000,v1={}", v1("1700000000"))
+    }
+
+    #[test]
+    fn a_stripe_timestamp_one_second_in_the_future_past_tolerance_fails() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        assert!(check(&v, &[("stripe-signature", &valid())], BODY, NOW - 300_000).is_ok());
+        assert_eq!(check(&v, &[("stripe-signature", &valid())], BODY, NOW - 301_000), Err(VerifyError::StaleTimestamp));
+    }
+
+    #[test]
+    fn stripe_rejects_empty_truncated_and_v0_only_signatures() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let good = v1("1700000000");
+        for bad in [
+            "t=1700000000,v1=".to_string(),
+            format!("t=1700000000,v1={}", &good[..good.len() - 2]),
+            format!("t=1700000000,v0={good}"),
+            format!("t=1700000000,V1={good}"),
+        ] {
+            assert_eq!(
+                check(&v, &[("stripe-signature", &bad)], BODY, NOW),
+                Err(VerifyError::InvalidSignature),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn stripe_without_a_signature_is_missing() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        assert_eq!(check(&v, &[], BODY, NOW), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn stripe_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Stripe, &["whsec_old", SECRET]);
+        assert!(check(&v, &[("stripe-signature", &valid())], BODY, NOW).is_ok());
+    }
+
+    #[test]
+    fn stripe_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Stripe, &[""]);
+        assert_eq!(check(&v, &[("stripe-signature", &valid())], BODY, NOW), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn a_verified_stripe_body_that_is_not_json_is_malformed() {
+        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let sig = hex::encode(mac::compute(Algorithm::Sha256, SECRET.as_bytes(), &[b"1700000000.", b"nope"]));
+        assert!(matches!(
+            check(&v, &[("stripe-signature", &format!("t=1700000000,v1={sig}"))], b"nope", NOW),
+            Err(VerifyError::MalformedBody(_))
+        ));
+    }
 }

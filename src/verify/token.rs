@@ -67,4 +67,37 @@ mod tests {
         let req = Inbound { headers: &headers, body: b"{}", query: Some("token=nope"), now_ms: 0 };
         assert_eq!(v.verify(&req), Err(VerifyError::InvalidSignature));
     }
+
+    #[test]
+    fn an_empty_bearer_token_is_missing() {
+        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        assert_eq!(check(&v, &[("authorization", "Bearer ")], b"{}", 0), Err(VerifyError::MissingSignature));
+        assert_eq!(check(&v, &[], b"{}", 0), Err(VerifyError::MissingSignature));
+    }
+
+    #[test]
+    fn the_authorization_option_is_case_insensitive() {
+        let v = verifier(Scheme::Token(options("Authorization")), &["t0k3n"]);
+        assert!(check(&v, &[("authorization", "bearer t0k3n")], b"{}", 0).is_ok());
+    }
+
+    #[test]
+    fn a_token_accepts_the_second_secret_during_rotation() {
+        let v = verifier(Scheme::Token(options("authorization")), &["old", "t0k3n"]);
+        assert!(check(&v, &[("authorization", "Bearer t0k3n")], b"{}", 0).is_ok());
+    }
+
+    #[test]
+    fn a_token_with_only_an_empty_secret_has_no_secret() {
+        let v = verifier(Scheme::Token(options("authorization")), &[""]);
+        assert_eq!(check(&v, &[("authorization", "Bearer ")], b"{}", 0), Err(VerifyError::NoSecret));
+    }
+
+    #[test]
+    fn an_empty_token_in_the_url_never_verifies() {
+        let v = verifier(Scheme::Token(options("x-api-token")), &["t0k3n"]);
+        let headers = headers(&[]);
+        let req = Inbound { headers: &headers, body: b"{}", query: Some("token="), now_ms: 0 };
+        assert_eq!(v.verify(&req), Err(VerifyError::InvalidSignature));
+    }
 }
