@@ -507,6 +507,9 @@ fn validate_source(
         enabled = false;
         disabled_reason = Some("no usable secret (check the env: or file: reference)".into());
     }
+    if let Scheme::Hmac(o) = &scheme {
+        check_placeholders(&key("content"), o)?;
+    }
     Ok(Source {
         name,
         provider,
@@ -667,6 +670,9 @@ fn validate_sign(
         }),
         other => return Err(invalid(k("scheme"), format!("unknown scheme `{other}` (standard, github, hmac)"))),
     };
+    if let Scheme::Hmac(o) = &scheme {
+        check_placeholders(&k("content"), o)?;
+    }
     if scheme == Scheme::Standard {
         let text = String::from_utf8_lossy(secret.expose()).to_string();
         if let Some(b64) = text.strip_prefix("whsec_") {
@@ -677,6 +683,17 @@ fn validate_sign(
         }
     }
     Ok(crate::actions::SignSpec { scheme, secret })
+}
+
+/// `{timestamp}` and `{id}` in signed content need the headers that carry them.
+fn check_placeholders(key: &str, o: &HmacOptions) -> Result<(), ConfigError> {
+    if o.content.contains("{timestamp}") && o.timestamp_header.is_none() {
+        return Err(invalid(key, "uses {timestamp} but no timestamp_header is set"));
+    }
+    if o.content.contains("{id}") && o.id_header.is_none() {
+        return Err(invalid(key, "uses {id} but no id_header is set"));
+    }
+    Ok(())
 }
 
 fn validate_content(key: &str, content: Option<String>) -> Result<String, ConfigError> {
@@ -870,6 +887,22 @@ mod tests {
         let text = MINIMAL.replace("argv = [\"true\"]", "argv = [\"true\"], timeout = \"soon\"");
         let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("routes[0].action.timeout"), "{err}");
+    }
+
+    #[test]
+    fn hmac_content_placeholders_need_their_headers() {
+        let text = r#"
+            [[sources]]
+            name = "p"
+            provider = "hmac"
+            secrets = ["s"]
+            signature_header = "X-Sig"
+            content = "{timestamp}.{body}"
+        "#;
+        let err = parse(text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("sources[0].content"), "{err}");
+        let ok = text.replace("content =", "timestamp_header = \"X-Ts\"\ncontent =");
+        assert!(parse(&ok, Path::new(""), &env(&[])).is_ok());
     }
 
     #[test]
