@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ProcessEnv};
-use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions};
+use crate::verify::{EventFrom, HmacOptions, Scheme, Secret, TokenOptions};
 
 /// Exit code for a bad configuration (EX_CONFIG-like, as sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -319,30 +319,13 @@ fn scheme_from(args: &SchemeArgs) -> anyhow::Result<(Scheme, Secret)> {
     let secret = config::resolve_secret("--secret", &args.secret, Path::new("."), &env)?
         .ok_or_else(|| anyhow::anyhow!("--secret is empty"))?;
     let scheme = match args.provider.as_str() {
-        "github" => Scheme::Github { allow_sha1: false },
-        "gitlab" => Scheme::Gitlab,
-        "gitea" | "forgejo" => Scheme::Gitea,
-        "bitbucket" => Scheme::Bitbucket,
-        "infisical" => Scheme::Infisical,
-        "standard" => Scheme::Standard,
-        "stripe" => Scheme::Stripe,
-        "slack" => Scheme::Slack,
         "hmac" => Scheme::Hmac(HmacOptions {
             signature_header: args.signature_header.clone(),
-            algorithm: match args.algorithm.as_str() {
-                "sha1" => Algorithm::Sha1,
-                "sha256" => Algorithm::Sha256,
-                "sha512" => Algorithm::Sha512,
-                other => anyhow::bail!("--algorithm: unknown `{other}` (sha1, sha256, sha512)"),
-            },
-            encoding: match args.encoding.as_str() {
-                "hex" => Encoding::Hex,
-                "base64" => Encoding::Base64,
-                other => anyhow::bail!("--encoding: unknown `{other}` (hex, base64)"),
-            },
+            algorithm: config::parse_algorithm("--algorithm", Some(&args.algorithm))?,
+            encoding: config::parse_encoding("--encoding", Some(&args.encoding))?,
             prefix: args.prefix.clone(),
             timestamp_header: args.timestamp_header.clone(),
-            timestamp_unit: if args.timestamp_unit == "ms" { TimeUnit::Millis } else { TimeUnit::Seconds },
+            timestamp_unit: config::parse_unit("--timestamp-unit", Some(&args.timestamp_unit))?,
             content: args.content.clone(),
             id_header: args.id_header.clone(),
             event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
@@ -353,7 +336,7 @@ fn scheme_from(args: &SchemeArgs) -> anyhow::Result<(Scheme, Secret)> {
             id_header: args.id_header.clone(),
             event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
         }),
-        other => anyhow::bail!("--provider: unknown `{other}`"),
+        other => config::simple_scheme(other, false).ok_or_else(|| anyhow::anyhow!("--provider: unknown `{other}`"))?,
     };
     Ok((scheme, secret))
 }

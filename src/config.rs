@@ -453,14 +453,6 @@ fn validate_source(
         }
     };
     let scheme = match provider.as_str() {
-        "github" => Scheme::Github { allow_sha1: raw.allow_sha1.unwrap_or(false) },
-        "gitlab" => Scheme::Gitlab,
-        "gitea" | "forgejo" => Scheme::Gitea,
-        "bitbucket" => Scheme::Bitbucket,
-        "infisical" => Scheme::Infisical,
-        "standard" => Scheme::Standard,
-        "stripe" => Scheme::Stripe,
-        "slack" => Scheme::Slack,
         "hmac" => Scheme::Hmac(HmacOptions {
             signature_header: raw
                 .signature_header
@@ -481,14 +473,14 @@ fn validate_source(
             id_header: raw.id_header.map(|h| h.to_ascii_lowercase()),
             event: event_from(raw.event_header, raw.event_field)?,
         }),
-        other => {
-            return Err(invalid(
+        other => simple_scheme(other, raw.allow_sha1.unwrap_or(false)).ok_or_else(|| {
+            invalid(
                 key("provider"),
                 format!(
                     "unknown provider `{other}` (github, gitlab, gitea, forgejo, bitbucket, infisical, standard, stripe, slack, hmac, token)"
                 ),
-            ))
-        }
+            )
+        })?,
     };
     let mut refs = raw.secrets;
     refs.extend(raw.secret);
@@ -710,7 +702,22 @@ fn validate_content(key: &str, content: Option<String>) -> Result<String, Config
     Ok(content)
 }
 
-fn parse_algorithm(key: &str, v: Option<&str>) -> Result<Algorithm, ConfigError> {
+/// The scheme of a provider that takes no options (`hmac` and `token` are built from their keys).
+pub fn simple_scheme(provider: &str, allow_sha1: bool) -> Option<Scheme> {
+    Some(match provider {
+        "github" => Scheme::Github { allow_sha1 },
+        "gitlab" => Scheme::Gitlab,
+        "gitea" | "forgejo" => Scheme::Gitea,
+        "bitbucket" => Scheme::Bitbucket,
+        "infisical" => Scheme::Infisical,
+        "standard" => Scheme::Standard,
+        "stripe" => Scheme::Stripe,
+        "slack" => Scheme::Slack,
+        _ => return None,
+    })
+}
+
+pub fn parse_algorithm(key: &str, v: Option<&str>) -> Result<Algorithm, ConfigError> {
     match v.unwrap_or("sha256") {
         "sha1" => Ok(Algorithm::Sha1),
         "sha256" => Ok(Algorithm::Sha256),
@@ -719,7 +726,7 @@ fn parse_algorithm(key: &str, v: Option<&str>) -> Result<Algorithm, ConfigError>
     }
 }
 
-fn parse_encoding(key: &str, v: Option<&str>) -> Result<Encoding, ConfigError> {
+pub fn parse_encoding(key: &str, v: Option<&str>) -> Result<Encoding, ConfigError> {
     match v.unwrap_or("hex") {
         "hex" => Ok(Encoding::Hex),
         "base64" => Ok(Encoding::Base64),
@@ -727,7 +734,7 @@ fn parse_encoding(key: &str, v: Option<&str>) -> Result<Encoding, ConfigError> {
     }
 }
 
-fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
+pub fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
     match v.unwrap_or("s") {
         "s" => Ok(TimeUnit::Seconds),
         "ms" => Ok(TimeUnit::Millis),
