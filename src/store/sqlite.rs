@@ -23,7 +23,10 @@ use tokio::sync::{oneshot, Semaphore};
 use super::*;
 
 /// Versioned schema steps, applied in order at open; a step never changes once released.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_claim_order.sql")),
+];
 
 /// The most commands one transaction takes; bounds the latency a batch adds to its first request.
 const MAX_BATCH: usize = 256;
@@ -530,19 +533,25 @@ fn insert_jobs_tx(conn: &Connection, delivery_id: &str, jobs: &[NewJob], now: Mi
     Ok(count)
 }
 
+/// Running jobs whose lease ran out (their instance died), oldest first.
+const CLAIM_EXPIRED: &str = "SELECT id, route, coalesce_key FROM jobs
+     WHERE status = 'running' AND lease_until < ?2 AND route IN (SELECT value FROM json_each(?1))
+     ORDER BY run_at, id";
+
+/// Due queued jobs in queue order, straight from the `jobs_queue` index (no sort of the backlog).
+const CLAIM_QUEUED: &str = "SELECT id, route, coalesce_key FROM jobs
+     WHERE status = 'queued' AND run_at <= ?2 AND route IN (SELECT value FROM json_each(?1))
+     ORDER BY run_at, id";
+
 fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreError> {
     let routes = serde_json::to_string(&claim.routes).map_err(internal)?;
     let mut picked: Vec<(String, String, Option<String>)> = Vec::new();
     {
-        let mut candidates = conn
-            .prepare_cached(
-                "SELECT id, route, coalesce_key FROM jobs
-                 WHERE route IN (SELECT value FROM json_each(?1))
-                   AND ((status = 'queued' AND run_at <= ?2)
-                        OR (status = 'running' AND lease_until < ?2))
-                 ORDER BY run_at, id",
-            )
-            .map_err(sql_error)?;
+        // Expired leases first (few: at most the running jobs of crashed instances), then due queued jobs
+        // in queue order, read from the `jobs_queue` index one row at a time until the claim is full: the
+        // cost of a claim does not grow with the backlog.
+        let mut expired = conn.prepare_cached(CLAIM_EXPIRED).map_err(sql_error)?;
+        let mut queued = conn.prepare_cached(CLAIM_QUEUED).map_err(sql_error)?;
         let mut key_busy = conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM jobs
@@ -552,25 +561,27 @@ fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreEr
             .map_err(sql_error)?;
         // A key is decided once per claim: taken by an earlier candidate, or held by a live lease.
         let mut keys_seen: HashSet<(String, String)> = HashSet::new();
-        let mut rows = candidates.query(params![routes, claim.now]).map_err(sql_error)?;
-        while picked.len() < claim.limit {
-            let Some(row) = rows.next().map_err(sql_error)? else {
-                break;
-            };
-            let id: String = row.get(0).map_err(sql_error)?;
-            let route: String = row.get(1).map_err(sql_error)?;
-            let key: Option<String> = row.get(2).map_err(sql_error)?;
-            if let Some(k) = &key {
-                if !keys_seen.insert((route.clone(), k.clone())) {
-                    continue;
+        for candidates in [&mut expired, &mut queued] {
+            let mut rows = candidates.query(params![routes, claim.now]).map_err(sql_error)?;
+            while picked.len() < claim.limit {
+                let Some(row) = rows.next().map_err(sql_error)? else {
+                    break;
+                };
+                let id: String = row.get(0).map_err(sql_error)?;
+                let route: String = row.get(1).map_err(sql_error)?;
+                let key: Option<String> = row.get(2).map_err(sql_error)?;
+                if let Some(k) = &key {
+                    if !keys_seen.insert((route.clone(), k.clone())) {
+                        continue;
+                    }
+                    let busy: bool =
+                        key_busy.query_row(params![route, k, id, claim.now], |r| r.get(0)).map_err(sql_error)?;
+                    if busy {
+                        continue;
+                    }
                 }
-                let busy: bool =
-                    key_busy.query_row(params![route, k, id, claim.now], |r| r.get(0)).map_err(sql_error)?;
-                if busy {
-                    continue;
-                }
+                picked.push((id, route, key));
             }
-            picked.push((id, route, key));
         }
     }
 
@@ -958,6 +969,27 @@ mod tests {
 
     fn job_at(route: &str, key: Option<&str>, run_at: Millis) -> NewJob {
         NewJob { id: new_id(), route: route.into(), coalesce_key: key.map(Into::into), run_at }
+    }
+
+    #[tokio::test]
+    async fn claims_read_the_queue_from_an_index_without_sorting_the_backlog() {
+        let (_dir, store) = fresh().await;
+        let plans = store
+            .read(|c| {
+                let mut plans = Vec::new();
+                for sql in [CLAIM_QUEUED, CLAIM_EXPIRED] {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).map_err(sql_error)?;
+                    let rows = stmt.query_map(params!["[\"r\"]", 0], |r| r.get::<_, String>(3)).map_err(sql_error)?;
+                    plans.push(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?.join("; "));
+                }
+                Ok(plans)
+            })
+            .await
+            .unwrap();
+        for plan in plans {
+            assert!(plan.contains("USING INDEX jobs_queue"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "a claim must not sort the backlog: {plan}");
+        }
     }
 
     fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
