@@ -3,6 +3,7 @@
 //! Each write is one transaction on a pooled connection; PostgreSQL's own group commit batches the WAL
 //! flushes of concurrent requests. A lost server answers `Unavailable` and the pool reconnects by itself.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,10 @@ use tokio_postgres::{NoTls, Row};
 use super::*;
 
 /// Versioned schema steps; a step never changes once released.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_claim_order.sql")),
+];
 
 /// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
@@ -24,6 +28,68 @@ pub struct PostgresStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// Jobs to claim, in queue order: expired leases first, then due queued jobs read from the `jobs_queue`
+/// index a page at a time until the claim is full, so a claim costs the same with a backlog of millions.
+/// One job per (route, coalesce key), and none whose key is held by a live lease.
+async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) -> Result<Vec<String>, StoreError> {
+    let busy_rows = tx
+        .query(
+            "SELECT DISTINCT route, coalesce_key FROM jobs
+             WHERE status = 'running' AND lease_until >= $2 AND coalesce_key IS NOT NULL AND route = ANY($1)",
+            &[&claim.routes, &claim.now],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut keys_taken: HashSet<(String, String)> =
+        busy_rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    let mut picked = Vec::new();
+    let mut take = |row: &Row, picked: &mut Vec<String>| {
+        let key: Option<String> = row.get(2);
+        if let Some(key) = key {
+            if !keys_taken.insert((row.get(1), key)) {
+                return;
+            }
+        }
+        picked.push(row.get(0));
+    };
+    let expired = tx
+        .query(
+            "SELECT id, route, coalesce_key FROM jobs
+             WHERE status = 'running' AND lease_until < $2 AND route = ANY($1)
+             ORDER BY run_at, id",
+            &[&claim.routes, &claim.now],
+        )
+        .await
+        .map_err(pg_error)?;
+    for row in &expired {
+        if picked.len() < claim.limit {
+            take(row, &mut picked);
+        }
+    }
+    let queued = tx
+        .prepare(
+            "SELECT id, route, coalesce_key FROM jobs
+             WHERE status = 'queued' AND run_at <= $2 AND route = ANY($1)
+             ORDER BY run_at, id",
+        )
+        .await
+        .map_err(pg_error)?;
+    let portal = tx.bind(&queued, &[&claim.routes, &claim.now]).await.map_err(pg_error)?;
+    let page = (claim.limit * 2).clamp(16, 1024) as i32;
+    while picked.len() < claim.limit {
+        let rows = tx.query_portal(&portal, page).await.map_err(pg_error)?;
+        for row in &rows {
+            if picked.len() < claim.limit {
+                take(row, &mut picked);
+            }
+        }
+        if rows.len() < page as usize {
+            break;
+        }
+    }
+    Ok(picked)
 }
 
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
@@ -235,31 +301,26 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
-        let limit = claim.limit as i64;
+        let picked = pick_candidates(&tx, &claim).await?;
+        if picked.is_empty() {
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(Vec::new());
+        }
+        // Still claimable (nothing else claims while the lock is held, but a late `finish_job` may have
+        // moved one on); SKIP LOCKED never waits on a row another transaction is finishing.
         let rows = tx
             .query(
-                "WITH candidates AS (
-                    SELECT j.id, j.run_at,
-                           row_number() OVER (PARTITION BY j.route, COALESCE(j.coalesce_key, j.id)
-                                              ORDER BY j.run_at, j.id) AS rn
-                    FROM jobs j
-                    WHERE j.route = ANY($1)
-                      AND ((j.status = 'queued' AND j.run_at <= $2) OR (j.status = 'running' AND j.lease_until < $2))
-                      AND (j.coalesce_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM jobs r
-                            WHERE r.route = j.route AND r.coalesce_key = j.coalesce_key AND r.id <> j.id
-                              AND r.status = 'running' AND r.lease_until >= $2))
-                 ), picked AS (
+                "WITH picked AS (
                     SELECT id FROM jobs
-                    WHERE id IN (SELECT id FROM candidates WHERE rn = 1 ORDER BY run_at, id LIMIT $3)
+                    WHERE id = ANY($1)
                       AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND lease_until < $2))
                     FOR UPDATE SKIP LOCKED
                  )
-                 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $4,
-                                 lease_until = $5, updated_at = $2
+                 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
+                                 lease_until = $4, updated_at = $2
                  FROM picked WHERE jobs.id = picked.id
                  RETURNING jobs.id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at, jobs.delivery_id",
-                &[&claim.routes, &claim.now, &limit, &claim.owner, &claim.lease_until],
+                &[&picked, &claim.now, &claim.owner, &claim.lease_until],
             )
             .await
             .map_err(pg_error)?;
