@@ -1,0 +1,17 @@
+//! Fuzz the timestamped family: Infisical, Standard Webhooks, Stripe, Slack.
+#![no_main]
+
+mod common;
+
+use hookgate::verify::Scheme;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|input: (u8, common::Request<'_>)| {
+    let scheme = match input.0 % 4 {
+        0 => Scheme::Infisical,
+        1 => Scheme::Standard,
+        2 => Scheme::Stripe,
+        _ => Scheme::Slack,
+    };
+    common::run(scheme, &input.1);
+});
