@@ -61,7 +61,7 @@ struct Input<'a> {
 }
 
 fuzz_target!(|input: Input<'_>| {
-    let _ = parse_body(input.content_type, input.body);
+    let _ = parse_body(input.content_type, &bytes::Bytes::copy_from_slice(input.body));
     let mut headers: Vec<(String, String)> =
         input.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
     if let Some(ct) = input.content_type {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use minijinja::Value;
 
-use super::lazy;
+use super::lazy::{self, JsonDoc};
 
 use crate::store::StoredDelivery;
 
@@ -15,8 +15,8 @@ pub struct EventContext {
     pub event: String,
     pub delivery: String,
     pub id: String,
-    /// Parsed JSON body, or null when the body is not JSON.
-    pub body: Arc<serde_json::Value>,
+    /// The JSON body (validated, converted only where a template reads it), or None when it is not JSON.
+    pub body: Option<JsonDoc>,
     /// Lower-case header names.
     pub headers: Arc<Vec<(String, String)>>,
     /// The body exactly as received (the default body of an `http` action).
@@ -44,12 +44,16 @@ impl EventContext {
         body: serde_json::Value,
         headers: Vec<(String, String)>,
     ) -> Self {
+        let body = match body {
+            serde_json::Value::Null => None,
+            value => JsonDoc::validate(bytes::Bytes::from(value.to_string())).ok(),
+        };
         EventContext {
             source: source.into(),
             event: event.into(),
             delivery: delivery.into(),
             id: id.into(),
-            body: Arc::new(body),
+            body,
             headers: Arc::new(headers),
             raw_body: bytes::Bytes::new(),
             received_at: rfc3339(crate::store::now_ms()),
@@ -59,13 +63,13 @@ impl EventContext {
     /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null.
     pub fn from_stored(d: &StoredDelivery) -> Self {
         let content_type = d.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
-        let body = parse_body(content_type, &d.body).unwrap_or(serde_json::Value::Null);
+        let body = parse_body(content_type, &d.body).unwrap_or(None);
         EventContext {
             source: d.source.clone(),
             event: d.event.clone(),
             delivery: d.delivery.clone(),
             id: d.id.clone(),
-            body: Arc::new(body),
+            body,
             headers: Arc::new(d.headers.clone()),
             raw_body: d.body.clone(),
             received_at: rfc3339(d.received_at),
@@ -79,38 +83,36 @@ impl EventContext {
             delivery => &self.delivery,
             id => &self.id,
             headers => Value::from_object(lazy::Headers(self.headers.clone())),
-            body => lazy::body_value(&self.body),
+            body => lazy::body_value(self.body.as_ref()),
             received_at => &self.received_at,
         }
     }
 }
 
-/// Parse a webhook body: JSON, or a form with a `payload` field holding JSON (GitHub's form content type).
-/// Returns `Null` for bodies that are neither (plain text, empty). An error means the body claims to be
-/// JSON but is not.
-pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<serde_json::Value, BodyError> {
+/// Check a webhook body: JSON, or a form with a `payload` field holding JSON (GitHub's form content type).
+/// Returns `None` for bodies that are neither (plain text, empty). An error means the body claims to be
+/// JSON but is not. Nothing is converted here: templates read the document lazily.
+pub fn parse_body(content_type: Option<&str>, body: &bytes::Bytes) -> Result<Option<JsonDoc>, BodyError> {
     let media = content_type.and_then(|c| c.split(';').next()).map(|c| c.trim().to_ascii_lowercase());
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]);
+    let json = |text: bytes::Bytes, what: &str| {
+        JsonDoc::validate(text).map(Some).map_err(|e| BodyError(format!("{what} is not valid JSON: {e}")))
+    };
     match media.as_deref() {
         Some("application/x-www-form-urlencoded") => {
-            let payload = url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v);
-            match payload {
-                Some(p) => {
-                    serde_json::from_str(&p).map_err(|e| BodyError(format!("form field `payload` is not JSON: {e}")))
-                }
-                None => Ok(serde_json::Value::Null),
+            match url::form_urlencoded::parse(body).find(|(k, _)| k == "payload").map(|(_, v)| v) {
+                Some(p) => json(bytes::Bytes::from(p.into_owned()), "form field `payload`"),
+                None => Ok(None),
             }
         }
         Some(m) if m == "application/json" || m.ends_with("+json") => match trimmed {
-            None => Ok(serde_json::Value::Null),
-            Some(_) => serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}"))),
+            None => Ok(None),
+            Some(_) => json(body.clone(), "body"),
         },
-        // No or another content type: JSON if it looks like JSON, else null.
+        // No or another content type: JSON if it looks like JSON, else nothing.
         _ => match trimmed {
-            Some([b'{' | b'[', ..]) => {
-                serde_json::from_slice(body).map_err(|e| BodyError(format!("body is not valid JSON: {e}")))
-            }
-            _ => Ok(serde_json::Value::Null),
+            Some([b'{' | b'[', ..]) => json(body.clone(), "body"),
+            _ => Ok(None),
         },
     }
 }
@@ -125,37 +127,49 @@ pub fn context_for_request(
     body: &bytes::Bytes,
 ) -> Result<EventContext, BodyError> {
     let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
-    let parsed = parse_body(content_type, body)?;
-    let mut ctx = EventContext::new(source, event, delivery, id, parsed, headers.to_vec());
-    ctx.raw_body = body.clone();
-    Ok(ctx)
+    Ok(EventContext {
+        source: source.into(),
+        event: event.into(),
+        delivery: delivery.into(),
+        id: id.into(),
+        body: parse_body(content_type, body)?,
+        headers: Arc::new(headers.to_vec()),
+        raw_body: body.clone(),
+        received_at: rfc3339(crate::store::now_ms()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(content_type: Option<&str>, body: &'static [u8]) -> Result<serde_json::Value, BodyError> {
+        let doc = parse_body(content_type, &bytes::Bytes::from_static(body))?;
+        Ok(doc.map(|d| d.to_value()).unwrap_or(serde_json::Value::Null))
+    }
+
     #[test]
     fn json_bodies_parse() {
-        let v = parse_body(Some("application/json"), br#"{"a":1}"#).unwrap();
+        let v = parse(Some("application/json"), br#"{"a":1}"#).unwrap();
         assert_eq!(v["a"], 1);
     }
 
     #[test]
     fn broken_json_is_an_error() {
-        assert!(parse_body(Some("application/json"), b"{\"a\":").is_err());
-        assert!(parse_body(None, b"{\"a\":").is_err());
+        assert!(parse(Some("application/json"), b"{\"a\":").is_err());
+        assert!(parse(None, b"{\"a\":").is_err());
+        assert!(parse(Some("application/json"), b"{\"a\":1} trailing").is_err());
     }
 
     #[test]
     fn github_form_payloads_parse() {
-        let v = parse_body(Some("application/x-www-form-urlencoded"), b"payload=%7B%22ref%22%3A%22x%22%7D").unwrap();
+        let v = parse(Some("application/x-www-form-urlencoded"), b"payload=%7B%22ref%22%3A%22x%22%7D").unwrap();
         assert_eq!(v["ref"], "x");
     }
 
     #[test]
     fn plain_text_is_null() {
-        assert_eq!(parse_body(Some("text/plain"), b"hello").unwrap(), serde_json::Value::Null);
-        assert_eq!(parse_body(None, b"").unwrap(), serde_json::Value::Null);
+        assert_eq!(parse(Some("text/plain"), b"hello").unwrap(), serde_json::Value::Null);
+        assert_eq!(parse(None, b"").unwrap(), serde_json::Value::Null);
     }
 }

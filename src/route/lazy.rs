@@ -3,45 +3,69 @@
 //! Converting a whole 7 KB payload into template values on every request dominated the request path;
 //! a filter such as `body.ref == "refs/heads/main"` needs one field.
 
-use std::sync::Arc;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
+use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-/// One step from the root of the body to a nested object or array.
+/// A JSON document known to be valid, kept as its text. Nothing is converted until a template reads it.
 #[derive(Debug, Clone)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
+pub struct JsonDoc(Bytes);
 
-/// A JSON object or array inside the body, found from the shared root by its path.
-#[derive(Debug)]
-pub struct JsonNode {
-    root: Arc<serde_json::Value>,
-    path: Vec<Step>,
-}
-
-impl JsonNode {
-    fn node(&self) -> &serde_json::Value {
-        let mut v = &*self.root;
-        for step in &self.path {
-            v = match step {
-                Step::Key(k) => &v[k.as_str()],
-                Step::Index(i) => &v[*i],
-            };
-        }
-        v
+impl JsonDoc {
+    /// Check that `text` is one complete JSON value (no tree is built) and keep it.
+    pub fn validate(text: Bytes) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice::<IgnoredAny>(&text)?;
+        Ok(JsonDoc(text))
     }
 
-    fn child(&self, step: Step, value: &serde_json::Value) -> Value {
-        match value {
-            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-                let mut path = self.path.clone();
-                path.push(step);
-                Value::from_object(JsonNode { root: self.root.clone(), path })
-            }
-            scalar => scalar_value(scalar),
-        }
+    pub fn text(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The whole value as a tree (tests and tools; the request path never needs it).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The template value of a body: lazy for objects and arrays, plain for scalars; `none` without a document.
+pub fn body_value(doc: Option<&JsonDoc>) -> Value {
+    match doc {
+        Some(doc) => node_or_scalar(&doc.0, 0..doc.0.len()),
+        None => Value::from(()),
+    }
+}
+
+/// An object or array inside a document, by its byte range; its members are indexed on first access.
+pub struct JsonNode {
+    doc: Bytes,
+    range: Range<usize>,
+    index: OnceLock<Index>,
+}
+
+impl fmt::Debug for JsonNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonNode").field("range", &self.range).finish()
+    }
+}
+
+/// Where each member of an object or array starts and ends in the document.
+enum Index {
+    Object(Vec<(String, Range<usize>)>),
+    Array(Vec<Range<usize>>),
+}
+
+fn node_or_scalar(doc: &Bytes, range: Range<usize>) -> Value {
+    let text = &doc[range.clone()];
+    match text.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{' | b'[') => Value::from_object(JsonNode { doc: doc.clone(), range, index: OnceLock::new() }),
+        _ => serde_json::from_slice::<serde_json::Value>(text).map(|v| scalar_value(&v)).unwrap_or(Value::UNDEFINED),
     }
 }
 
@@ -59,48 +83,94 @@ fn scalar_value(v: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        // Containers are wrapped by the caller.
+        // Only scalars reach here; containers are JsonNodes.
         other => Value::from_serialize(other),
     }
 }
 
-/// The template value of a whole body: lazy for objects and arrays, plain for scalars and null.
-pub fn body_value(root: &Arc<serde_json::Value>) -> Value {
-    match &**root {
-        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-            Value::from_object(JsonNode { root: root.clone(), path: Vec::new() })
+/// Reads one object or array level, skipping (but not converting) each member's value.
+struct Members<'a> {
+    /// Address of the document's first byte, so members are located by pointer difference.
+    base: usize,
+    text: PhantomData<&'a [u8]>,
+}
+
+impl Members<'_> {
+    fn range(&self, raw: &RawValue) -> Range<usize> {
+        let start = raw.get().as_ptr() as usize - self.base;
+        start..start + raw.get().len()
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'de> {
+    type Value = Index;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object or array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Index, A::Error> {
+        let mut members = Vec::new();
+        while let Some((key, raw)) = map.next_entry::<String, &'de RawValue>()? {
+            members.push((key, self.range(raw)));
         }
-        scalar => scalar_value(scalar),
+        Ok(Index::Object(members))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Index, A::Error> {
+        let mut items = Vec::new();
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            items.push(self.range(raw));
+        }
+        Ok(Index::Array(items))
+    }
+}
+
+impl JsonNode {
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let text = &self.doc[self.range.clone()];
+            let mut de = serde_json::Deserializer::from_slice(text);
+            let members = Members { base: text.as_ptr() as usize - self.range.start, text: PhantomData };
+            // The document was validated as a whole, so this cannot fail; an empty object is the safe answer.
+            de.deserialize_any(members).unwrap_or(Index::Object(Vec::new()))
+        })
+    }
+
+    fn child(&self, range: &Range<usize>) -> Value {
+        node_or_scalar(&self.doc, range.clone())
     }
 }
 
 impl Object for JsonNode {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
-        match self.node() {
-            serde_json::Value::Array(_) => ObjectRepr::Seq,
-            _ => ObjectRepr::Map,
+        match self.index() {
+            Index::Array(_) => ObjectRepr::Seq,
+            Index::Object(_) => ObjectRepr::Map,
         }
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        match self.node() {
-            serde_json::Value::Object(map) => {
+        match self.index() {
+            // The last of duplicate keys wins, as in every JSON parser hookgate's users compare with.
+            Index::Object(members) => {
                 let name = key.as_str()?;
-                map.get(name).map(|v| self.child(Step::Key(name.to_string()), v))
+                members.iter().rev().find(|(k, _)| k == name).map(|(_, r)| self.child(r))
             }
-            serde_json::Value::Array(items) => {
-                let index = key.as_usize()?;
-                items.get(index).map(|v| self.child(Step::Index(index), v))
-            }
-            _ => None,
+            Index::Array(items) => items.get(key.as_usize()?).map(|r| self.child(r)),
         }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.node() {
-            serde_json::Value::Object(map) => Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect()),
-            serde_json::Value::Array(items) => Enumerator::Seq(items.len()),
-            _ => Enumerator::Empty,
+        match self.index() {
+            Index::Object(members) => {
+                // Unique keys in sorted order, as a parsed JSON map would show them.
+                let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                Enumerator::Values(keys.into_iter().map(Value::from).collect())
+            }
+            Index::Array(items) => Enumerator::Seq(items.len()),
         }
     }
 }
@@ -126,7 +196,8 @@ mod tests {
 
     fn render(template: &str, body: serde_json::Value) -> String {
         let env = crate::route::environment();
-        let ctx = minijinja::context! { body => body_value(&Arc::new(body)) };
+        let doc = JsonDoc::validate(Bytes::from(serde_json::to_vec(&body).unwrap())).unwrap();
+        let ctx = minijinja::context! { body => body_value(Some(&doc)) };
         env.render_str(template, ctx).unwrap()
     }
 
@@ -150,5 +221,38 @@ mod tests {
         let out = render("{{ body | tojson }}", body.clone());
         assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), body);
         assert_eq!(render("{% for k in body %}{{ k }};{% endfor %}", body), "k;s;");
+    }
+
+    fn render_text(template: &str, text: &'static str) -> String {
+        let env = crate::route::environment();
+        let doc = JsonDoc::validate(Bytes::from_static(text.as_bytes())).unwrap();
+        env.render_str(template, minijinja::context! { body => body_value(Some(&doc)) }).unwrap()
+    }
+
+    #[test]
+    fn escaped_keys_duplicate_keys_and_whitespace_read_like_a_parser() {
+        let text = r#" { "a\"b" : 1 , "\u00e9t\u00e9" : "sun" , "dup" : 1 , "dup" : [ { "x" : "y\n" } ] } "#;
+        assert_eq!(
+            render_text(r#"{{ body['a"b'] }} {{ body['été'] }} {{ body.dup[0].x | tojson }}"#, text),
+            r#"1 sun "y\n""#
+        );
+        assert_eq!(render_text("{% for k in body %}{{ k }};{% endfor %}", text), "a\"b;dup;été;");
+    }
+
+    #[test]
+    fn scalar_documents_and_large_numbers() {
+        assert_eq!(render_text("{{ body is none }}", "null"), "True");
+        assert_eq!(render_text("{{ body + 1 }}", " 41 "), "42");
+        assert_eq!(
+            render_text("{{ body.n }} {{ body.f }}", r#"{"n": 18446744073709551615, "f": -0.5}"#),
+            "18446744073709551615 -0.5"
+        );
+    }
+
+    #[test]
+    fn invalid_documents_are_refused_whole() {
+        for bad in [r#"{"a": 1"#, r#"{"a": 1} x"#, r#"[1,]"#, r#"{"a": tru}"#, ""] {
+            assert!(JsonDoc::validate(Bytes::from_static(bad.as_bytes())).is_err(), "{bad}");
+        }
     }
 }
