@@ -15,29 +15,47 @@ use serde_json::value::RawValue;
 
 /// A JSON document known to be valid, kept as its text. Nothing is converted until a template reads it.
 #[derive(Debug, Clone)]
-pub struct JsonDoc(Bytes);
+pub struct JsonDoc {
+    text: Bytes,
+    /// The root object or array, already indexed: checking the document and indexing its top level is
+    /// one pass over the text (a filter reads top-level fields first).
+    root: Option<Arc<JsonNode>>,
+}
 
 impl JsonDoc {
     /// Check that `text` is one complete JSON value (no tree is built) and keep it.
     pub fn validate(text: Bytes) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice::<IgnoredAny>(&text)?;
-        Ok(JsonDoc(text))
+        let range = 0..text.len();
+        if !starts_container(&text) {
+            serde_json::from_slice::<IgnoredAny>(&text)?;
+            return Ok(JsonDoc { text, root: None });
+        }
+        let mut de = serde_json::Deserializer::from_slice(&text);
+        let index = de.deserialize_any(Members { base: text.as_ptr() as usize, text: PhantomData })?;
+        de.end()?;
+        let root = JsonNode { doc: text.clone(), range, index: OnceLock::from(index) };
+        Ok(JsonDoc { text, root: Some(Arc::new(root)) })
     }
 
     pub fn text(&self) -> &[u8] {
-        &self.0
+        &self.text
     }
 
     /// The whole value as a tree (tests and tools; the request path never needs it).
     pub fn to_value(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.0).unwrap_or(serde_json::Value::Null)
+        serde_json::from_slice(&self.text).unwrap_or(serde_json::Value::Null)
     }
+}
+
+fn starts_container(text: &[u8]) -> bool {
+    matches!(text.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['))
 }
 
 /// The template value of a body: lazy for objects and arrays, plain for scalars; `none` without a document.
 pub fn body_value(doc: Option<&JsonDoc>) -> Value {
     match doc {
-        Some(doc) => node_or_scalar(&doc.0, 0..doc.0.len()),
+        Some(JsonDoc { root: Some(root), .. }) => Value::from_dyn_object(root.clone()),
+        Some(doc) => node_or_scalar(&doc.text, 0..doc.text.len()),
         None => Value::from(()),
     }
 }
@@ -63,10 +81,10 @@ enum Index {
 
 fn node_or_scalar(doc: &Bytes, range: Range<usize>) -> Value {
     let text = &doc[range.clone()];
-    match text.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{' | b'[') => Value::from_object(JsonNode { doc: doc.clone(), range, index: OnceLock::new() }),
-        _ => serde_json::from_slice::<serde_json::Value>(text).map(|v| scalar_value(&v)).unwrap_or(Value::UNDEFINED),
+    if starts_container(text) {
+        return Value::from_object(JsonNode { doc: doc.clone(), range, index: OnceLock::new() });
     }
+    serde_json::from_slice::<serde_json::Value>(text).map(|v| scalar_value(&v)).unwrap_or(Value::UNDEFINED)
 }
 
 fn scalar_value(v: &serde_json::Value) -> Value {
