@@ -5,7 +5,8 @@
 //!       (a no-op job); reports how fast the worker claims, runs and records them.
 //!   cargo bench --bench worker -- burst [PUSHES=10000]
 //!       N signed pushes for one repository sent through `POST /hooks/github` by 64 connections; the route
-//!       runs `/bin/true` with `coalesce = "{{ body.repository.full_name }}"`; reports how often it ran.
+//!       runs `/bin/true` with `coalesce = "{{ body.repository.full_name }}"` and `coalesce_window = "2s"`;
+//!       reports how often it ran.
 //!
 //! Bounded by count; everything listens on 127.0.0.1. Numbers go to bench/RESULTS.md, never into tests.
 
@@ -21,6 +22,10 @@ use hookgate::startup::Application;
 use hookgate::store::{new_id, now_ms, NewDelivery, NewJob};
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
+
+// The same allocator as the `hookgate` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -108,13 +113,18 @@ async fn worker(jobs: usize, concurrency: usize) {
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(app.worker().run(shutdown.clone()));
+    // Counting rows competes with the worker for the store; watch the peer until the last request, then
+    // the store until the last attempt is recorded.
+    while hits.load(Ordering::Relaxed) < jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     loop {
         let counts = store.job_counts().await.expect("counts");
         if counts.succeeded + counts.dead >= jobs as u64 {
             assert_eq!(counts.dead, 0, "no-op jobs must not fail");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let run = started.elapsed();
     shutdown.cancel();
@@ -134,7 +144,7 @@ async fn burst(pushes: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let route = "[[routes]]\nname = \"refresh\"\nsource = \"github\"\n\
                  filter = 'event == \"push\" and body.ref == \"refs/heads/main\"'\n\
-                 coalesce = \"{{ body.repository.full_name }}\"\n\
+                 coalesce = \"{{ body.repository.full_name }}\"\ncoalesce_window = \"2s\"\n\
                  action = { type = \"command\", argv = [\"/bin/true\"] }\n";
     let app = build(dir.path(), route, 32).await;
     let port = app.port();

@@ -136,6 +136,7 @@ pub mod raw {
         pub source: Option<String>,
         pub filter: Option<String>,
         pub coalesce: Option<String>,
+        pub coalesce_window: Option<String>,
         pub action: Option<Action>,
         pub retry: Option<Retry>,
         pub circuit_breaker: Option<Breaker>,
@@ -300,6 +301,8 @@ pub struct Route {
     pub source: String,
     pub filter: Option<String>,
     pub coalesce: Option<String>,
+    /// A keyed job waits this long before it runs, so a burst for one key becomes one run.
+    pub coalesce_window: Duration,
     pub action: Action,
     pub retry: Retry,
     pub circuit_breaker: Option<Breaker>,
@@ -570,11 +573,17 @@ fn validate_route(
     if schedule.is_some_and(|s| s < Duration::from_secs(1)) {
         return Err(invalid(key("schedule"), "must be at least 1s"));
     }
+    let coalesce_window =
+        raw.coalesce_window.as_deref().map(|w| parse_duration(&key("coalesce_window"), w)).transpose()?;
+    if coalesce_window.is_some() && raw.coalesce.is_none() {
+        return Err(invalid(key("coalesce_window"), "needs `coalesce` (the key that events are merged by)"));
+    }
     Ok(Route {
         name,
         source,
         filter: raw.filter,
         coalesce: raw.coalesce,
+        coalesce_window: coalesce_window.unwrap_or(Duration::ZERO),
         action,
         retry,
         circuit_breaker,
@@ -880,6 +889,15 @@ mod tests {
         let text = MINIMAL.replace("provider = \"github\"", "provider = \"githb\"");
         let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("sources[0].provider"), "{err}");
+    }
+
+    #[test]
+    fn a_coalesce_window_needs_a_coalesce_key() {
+        let text = MINIMAL.replace("source = \"github\"", "source = \"github\"\ncoalesce_window = \"2s\"");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("routes[0].coalesce_window"), "{err}");
+        let text = text.replace("coalesce_window", "coalesce = \"k\"\ncoalesce_window");
+        assert_eq!(parse(&text, Path::new(""), &env(&[])).unwrap().routes[0].coalesce_window, Duration::from_secs(2));
     }
 
     #[test]

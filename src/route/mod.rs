@@ -99,12 +99,10 @@ impl Routes {
             if !route.config.enabled || !self.matches(route, ctx, &value) {
                 continue;
             }
-            jobs.push(NewJob {
-                id: new_id(),
-                route: route.config.name.clone(),
-                coalesce_key: self.coalesce_key(route, &value),
-                run_at: now,
-            });
+            let coalesce_key = self.coalesce_key(route, &value);
+            // A keyed job waits out the window; events for the key meanwhile merge into it.
+            let delay = if coalesce_key.is_some() { route.config.coalesce_window.as_millis() as Millis } else { 0 };
+            jobs.push(NewJob { id: new_id(), route: route.config.name.clone(), coalesce_key, run_at: now + delay });
         }
         jobs
     }
@@ -223,6 +221,14 @@ mod tests {
         let r = routes(REFRESH);
         let jobs = r.jobs_for(&push("refs/heads/main", "octo/repo"), 0);
         assert_eq!(jobs[0].coalesce_key.as_deref(), Some("octo/repo"));
+    }
+
+    #[test]
+    fn a_coalesce_window_delays_keyed_jobs_only() {
+        let r = routes(&REFRESH.replace("coalesce =", "coalesce_window = \"2s\"\n        coalesce ="));
+        assert_eq!(r.jobs_for(&push("refs/heads/main", "o/r"), 1_000)[0].run_at, 3_000);
+        let unkeyed = routes(REFRESH);
+        assert_eq!(unkeyed.jobs_for(&push("refs/heads/main", "o/r"), 1_000)[0].run_at, 1_000);
     }
 
     #[test]
