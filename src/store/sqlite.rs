@@ -31,6 +31,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
 /// The most commands one transaction takes; bounds the latency a batch adds to its first request.
 const MAX_BATCH: usize = 256;
 
+/// The least time between two checkpoints; bounds the WAL to what the writer commits in this time.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(100);
+
 /// Tuning for [`SqliteStore::open_with`]; [`SqliteStore::open`] uses the defaults.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -182,6 +185,8 @@ fn writer_loop(
 /// PASSIVE never blocks the writer or readers; the writer rewinds the WAL once everything is copied.
 fn checkpoint_loop(conn: Connection, due: mpsc::Receiver<()>) {
     while due.recv().is_ok() {
+        // Let commits accumulate: a page written by many batches (an index leaf) is then copied once.
+        std::thread::sleep(CHECKPOINT_PAUSE);
         while due.try_recv().is_ok() {}
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(error = %e, "WAL checkpoint did not run; the next one will");
