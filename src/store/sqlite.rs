@@ -589,7 +589,7 @@ const CLAIM_QUEUED: &str = "SELECT id, route, coalesce_key FROM jobs
      WHERE status = 'queued' AND run_at <= ?2 AND route IN (SELECT value FROM json_each(?1))
      ORDER BY run_at, id";
 
-fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreError> {
+fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob>, StoreError> {
     let routes = serde_json::to_string(&claim.routes).map_err(internal)?;
     let mut picked: Vec<(String, String, Option<String>)> = Vec::new();
     {
@@ -631,31 +631,65 @@ fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreEr
         }
     }
 
-    let mut deliveries: HashMap<String, StoredDelivery> = HashMap::new();
-    let mut claimed = Vec::with_capacity(picked.len());
-    for (id, route, coalesce_key) in picked {
-        let (attempts, created_at, delivery_id): (u32, Millis, String) = conn
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement leases them all.
+    let ids = serde_json::to_string(&picked.iter().map(|(id, _, _)| id).collect::<Vec<_>>()).map_err(internal)?;
+    let mut leased: HashMap<String, (u32, Millis, String)> = HashMap::with_capacity(picked.len());
+    {
+        let mut update = conn
             .prepare_cached(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
                                  lease_until = ?3, updated_at = ?4
-                 WHERE id = ?1
-                 RETURNING attempts, created_at, delivery_id",
+                 WHERE id IN (SELECT value FROM json_each(?1))
+                 RETURNING id, attempts, created_at, delivery_id",
             )
-            .map_err(sql_error)?
-            .query_row(params![id, claim.owner, claim.lease_until, claim.now], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
             .map_err(sql_error)?;
-        let delivery = match deliveries.get(&delivery_id) {
+        let mut rows = update.query(params![ids, claim.owner, claim.lease_until, claim.now]).map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            leased.insert(
+                row.get(0).map_err(sql_error)?,
+                (row.get(1).map_err(sql_error)?, row.get(2).map_err(sql_error)?, row.get(3).map_err(sql_error)?),
+            );
+        }
+    }
+    Ok(picked
+        .into_iter()
+        .filter_map(|(id, route, coalesce_key)| {
+            let (attempt, created_at, delivery_id) = leased.remove(&id)?;
+            Some(LeasedJob { id, route, coalesce_key, attempt, created_at, delivery_id })
+        })
+        .collect())
+}
+
+/// A job just leased by `claim_tx`; its delivery is read afterwards on a reader connection.
+struct LeasedJob {
+    id: String,
+    route: String,
+    coalesce_key: Option<String>,
+    attempt: u32,
+    created_at: Millis,
+    delivery_id: String,
+}
+
+/// Attach their deliveries to leased jobs (deliveries never change, and a leased job's is never purged).
+fn with_deliveries(conn: &Connection, leased: Vec<LeasedJob>) -> Result<Vec<ClaimedJob>, StoreError> {
+    let mut deliveries: HashMap<String, StoredDelivery> = HashMap::new();
+    let mut claimed = Vec::with_capacity(leased.len());
+    for job in leased {
+        let delivery = match deliveries.get(&job.delivery_id) {
             Some(d) => d.clone(),
             None => {
-                let d = load_delivery(conn, &delivery_id)?
-                    .ok_or_else(|| internal(format!("job {id} points at missing delivery {delivery_id}")))?;
-                deliveries.insert(delivery_id, d.clone());
+                let d = load_delivery(conn, &job.delivery_id)?.ok_or_else(|| {
+                    internal(format!("job {} points at missing delivery {}", job.id, job.delivery_id))
+                })?;
+                deliveries.insert(job.delivery_id.clone(), d.clone());
                 d
             }
         };
-        claimed.push(ClaimedJob { id, route, coalesce_key, attempt: attempts, created_at, delivery });
+        let LeasedJob { id, route, coalesce_key, attempt, created_at, .. } = job;
+        claimed.push(ClaimedJob { id, route, coalesce_key, attempt, created_at, delivery });
     }
     Ok(claimed)
 }
@@ -902,7 +936,13 @@ impl Store for SqliteStore {
         if claim.limit == 0 || claim.routes.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(move |c| claim_tx(c, &claim)).await
+        // The writer only leases; reading the deliveries (bodies) happens on a reader, off the serial path.
+        // Should that read fail, the leases expire and the jobs are claimed again.
+        let leased = self.write(move |c| claim_tx(c, &claim)).await?;
+        if leased.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| with_deliveries(c, leased)).await
     }
 
     async fn finish_job(

@@ -43,8 +43,8 @@ pub struct Worker {
 /// A job this worker claimed, with the capacity it holds while running.
 struct Running {
     job: ClaimedJob,
-    _slot: OwnedSemaphorePermit,
-    _route_slot: Option<OwnedSemaphorePermit>,
+    slot: OwnedSemaphorePermit,
+    route_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Worker {
@@ -206,13 +206,14 @@ impl Worker {
             let slot = self.slots.clone().try_acquire_owned().expect("global slot counted before claim");
             let route_slot =
                 route_sem.as_ref().map(|s| s.clone().try_acquire_owned().expect("route slot counted before claim"));
-            out.push(Running { job, _slot: slot, _route_slot: route_slot });
+            out.push(Running { job, slot, route_slot });
         }
         Ok(())
     }
 
     async fn execute(&self, live: &Live, running: Running) {
-        let job = &running.job;
+        let Running { job, slot, route_slot } = running;
+        let job = &job;
         let started_ms = now_ms();
         let started = Instant::now();
         let Some(route) = live.routes.get(&job.route) else {
@@ -229,6 +230,10 @@ impl Worker {
             }
         };
         let finished_ms = now_ms();
+        // The action is over: its capacity goes to the next job while this one's outcome is written. The
+        // job stays `running` (and leased) until then, so nothing else can take it or its coalesce key.
+        drop((slot, route_slot));
+        self.wake.notify_one();
         if self.force.is_cancelled() && result.outcome != Outcome::Success {
             // Stopped by shutdown, not by its own fault: give it back without using an attempt.
             if let Err(e) = self.store.release_job(&job.id, &self.owner, finished_ms).await {
