@@ -219,14 +219,23 @@ async fn insert_jobs_tx(
     for job in jobs {
         if let Some(key) = &job.coalesce_key {
             // Serialise writers of one (route, key) so two instances cannot both miss the queued job.
-            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))", &[&job.route, key])
-                .await
-                .map_err(pg_error)?;
+            tx.execute(
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || $2, 0))")
+                    .await
+                    .map_err(pg_error)?,
+                &[&job.route, key],
+            )
+            .await
+            .map_err(pg_error)?;
             let merged = tx
                 .execute(
-                    "UPDATE jobs SET delivery_id = $1, merged = merged + 1, updated_at = $2
+                    &tx.prepare_cached(
+                        "UPDATE jobs SET delivery_id = $1, merged = merged + 1, updated_at = $2
                      WHERE id = (SELECT id FROM jobs WHERE route = $3 AND coalesce_key = $4 AND status = 'queued'
                                  ORDER BY run_at LIMIT 1)",
+                    )
+                    .await
+                    .map_err(pg_error)?,
                     &[&delivery_id, &now, &job.route, key],
                 )
                 .await
@@ -237,8 +246,8 @@ async fn insert_jobs_tx(
             }
         }
         tx.execute(
-            "INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at, created_at, updated_at, merged)
-             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $6, 0)",
+            &tx.prepare_cached("INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at, created_at, updated_at, merged)
+             VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $6, 0)").await.map_err(pg_error)?,
             &[&job.id, &delivery_id, &job.route, &job.coalesce_key, &job.run_at, &now],
         )
         .await
@@ -261,9 +270,13 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         let inserted = tx
             .query_opt(
-                "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
+                &tx.prepare_cached(
+                    "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (source, delivery) DO NOTHING RETURNING id",
+                )
+                .await
+                .map_err(pg_error)?,
                 &[&d.id, &d.source, &d.event, &d.delivery, &d.received_at, &headers_to_text(&d.headers), &&d.body[..]],
             )
             .await
@@ -369,9 +382,13 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         let updated = tx
             .execute(
-                "UPDATE jobs SET status = $3, run_at = COALESCE($4, run_at), last_error = $5,
+                &tx.prepare_cached(
+                    "UPDATE jobs SET status = $3, run_at = COALESCE($4, run_at), last_error = $5,
                                  lease_owner = NULL, lease_until = NULL, updated_at = $6
                  WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+                )
+                .await
+                .map_err(pg_error)?,
                 &[&job_id, &owner, &status, &run_at, &attempt.error, &attempt.finished_at],
             )
             .await
@@ -381,8 +398,12 @@ impl Store for PostgresStore {
             return Ok(false);
         }
         tx.execute(
-            "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
+            &tx.prepare_cached(
+                "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .await
+            .map_err(pg_error)?,
             &[
                 &job_id,
                 &(attempt.attempt as i32),

@@ -307,9 +307,12 @@ action = {{ type = "http", url = "{}/hook", timeout = "500ms" }}
 store_test! {
     async fn an_open_circuit_makes_jobs_wait_then_a_probe_closes_it(backend) {
         let peer = Peer::start(vec![], Reply::Status(500)).await;
+        // Metrics are process-wide and tests run in parallel: this route's name is its own.
+        let route = format!("breaker-{}", backend.name());
         let app = spawn_app(
             &backend,
-            &http_route(&peer, "retry = { max_attempts = 20, initial = \"50ms\", max = \"100ms\" }\ncircuit_breaker = { window = \"60s\", max_failures = 3, open_for = \"2s\" }"),
+            &http_route(&peer, "retry = { max_attempts = 20, initial = \"50ms\", max = \"100ms\" }\ncircuit_breaker = { window = \"60s\", max_failures = 3, open_for = \"2s\" }")
+                .replace("name = \"peer\"", &format!("name = \"{route}\"")),
         )
         .await;
         let id = publish(&app.addr, APP_TOKEN, r#"{"n":1}"#).await["id"].as_str().unwrap().to_string();
@@ -317,7 +320,7 @@ store_test! {
         let routes = app.admin_get("/api/v1/routes").await;
         assert_eq!(routes["items"][0]["circuit"], "open", "{routes}");
         let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
-        assert!(metrics.contains(r#"hookgate_circuit_state{route="peer"} 2"#), "{metrics}");
+        assert!(metrics.contains(&format!(r#"hookgate_circuit_state{{route="{route}"}} 2"#)), "{metrics}");
         // While open the job waits: queued, not dead, and the peer hears nothing.
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(peer.count(), 3);

@@ -33,6 +33,14 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// "sqlite" or "postgres": tells apart names that share the process-wide metrics recorder.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     pub fn postgres() -> Option<Backend> {
         std::env::var("HOOKGATE_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()).map(Backend::Postgres)
     }
