@@ -1,5 +1,6 @@
 //! `POST /hooks/{source}`: limit, verify, route, commit once, answer — nothing else on the request path.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -28,12 +29,10 @@ pub async fn receive(
 ) -> Response {
     let started = Instant::now();
     let live = state.live.current();
+    let source = live.config.source(&source);
     // Label only configured sources: a scanner probing random names must not grow the metric set.
-    let label = match live.config.source(&source) {
-        Some(s) => s.name.clone(),
-        None => "unknown".to_string(),
-    };
-    let result = handle(&state, &live, &source, query.as_deref(), &headers, body).await;
+    let label = source.map_or_else(|| "unknown".to_string(), |s| s.name.clone());
+    let result = handle(&state, &live, source, query.as_deref(), &headers, body).await;
     let outcome = match &result {
         Ok(Accepted::Stored { .. }) => "accepted",
         Ok(Accepted::Duplicate { .. }) => "duplicate",
@@ -85,12 +84,12 @@ impl IntoResponse for Accepted {
 async fn handle(
     state: &AppState,
     live: &crate::live::Live,
-    source_name: &str,
+    source: Option<&crate::config::Source>,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
-    let source = live.config.source(source_name).filter(|s| s.enabled).ok_or(ApiError::NotFound)?;
+    let source = source.filter(|s| s.enabled).ok_or(ApiError::NotFound)?;
 
     if let Some(limiter) = live.limiters.get(&source.name) {
         if let Err(not_until) = limiter.check() {
@@ -107,10 +106,13 @@ async fn handle(
     let event = verified.event.unwrap_or_else(|| "unknown".to_string());
     // Without a provider delivery id nothing can be deduplicated; our own id keeps rows unique.
     let delivery = verified.delivery.unwrap_or_else(|| id.clone());
-    let header_list = header_pairs(headers);
-    let ctx = context_for_request(&source.name, &event, &delivery, &id, &header_list, &body)
+    // One copy of the headers: the routing context shares it, then the stored row takes it back.
+    let header_list = Arc::new(header_pairs(headers));
+    let ctx = context_for_request(&source.name, &event, &delivery, &id, header_list.clone(), &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let jobs = live.routes.jobs_for(&ctx, received_at);
+    drop(ctx);
+    let header_list = Arc::try_unwrap(header_list).unwrap_or_else(|shared| (*shared).clone());
 
     let stored = state
         .store

@@ -123,7 +123,7 @@ pub fn context_for_request(
     event: &str,
     delivery: &str,
     id: &str,
-    headers: &[(String, String)],
+    headers: Arc<Vec<(String, String)>>,
     body: &bytes::Bytes,
 ) -> Result<EventContext, BodyError> {
     let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
@@ -133,7 +133,7 @@ pub fn context_for_request(
         delivery: delivery.into(),
         id: id.into(),
         body: parse_body(content_type, body)?,
-        headers: Arc::new(headers.to_vec()),
+        headers,
         raw_body: body.clone(),
         received_at: rfc3339(crate::store::now_ms()),
     })

@@ -37,11 +37,8 @@ impl JsonDoc {
         Ok(JsonDoc { text, root: Some(Arc::new(root)) })
     }
 
-    pub fn text(&self) -> &[u8] {
-        &self.text
-    }
-
-    /// The whole value as a tree (tests and tools; the request path never needs it).
+    /// The whole value as a tree (tests only; nothing in hookgate needs it).
+    #[cfg(test)]
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.text).unwrap_or(serde_json::Value::Null)
     }
