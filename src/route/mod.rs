@@ -99,10 +99,7 @@ impl Routes {
             if !route.config.enabled || !self.matches(route, ctx, &value) {
                 continue;
             }
-            let coalesce_key = self.coalesce_key(route, &value);
-            // A keyed job waits out the window; events for the key meanwhile merge into it.
-            let delay = if coalesce_key.is_some() { route.config.coalesce_window.as_millis() as Millis } else { 0 };
-            jobs.push(NewJob { id: new_id(), route: route.config.name.clone(), coalesce_key, run_at: now + delay });
+            jobs.push(self.new_job(route, &value, now));
         }
         jobs
     }
@@ -110,12 +107,15 @@ impl Routes {
     /// A job for a route run by its schedule (event `schedule`, body null); None if the route is unknown.
     pub fn scheduled_job(&self, route: &str, ctx: &EventContext, now: Millis) -> Option<NewJob> {
         let route = self.get(route)?;
-        Some(NewJob {
-            id: new_id(),
-            route: route.config.name.clone(),
-            coalesce_key: self.coalesce_key(route, &ctx.to_value()),
-            run_at: now,
-        })
+        Some(self.new_job(route, &ctx.to_value(), now))
+    }
+
+    /// A job of `route` for one event. A keyed job waits out the route's `coalesce_window`; events for its
+    /// key meanwhile merge into it.
+    fn new_job(&self, route: &CompiledRoute, value: &Value, now: Millis) -> NewJob {
+        let coalesce_key = self.coalesce_key(route, value);
+        let delay = if coalesce_key.is_some() { route.config.coalesce_window.as_millis() as Millis } else { 0 };
+        NewJob { id: new_id(), route: route.config.name.clone(), coalesce_key, run_at: now + delay }
     }
 
     fn matches(&self, route: &CompiledRoute, ctx: &EventContext, value: &Value) -> bool {
