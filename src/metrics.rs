@@ -10,6 +10,10 @@ pub const JOB_DURATION: &str = "hookgate_job_duration_seconds";
 pub const QUEUE_DEPTH: &str = "hookgate_queue_depth";
 pub const DELIVERY_LATENCY: &str = "hookgate_delivery_latency_seconds";
 pub const CIRCUIT_STATE: &str = "hookgate_circuit_state";
+/// Writes committed together by one store transaction (group commit).
+pub const STORE_BATCH_SIZE: &str = "hookgate_store_batch_size";
+/// Time one store transaction took, from BEGIN to a durable COMMIT.
+pub const STORE_COMMIT_DURATION: &str = "hookgate_store_commit_seconds";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -22,6 +26,11 @@ pub fn install() -> PrometheusHandle {
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(STORE_BATCH_SIZE.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
                 .expect("buckets are non-empty")
                 .build_recorder();
             let handle = recorder.handle();
@@ -45,4 +54,10 @@ fn describe() {
         "Time from receiving a webhook to its action succeeding"
     );
     metrics::describe_gauge!(CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open");
+    metrics::describe_histogram!(STORE_BATCH_SIZE, "Writes committed together by one store transaction");
+    metrics::describe_histogram!(
+        STORE_COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "Time one store transaction took, from BEGIN to a durable COMMIT"
+    );
 }

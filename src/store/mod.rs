@@ -3,6 +3,7 @@
 //! Every method that changes state returns only after the change is committed to disk, so a caller may
 //! acknowledge what it wrote. Times are Unix milliseconds (`Millis`), ids are UUIDv7 strings (time-ordered).
 
+pub mod codec;
 pub mod postgres;
 pub mod sqlite;
 
