@@ -138,6 +138,23 @@ async fn worker(jobs: usize, concurrency: usize) {
         jobs as f64 / run.as_secs_f64(),
         hits.load(Ordering::Relaxed)
     );
+    print_store_batching();
+}
+
+/// How the writes were grouped into commits over the whole run (from the store's own metrics).
+fn print_store_batching() {
+    let text = hookgate::metrics::install().render();
+    let value = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
+    let commits = value("hookgate_store_batch_size_count");
+    if commits > 0.0 {
+        println!(
+            "store: {commits:.0} commits, {:.1} writes per commit, {:.2} ms per commit",
+            value("hookgate_store_batch_size_sum") / commits,
+            value("hookgate_store_commit_seconds_sum") / commits * 1000.0
+        );
+    }
 }
 
 async fn burst(pushes: usize) {

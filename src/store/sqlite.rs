@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,8 +21,8 @@ use rusqlite::{
 };
 use tokio::sync::{oneshot, Semaphore};
 
-use super::*;
 use super::codec::{self, BodyCodec};
+use super::*;
 use crate::metrics::{STORE_BATCH_SIZE, STORE_COMMIT_DURATION};
 
 /// Versioned schema steps, applied in order at open; a step never changes once released.
@@ -45,11 +45,15 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Read-only connections serving queries (at least one).
     pub readers: usize,
+    /// Once the WAL holds this many bytes, it is made to start over from its beginning (and cut back to this
+    /// size); otherwise it would grow without end under a sustained flood. Each rewind pauses the writer for
+    /// a copy of a few milliseconds' worth of commits, so the default is large: a flood, not a burst.
+    pub wal_limit: u64,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { busy_timeout: Duration::from_secs(5), readers: 4 }
+        SqliteOptions { busy_timeout: Duration::from_secs(5), readers: 4, wal_limit: 256 << 20 }
     }
 }
 
@@ -159,9 +163,13 @@ fn writer_loop(
     commands: mpsc::Receiver<Box<dyn WriteOp>>,
     commits: Arc<AtomicU64>,
     checkpoint: mpsc::SyncSender<()>,
+    rewind: Arc<AtomicBool>,
 ) {
     // `recv` keeps returning queued commands after the store is dropped, so nothing pending is lost.
     while let Ok(first) = commands.recv() {
+        if rewind.swap(false, Ordering::AcqRel) {
+            rewind_wal(&conn);
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match commands.try_recv() {
@@ -187,18 +195,46 @@ fn writer_loop(
 
 /// Copy committed WAL frames into the database file on its own thread and connection, so the writer never
 /// spends a batch's time on it (SQLite's automatic checkpoint would run inside the committing thread).
-/// PASSIVE never blocks the writer or readers; the writer rewinds the WAL once everything is copied.
-fn checkpoint_loop(conn: Connection, due: mpsc::Receiver<()>) {
+/// PASSIVE never blocks the writer or readers. But the writer keeps appending while it copies, so under
+/// steady load the WAL is never found fully copied, never starts over, and would grow without end. Once it
+/// holds `restart_frames` frames, this catches up and then asks the writer to rewind (see [`rewind_wal`]).
+fn checkpoint_loop(conn: Connection, due: mpsc::Receiver<()>, restart_frames: i64, rewind: Arc<AtomicBool>) {
+    // How many frames the WAL holds, as the checkpoint saw it.
+    let passive = || {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
+            .inspect_err(|e| tracing::debug!(error = %e, "WAL checkpoint did not run; the next one will"))
+    };
     while due.recv().is_ok() {
         // Let commits accumulate: a page written by many batches (an index leaf) is then copied once.
         std::thread::sleep(CHECKPOINT_PAUSE);
         while due.try_recv().is_ok() {}
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "WAL checkpoint did not run; the next one will");
+        let Ok(mut frames) = passive() else { continue };
+        if frames < restart_frames || rewind.load(Ordering::Acquire) {
+            continue;
+        }
+        // Copy what arrived during the last pass until little is left for the writer to copy itself.
+        for _ in 0..8 {
+            let Ok(now) = passive() else { break };
+            let arrived = now - frames;
+            frames = now;
+            if arrived < (restart_frames / 128).max(64) {
+                rewind.store(true, Ordering::Release);
+                break;
+            }
         }
     }
     // The writer has stopped: copy everything and truncate the WAL.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// Between two batches, copy the last frames the checkpointer has not (a few milliseconds' worth) on the
+/// writer's own connection: with nothing left in the WAL, the next commit starts writing it from the top
+/// (over blocks already allocated) and the file is cut back to the limit. Only this thread writes, so no
+/// busy-waiting on locks is involved; a reader still on an old snapshot just postpones the rewind.
+fn rewind_wal(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::debug!(error = %e, "WAL rewind did not run; the next one will");
+    }
 }
 
 /// Run every command in one IMMEDIATE transaction and commit once. Commands almost never fail (a duplicate
@@ -277,8 +313,9 @@ fn configure_writer(conn: &Connection, options: &SqliteOptions) -> Result<(), St
     }
     conn.pragma_update(None, "synchronous", "FULL").map_err(sql_error)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(sql_error)?;
-    // Checkpoints run on their own thread (see `checkpoint_loop`).
+    // Checkpoints run on their own thread (see `checkpoint_loop`); a WAL that starts over is cut back.
     conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(sql_error)?;
+    conn.pragma_update(None, "journal_size_limit", options.wal_limit as i64).map_err(sql_error)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -339,18 +376,22 @@ impl SqliteStore {
         let readers = (0..count).map(|_| open_reader(&path, &options)).collect::<Result<Vec<_>, _>>()?;
         let readers = Arc::new(ReadPool { conns: Mutex::new(readers), permits: Arc::new(Semaphore::new(count)) });
         let commits = Arc::new(AtomicU64::new(0));
+        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(sql_error)?;
+        let restart_frames = (options.wal_limit as i64 / (page_size + 24)).max(1);
         let checkpointer_conn = Connection::open(&path).map_err(sql_error)?;
         checkpointer_conn.busy_timeout(options.busy_timeout).map_err(sql_error)?;
         let (checkpoint_due, checkpoint_inbox) = mpsc::sync_channel(1);
+        let rewind = Arc::new(AtomicBool::new(false));
+        let rewind_due = rewind.clone();
         let checkpointer = std::thread::Builder::new()
             .name("hookgate-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer_conn, checkpoint_inbox))
+            .spawn(move || checkpoint_loop(checkpointer_conn, checkpoint_inbox, restart_frames, rewind_due))
             .map_err(|e| internal(format!("cannot start the SQLite checkpointer: {e}")))?;
         let (commands, inbox) = mpsc::channel();
         let writer_commits = commits.clone();
         let writer = std::thread::Builder::new()
             .name("hookgate-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, inbox, writer_commits, checkpoint_due))
+            .spawn(move || writer_loop(conn, inbox, writer_commits, checkpoint_due, rewind))
             .map_err(|e| internal(format!("cannot start the SQLite writer: {e}")))?;
         Ok(SqliteStore {
             commands: Some(commands),
@@ -1682,10 +1723,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn under_steady_writes_the_wal_starts_over_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookgate.db");
+        let options = SqliteOptions { wal_limit: 512 << 10, ..Default::default() };
+        let store = Arc::new(SqliteStore::open_with(path.to_str().unwrap(), options).await.unwrap());
+        let wal = dir.path().join("hookgate.db-wal");
+        // Incompressible 4 KiB bodies: about 40 MiB of WAL over the run, written without pause.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut largest = 0;
+        for round in 0..100 {
+            let writes = (0..100).map(|i| {
+                let mut d = delivery("github", &format!("{round}-{i}"));
+                d.body = Bytes::from(
+                    (0..4096)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect::<Vec<u8>>(),
+                );
+                let store = store.clone();
+                async move { store.insert_delivery(d, vec![]).await.unwrap() }
+            });
+            futures_util::future::join_all(writes).await;
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        assert!(largest < 12 << 20, "the WAL grew to {largest} bytes");
+    }
+
+    #[tokio::test]
     async fn a_locked_database_is_unavailable_and_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookgate.db");
-        let options = SqliteOptions { busy_timeout: Duration::from_millis(100), readers: 2 };
+        let options = SqliteOptions { busy_timeout: Duration::from_millis(100), readers: 2, ..Default::default() };
         let store = SqliteStore::open_with(path.to_str().unwrap(), options).await.unwrap();
         store_one(&store, "before", vec![]).await;
         let other = Connection::open(&path).unwrap();
