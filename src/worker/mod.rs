@@ -28,6 +28,9 @@ use breaker::Allowance;
 /// Extra lease time beyond an action's timeout, covering the kill grace and the final write.
 const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
+/// Claims that may wait for their commit at once.
+const CLAIMS_IN_FLIGHT: usize = 2;
+
 pub struct Worker {
     store: DynStore,
     live: LiveHandle,
@@ -36,6 +39,8 @@ pub struct Worker {
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
     route_slots: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
+    /// Held by the claim that may take a half-open route's probe (see `claim`).
+    probe_claims: tokio::sync::Mutex<()>,
     /// Fires when the shutdown grace is over: running actions are stopped.
     force: CancellationToken,
 }
@@ -59,6 +64,7 @@ impl Worker {
             wake,
             slots: Arc::new(Semaphore::new(concurrency)),
             route_slots: Mutex::new(HashMap::new()),
+            probe_claims: tokio::sync::Mutex::new(()),
             force: CancellationToken::new(),
         }
     }
@@ -82,41 +88,66 @@ impl Worker {
     /// Run until `shutdown` fires, then drain within the configured grace.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks = JoinSet::new();
+        // Claims waiting for their commit. A second one may start while the first waits, for capacity
+        // freed in the meantime, so a slot does not sit idle for a whole commit.
+        let mut claims: JoinSet<(Arc<Live>, Result<Vec<Running>, StoreError>)> = JoinSet::new();
         let mut failures = 0u32;
+        let mut idle = false;
         while !shutdown.is_cancelled() {
             let live = self.live.current();
-            let poll = live.config.worker.poll_interval;
-            let claimed = match self.claim(&live).await {
-                Ok(claimed) => {
-                    failures = 0;
-                    claimed
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures % 30 == 0 {
-                        tracing::warn!(error = %e, "cannot claim jobs; will retry");
-                    }
-                    Vec::new()
-                }
-            };
-            let idle = claimed.is_empty();
-            for running in claimed {
+            if !idle && claims.len() < CLAIMS_IN_FLIGHT && self.slots.available_permits() > 0 {
                 let worker = self.clone();
-                let live = live.clone();
-                tasks.spawn(async move { worker.execute(&live, running).await });
-            }
-            while tasks.try_join_next().is_some() {}
-            if !idle && self.slots.available_permits() > 0 {
+                claims.spawn(async move {
+                    let claimed = worker.claim(&live).await;
+                    (live, claimed)
+                });
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = self.wake.notified() => idle = false,
+                _ = tokio::time::sleep(live.config.worker.poll_interval), if claims.is_empty() => idle = false,
+                Some(done) = claims.join_next(), if !claims.is_empty() => {
+                    let claimed = match done {
+                        Ok((live, Ok(claimed))) => {
+                            failures = 0;
+                            Some((live, claimed))
+                        }
+                        Ok((_, Err(e))) => {
+                            failures += 1;
+                            if failures == 1 || failures % 30 == 0 {
+                                tracing::warn!(error = %e, "cannot claim jobs; will retry");
+                            }
+                            None
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a claim failed unexpectedly; will retry");
+                            None
+                        }
+                    };
+                    idle = claimed.as_ref().is_none_or(|(_, jobs)| jobs.is_empty());
+                    if let Some((live, jobs)) = claimed {
+                        self.spawn_all(&mut tasks, &live, jobs);
+                    }
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        // Jobs leased by claims still in flight run (or are released) like the others.
+        while let Some(done) = claims.join_next().await {
+            if let Ok((live, Ok(jobs))) = done {
+                self.spawn_all(&mut tasks, &live, jobs);
             }
         }
         self.drain(tasks).await;
+    }
+
+    fn spawn_all(self: &Arc<Self>, tasks: &mut JoinSet<()>, live: &Arc<Live>, jobs: Vec<Running>) {
+        for running in jobs {
+            let (worker, live) = (self.clone(), live.clone());
+            tasks.spawn(async move { worker.execute(&live, running).await });
+        }
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>) {
@@ -144,6 +175,9 @@ impl Worker {
     /// disabled, open or stopped by a 410 are not claimed at all: their jobs wait in the queue.
     async fn claim(&self, live: &Live) -> Result<Vec<Running>, StoreError> {
         let health = &self.live.health;
+        // Two claims may overlap; only the one holding this claims half-open routes' single probe, and it
+        // holds it until the probe is marked as started.
+        let probes = self.probe_claims.try_lock().ok();
         let mut out = Vec::new();
         let mut grouped = Vec::new();
         let mut grouped_timeout = Duration::ZERO;
@@ -151,8 +185,8 @@ impl Worker {
         for route in live.routes.routes().filter(|r| r.config.enabled) {
             let cap = match health.allowance(&route.config) {
                 Allowance::Any => None,
-                Allowance::One => Some(1),
-                Allowance::None { .. } => continue,
+                Allowance::One if probes.is_some() => Some(1),
+                Allowance::One | Allowance::None { .. } => continue,
             };
             let timeout = route.config.action.timeout();
             match (route.config.concurrency, cap) {
@@ -198,14 +232,25 @@ impl Worker {
         if limit == 0 {
             return Ok(());
         }
+        // The capacity is taken before the claim, so claims can overlap (one may be waiting for its commit
+        // while the next is issued); what the claim does not use goes back when these permits drop.
+        let Ok(mut slots) = self.slots.clone().try_acquire_many_owned(limit as u32) else {
+            return Ok(());
+        };
+        let mut route_slots = match &route_sem {
+            Some(sem) => match sem.clone().try_acquire_many_owned(limit as u32) {
+                Ok(permits) => Some(permits),
+                Err(_) => return Ok(()),
+            },
+            None => None,
+        };
         let now = now_ms();
         let lease_until = now + (timeout + LEASE_MARGIN).as_millis() as i64;
         let jobs = self.store.claim_jobs(Claim { owner: self.owner.clone(), limit, now, lease_until, routes }).await?;
         for job in jobs {
-            // Capacity was counted above and only this loop takes permits, so these succeed.
-            let slot = self.slots.clone().try_acquire_owned().expect("global slot counted before claim");
-            let route_slot =
-                route_sem.as_ref().map(|s| s.clone().try_acquire_owned().expect("route slot counted before claim"));
+            // The store hands out at most `limit` jobs, and `limit` permits are held.
+            let slot = slots.split(1).expect("a slot per claimed job");
+            let route_slot = route_slots.as_mut().map(|p| p.split(1).expect("a route slot per claimed job"));
             out.push(Running { job, slot, route_slot });
         }
         Ok(())

@@ -70,9 +70,19 @@ pub async fn spawn_app(backend: &Backend, body: &str) -> TestApp {
 }
 
 pub async fn spawn_app_with_env(backend: &Backend, body: &str, env: BTreeMap<String, String>) -> TestApp {
+    spawn_app_configured(backend, "", body, env).await
+}
+
+/// Like [`spawn_app`], with extra `[worker]` keys (such as `concurrency = 2`).
+pub async fn spawn_app_with_worker(backend: &Backend, worker: &str, body: &str) -> TestApp {
+    spawn_app_configured(backend, worker, body, BTreeMap::new()).await
+}
+
+async fn spawn_app_configured(backend: &Backend, worker: &str, body: &str, env: BTreeMap<String, String>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.fresh_url(dir.path()).await;
-    let text = format!("{}{}", head(&url), body.replace("{dir}", &dir.path().display().to_string()));
+    let head = head(&url).replace("[worker]\n", &format!("[worker]\n{worker}\n"));
+    let text = format!("{head}{}", body.replace("{dir}", &dir.path().display().to_string()));
     let config = hookgate::config::parse(&text, dir.path(), &env).expect("test config is valid");
     let app = hookgate::startup::Application::build(config).await.expect("app builds");
     let addr = format!("http://127.0.0.1:{}", app.port());

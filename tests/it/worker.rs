@@ -198,3 +198,33 @@ store_test! {
         assert!(!page["items"].as_array().unwrap().is_empty());
     }
 }
+
+store_test! {
+    /// Claims overlap (one may wait for its commit while the next is issued); the capacity each takes is
+    /// reserved before it claims, so the worker never runs more than `concurrency` actions at once.
+    async fn the_worker_never_runs_more_actions_at_once_than_its_concurrency(backend) {
+        let app = spawn_app_with_worker(
+            &backend,
+            "concurrency = 2",
+            &format!(
+                r#"{GITHUB_SOURCE}
+[[routes]]
+name = "two-at-most"
+source = "github"
+action = {{ type = "command", argv = ["sh", "-c", "if mkdir {{dir}}/a; then L=a; elif mkdir {{dir}}/b; then L=b; else exit 99; fi; sleep 0.05; rmdir {{dir}}/$L"] }}
+retry = {{ max_attempts = 1 }}
+"#
+            ),
+        )
+        .await;
+        let mut ids = Vec::new();
+        for i in 0..16 {
+            let json: serde_json::Value = app.github("push", &format!("cap-{i}"), "{}").await.json().await.unwrap();
+            ids.push(json["id"].as_str().unwrap().to_string());
+        }
+        for id in ids {
+            let jobs = terminal_jobs(&app, &id).await;
+            assert_eq!(jobs[0]["status"], "succeeded", "a third action ran alongside two others: {jobs:?}");
+        }
+    }
+}
