@@ -45,6 +45,9 @@ pub struct Worker {
     force: CancellationToken,
 }
 
+/// What a claim task hands back: the configuration it claimed under and the jobs it leased.
+type ClaimOutcome = (Arc<Live>, Result<Vec<Running>, StoreError>);
+
 /// A job this worker claimed, with the capacity it holds while running.
 struct Running {
     job: ClaimedJob,
@@ -90,7 +93,7 @@ impl Worker {
         let mut tasks = JoinSet::new();
         // Claims waiting for their commit. A second one may start while the first waits, for capacity
         // freed in the meantime, so a slot does not sit idle for a whole commit.
-        let mut claims: JoinSet<(Arc<Live>, Result<Vec<Running>, StoreError>)> = JoinSet::new();
+        let mut claims: JoinSet<ClaimOutcome> = JoinSet::new();
         let mut failures = 0u32;
         let mut idle = false;
         while !shutdown.is_cancelled() {
