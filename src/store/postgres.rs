@@ -1,7 +1,8 @@
 //! PostgreSQL store: several hookgate instances share one queue (SKIP LOCKED claims, leases, advisory locks).
 //!
-//! Each write is one transaction on a pooled connection; PostgreSQL's own group commit batches the WAL
-//! flushes of concurrent requests. A lost server answers `Unavailable` and the pool reconnects by itself.
+//! Each write is one transaction on a pooled connection (a delivery whose jobs have no coalesce key is a
+//! single statement: one round trip); PostgreSQL's own group commit batches the WAL flushes of concurrent
+//! requests. A lost server answers `Unavailable` and the pool reconnects by itself.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -257,6 +258,47 @@ async fn insert_jobs_tx(
     Ok(count)
 }
 
+/// A delivery and its jobs in one statement (one round trip, its own transaction), for the common case of
+/// jobs without a coalesce key: nothing to merge, so nothing to lock. A duplicate inserts nothing.
+const INSERT_UNKEYED: &str = "WITH d AS (
+         INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (source, delivery) DO NOTHING RETURNING id
+     ), j AS (
+         INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at, created_at, updated_at, merged)
+         SELECT u.id, d.id, u.route, NULL, 'queued', 0, u.run_at, $5, $5, 0
+         FROM d CROSS JOIN unnest($8::text[], $9::text[], $10::bigint[]) AS u (id, route, run_at)
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM j)";
+
+async fn insert_unkeyed(
+    client: &deadpool_postgres::Object,
+    d: NewDelivery,
+    jobs: &[NewJob],
+) -> Result<Insert, StoreError> {
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let routes: Vec<&str> = jobs.iter().map(|j| j.route.as_str()).collect();
+    let run_at: Vec<Millis> = jobs.iter().map(|j| j.run_at).collect();
+    let statement = client.prepare_cached(INSERT_UNKEYED).await.map_err(pg_error)?;
+    let headers = headers_to_text(&d.headers);
+    let row = client
+        .query_one(
+            &statement,
+            &[&d.id, &d.source, &d.event, &d.delivery, &d.received_at, &headers, &&d.body[..], &ids, &routes, &run_at],
+        )
+        .await
+        .map_err(pg_error)?;
+    if row.get::<_, i64>(0) == 0 {
+        let existing = client
+            .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
+            .await
+            .map_err(pg_error)?;
+        return Ok(Insert::Duplicate { id: existing.get(0) });
+    }
+    Ok(Insert::Stored { id: d.id, jobs: row.get::<_, i64>(1) as usize })
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -267,6 +309,9 @@ impl Store for PostgresStore {
 
     async fn insert_delivery(&self, d: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         let mut client = self.client().await?;
+        if jobs.iter().all(|j| j.coalesce_key.is_none()) {
+            return insert_unkeyed(&client, d, &jobs).await;
+        }
         let tx = client.transaction().await.map_err(pg_error)?;
         let inserted = tx
             .query_opt(
