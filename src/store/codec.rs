@@ -43,6 +43,21 @@ pub fn decode(codec: i64, stored: Vec<u8>) -> Result<Bytes, StoreError> {
     }
 }
 
+/// `len` bytes that LZ4 cannot shrink (xorshift noise from `seed`), for tests.
+#[cfg(test)]
+pub fn incompressible(len: usize, seed: u64) -> Bytes {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,17 +75,7 @@ mod tests {
     fn small_or_incompressible_bodies_are_stored_as_received() {
         let small = Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}");
         assert_eq!(encode(&small), (BodyCodec::Identity, small.clone()));
-        // A deterministic byte soup that LZ4 cannot shrink.
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let noise = Bytes::from(noise);
+        let noise = incompressible(4096, 1);
         assert_eq!(encode(&noise), (BodyCodec::Identity, noise.clone()));
         assert_eq!(decode(0, noise.to_vec()).unwrap(), noise);
     }

@@ -258,6 +258,18 @@ async fn insert_jobs_tx(
     Ok(count)
 }
 
+/// The id hookgate gave the first copy of a delivery that arrived again.
+async fn existing_delivery_id(
+    client: &impl tokio_postgres::GenericClient,
+    d: &NewDelivery,
+) -> Result<String, StoreError> {
+    let row = client
+        .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.get(0))
+}
+
 /// A delivery and its jobs in one statement (one round trip, its own transaction), for the common case of
 /// jobs without a coalesce key: nothing to merge, so nothing to lock. A duplicate inserts nothing.
 const INSERT_UNKEYED: &str = "WITH d AS (
@@ -290,11 +302,7 @@ async fn insert_unkeyed(
         .await
         .map_err(pg_error)?;
     if row.get::<_, i64>(0) == 0 {
-        let existing = client
-            .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
-            .await
-            .map_err(pg_error)?;
-        return Ok(Insert::Duplicate { id: existing.get(0) });
+        return Ok(Insert::Duplicate { id: existing_delivery_id(&***client, &d).await? });
     }
     Ok(Insert::Stored { id: d.id, jobs: row.get::<_, i64>(1) as usize })
 }

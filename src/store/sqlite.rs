@@ -2,9 +2,10 @@
 //!
 //! Durability: WAL with `synchronous = FULL`, so a method that changes state answers only after its COMMIT
 //! reached the disk; bodies are LZ4-compressed by the caller (see `codec`), so each commit syncs fewer
-//! bytes. Throughput: every write waiting when the writer thread becomes free joins one
-//! transaction and the whole batch shares one fsync (a batch in which a write fails runs again with each write
-//! in its own SAVEPOINT, so one failure does not undo the others). Reads run on their own connections under `spawn_blocking` and never wait for the writer.
+//! bytes. Throughput: every write waiting when the writer thread becomes free joins one transaction and the
+//! whole batch shares one fsync (a batch in which a write fails runs again with each write in its own
+//! SAVEPOINT, so one failure does not undo the others). Reads run on their own connections under
+//! `spawn_blocking` and never wait for the writer.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1730,21 +1731,11 @@ mod tests {
         let store = Arc::new(SqliteStore::open_with(path.to_str().unwrap(), options).await.unwrap());
         let wal = dir.path().join("hookgate.db-wal");
         // Incompressible 4 KiB bodies: about 40 MiB of WAL over the run, written without pause.
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
         let mut largest = 0;
         for round in 0..100 {
             let writes = (0..100).map(|i| {
                 let mut d = delivery("github", &format!("{round}-{i}"));
-                d.body = Bytes::from(
-                    (0..4096)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect::<Vec<u8>>(),
-                );
+                d.body = codec::incompressible(4096, round * 100 + i + 1);
                 let store = store.clone();
                 async move { store.insert_delivery(d, vec![]).await.unwrap() }
             });
