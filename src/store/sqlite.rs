@@ -3,9 +3,9 @@
 //! Durability: WAL with `synchronous = FULL`, so a method that changes state answers only after its COMMIT
 //! reached the disk; bodies are LZ4-compressed by the caller (see `codec`), so each commit syncs fewer
 //! bytes. Throughput: every write waiting when the writer thread becomes free joins one transaction and the
-//! whole batch shares one `fdatasync` (`.cargo/config.toml` builds SQLite with it; a batch in which a write fails runs again with each write in its own
-//! SAVEPOINT, so one failure does not undo the others). Reads run on their own connections under
-//! `spawn_blocking` and never wait for the writer.
+//! whole batch shares one `fdatasync` (`.cargo/config.toml` builds SQLite to use it). A batch in which a
+//! write fails runs again with each write in its own SAVEPOINT, so one failure does not undo the others.
+//! Reads run on their own connections under `spawn_blocking` and never wait for the writer.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
