@@ -107,7 +107,10 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8
 }
 
 async fn healthz_ok(app: &TestApp) -> bool {
-    let response = app.client.get(format!("{}/healthz", app.addr)).timeout(Duration::from_secs(5)).send().await;
+    // On a new connection: the server closes keep-alive connections idle for `read_timeout`, and a pooled
+    // one reused just as that happens fails without saying anything about the server.
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let response = fresh.get(format!("{}/healthz", app.addr)).timeout(Duration::from_secs(5)).send().await;
     response.is_ok_and(|r| r.status() == 200)
 }
 
