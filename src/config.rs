@@ -78,6 +78,9 @@ pub mod raw {
         pub log_client_ip: Option<bool>,
         pub read_timeout: Option<String>,
         pub max_connections: Option<usize>,
+        pub max_connections_per_ip: Option<usize>,
+        pub max_buffered: Option<String>,
+        pub unverified_rate_limit: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -159,6 +162,7 @@ pub mod raw {
         pub headers: Option<BTreeMap<String, String>>,
         pub body: Option<String>,
         pub sign: Option<Sign>,
+        pub allowed_hosts: Option<Vec<String>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -212,6 +216,13 @@ pub struct Server {
     /// Time allowed to receive a request's headers and body.
     pub read_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 /64 counts as one) at most.
+    pub max_connections_per_ip: usize,
+    /// Request body bytes held in memory at once, across all requests; past it, bodies are refused (503).
+    pub max_buffered: usize,
+    /// Requests per client address that may fail verification; past it, that address is answered 429
+    /// before its body is read. The sources' own `rate_limit` counts verified requests only.
+    pub unverified_rate_limit: RateLimit,
 }
 
 #[derive(Debug, Clone)]
@@ -270,6 +281,7 @@ pub struct Breaker {
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per route, built once
 pub enum Action {
     Command {
         argv: Vec<String>,
@@ -284,6 +296,8 @@ pub enum Action {
         body: Option<String>,
         timeout: Duration,
         sign: Option<crate::actions::SignSpec>,
+        /// Hosts a template value may choose in `url` (`*.domain` for subdomains); none by default.
+        allowed_hosts: Vec<String>,
     },
 }
 
@@ -363,9 +377,18 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
             Duration::from_secs(30),
         )?,
         max_connections: file.server.max_connections.unwrap_or(10_000),
+        max_connections_per_ip: file.server.max_connections_per_ip.unwrap_or(256),
+        max_buffered: opt_size("server.max_buffered", file.server.max_buffered.as_deref(), 256 << 20)?,
+        unverified_rate_limit: parse_rate(
+            "server.unverified_rate_limit",
+            file.server.unverified_rate_limit.as_deref().unwrap_or("60/m"),
+        )?,
     };
     if server.max_connections == 0 {
         return Err(invalid("server.max_connections", "must be at least 1"));
+    }
+    if server.max_connections_per_ip == 0 {
+        return Err(invalid("server.max_connections_per_ip", "must be at least 1"));
     }
 
     let store = StoreConfig {
@@ -402,6 +425,14 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
             return Err(invalid(format!("sources[{i}].name"), format!("`{}` is used twice", source.name)));
         }
         sources.push(source);
+    }
+
+    // A body the budget could never hold would be refused every time: say so now.
+    if let Some((i, source)) = sources.iter().enumerate().find(|(_, s)| s.max_body > server.max_buffered) {
+        return Err(invalid(
+            format!("sources[{i}].max_body"),
+            format!("{} bytes is more than server.max_buffered ({} bytes)", source.max_body, server.max_buffered),
+        ));
     }
 
     let mut routes = Vec::new();
@@ -631,6 +662,10 @@ fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> R
                 headers.push((name, value));
             }
             let sign = raw.sign.map(|s| validate_sign(&k("sign"), s, base, env)).transpose()?;
+            let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+            if let Some((i, _)) = allowed_hosts.iter().enumerate().find(|(_, h)| !is_host_pattern(h)) {
+                return Err(invalid(k(&format!("allowed_hosts[{i}]")), "not a host name or `*.domain`"));
+            }
             Ok(Action::Http {
                 url,
                 method,
@@ -638,10 +673,17 @@ fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> R
                 body: raw.body,
                 timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(10))?,
                 sign,
+                allowed_hosts,
             })
         }
         other => Err(invalid(k("type"), format!("unknown action type `{other}` (command, http)"))),
     }
+}
+
+/// A host name or IP address, or `*.` and a domain.
+fn is_host_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty() && url::Host::parse(name).is_ok() && !name.contains(['/', ':', '@', '*'])
 }
 
 fn validate_sign(

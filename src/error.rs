@@ -27,6 +27,9 @@ pub enum ApiError {
     RequestTimeout,
     #[error("storage is unavailable; nothing was stored, retry later")]
     StoreUnavailable,
+    /// Too many request bytes are in memory already; nothing was read past this point.
+    #[error("the server is busy; nothing was stored, retry later")]
+    Overloaded { retry_after_secs: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -41,7 +44,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::StoreUnavailable => "store_unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Internal => "internal",
         }
     }
@@ -88,7 +92,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self {
+        if let ApiError::RateLimited { retry_after_secs } | ApiError::Overloaded { retry_after_secs } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
         }
         response

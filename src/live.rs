@@ -30,12 +30,14 @@ impl Live {
 }
 
 fn limiter(rate: &RateLimit) -> DefaultDirectRateLimiter {
+    DefaultDirectRateLimiter::direct(quota(rate))
+}
+
+/// `rate.count` per `rate.per`, all of which may come at once.
+pub fn quota(rate: &RateLimit) -> Quota {
     let count = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
     let period = rate.per / count.get();
-    let quota = Quota::with_period(period.max(std::time::Duration::from_nanos(1)))
-        .expect("period is positive")
-        .allow_burst(count);
-    DefaultDirectRateLimiter::direct(quota)
+    Quota::with_period(period.max(std::time::Duration::from_nanos(1))).expect("period is positive").allow_burst(count)
 }
 
 /// Shared handle to the live configuration (readers take a cheap `Arc` snapshot) and to the route health

@@ -8,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::Runner;
 use crate::config::Config;
-use crate::edge::{app, serve, AppState, ServeLimits};
+use crate::edge::guard::EdgeGuards;
+use crate::edge::{app, connection_cap, serve, AppState, ServeLimits};
 use crate::live::{Live, LiveHandle};
 use crate::worker::Worker;
 
@@ -31,7 +32,8 @@ impl Application {
         let live = LiveHandle::new(live);
         let wake = Arc::new(Notify::new());
         let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new()));
-        let state = AppState { live, store, wake, metrics: crate::metrics::install() };
+        let guards = Arc::new(EdgeGuards::new(&live.current().config.server));
+        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards };
         Ok(Application { listener, state, worker })
     }
 
@@ -59,8 +61,24 @@ impl Application {
             self.state.wake.clone(),
             shutdown.clone(),
         ));
+        let guards = self.state.guards.clone();
+        let forget = shutdown.clone();
+        tokio::spawn(async move {
+            // Clients that stopped sending junk are forgotten, so the table holds recent offenders only.
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = forget.cancelled() => return,
+                    _ = tick.tick() => guards.unverified.forget_idle(),
+                }
+            }
+        });
         let server = &self.state.live.current().config.server;
-        let limits = ServeLimits { max_connections: server.max_connections, header_timeout: server.read_timeout };
+        let limits = ServeLimits {
+            max_connections: connection_cap(server.max_connections),
+            max_connections_per_ip: server.max_connections_per_ip,
+            header_timeout: server.read_timeout,
+        };
         serve(self.listener, app(self.state.clone()), limits, shutdown.clone()).await;
         let _ = maintenance.await;
         let _ = worker.await;

@@ -1,5 +1,6 @@
 //! `POST /hooks/{source}`: limit, verify, route, commit once, answer — nothing else on the request path.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,15 +10,16 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 
+use super::guard::BodyBytes;
 use super::{AppState, ClientAddr};
 use crate::error::ApiError;
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::route::context_for_request;
 use crate::store::{new_id, now_ms, Insert, NewDelivery};
-use crate::verify::Inbound;
+use crate::verify::{Inbound, VerifyError};
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -32,7 +34,8 @@ pub async fn receive(
     let source = live.config.source(&source);
     // Label only configured sources: a scanner probing random names must not grow the metric set.
     let label = source.map_or_else(|| "unknown".to_string(), |s| s.name.clone());
-    let result = handle(&state, &live, source, query.as_deref(), &headers, body).await;
+    let client_ip = client.as_ref().map(|Extension(ClientAddr(a))| a.ip());
+    let result = handle(&state, &live, source, client_ip, query.as_deref(), &headers, body).await;
     let outcome = match &result {
         Ok(Accepted::Stored { .. }) => "accepted",
         Ok(Accepted::Duplicate { .. }) => "duplicate",
@@ -85,22 +88,41 @@ async fn handle(
     state: &AppState,
     live: &crate::live::Live,
     source: Option<&crate::config::Source>,
+    client: Option<IpAddr>,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, ApiError> {
     let source = source.filter(|s| s.enabled).ok_or(ApiError::NotFound)?;
+    let guards = &state.guards;
 
+    // An address that keeps failing verification is refused before its body is read.
+    if let Some(wait) = client.and_then(|ip| guards.unverified.blocked_for(ip)) {
+        return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+    }
+
+    // Held until the answer: the body stays in memory (routing, the store's queue) until then.
+    let mut held = guards.body_budget.start();
+    let body = read_body(body, headers, source.max_body, live.config.server.read_timeout, &mut held).await?;
+    let received_at = now_ms();
+    let verified = match source.verifier.verify(&Inbound { headers, body: &body, query, now_ms: received_at }) {
+        Ok(verified) => verified,
+        Err(e) => {
+            let blocked = client.filter(|_| is_forgery(&e)).and_then(|ip| guards.unverified.failed(ip));
+            return Err(match blocked {
+                Some(wait) => ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 },
+                None => e.into(),
+            });
+        }
+    };
+
+    // The source's own limit counts verified requests only: junk cannot use it up.
     if let Some(limiter) = live.limiters.get(&source.name) {
         if let Err(not_until) = limiter.check() {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
         }
     }
-
-    let body = read_body(body, headers, source.max_body, live.config.server.read_timeout).await?;
-    let received_at = now_ms();
-    let verified = source.verifier.verify(&Inbound { headers, body: &body, query, now_ms: received_at })?;
 
     let id = new_id();
     let event = verified.event.unwrap_or_else(|| "unknown".to_string());
@@ -129,6 +151,7 @@ async fn handle(
             jobs,
         )
         .await?;
+    drop(held);
     match stored {
         Insert::Stored { id, jobs } => {
             if jobs > 0 {
@@ -140,19 +163,65 @@ async fn handle(
     }
 }
 
-/// Read the body, refusing before reading past `limit` and cutting off clients slower than `timeout`.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+/// Read the body, refusing before reading past `limit`, cutting off clients slower than `timeout`, and
+/// holding every byte kept in memory from the shared budget (503 when it is spent).
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+    held: &mut BodyBytes,
+) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+    match tokio::time::timeout(timeout, collect_within(body, limit, declared, held)).await {
         Err(_) => Err(ApiError::RequestTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::PayloadTooLarge { limit }),
-        Ok(Err(_)) => Err(ApiError::BadRequest("the request body could not be read".into())),
+        Ok(result) => result,
     }
+}
+
+/// The first buffer a body gets; it grows (doubling) as bytes arrive. A declared length is only a
+/// promise, so it never reserves more than this up front.
+const FIRST_BUFFER: usize = 64 << 10;
+
+async fn collect_within(
+    mut body: Body,
+    limit: usize,
+    declared: Option<u64>,
+    held: &mut BodyBytes,
+) -> Result<Bytes, ApiError> {
+    let first = declared.map_or(FIRST_BUFFER, |n| (n as usize).min(FIRST_BUFFER));
+    if !held.grow(first) {
+        return Err(ApiError::Overloaded { retry_after_secs: 1 });
+    }
+    let mut buffer = BytesMut::with_capacity(first);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        if buffer.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        let needed = buffer.len() + chunk.len();
+        if needed > held.held() {
+            // Grow as a Vec would (doubling), never past the limit, and hold the new capacity first.
+            let capacity = needed.max(held.held() * 2).min(limit.max(needed));
+            if !held.grow(capacity - held.held()) {
+                return Err(ApiError::Overloaded { retry_after_secs: 1 });
+            }
+            buffer.reserve(capacity - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// A request that proved nothing (no signature, a wrong one, a replayed timestamp), as opposed to a
+/// verified one whose body was unusable or a source that is off.
+fn is_forgery(e: &VerifyError) -> bool {
+    matches!(e, VerifyError::MissingSignature | VerifyError::InvalidSignature | VerifyError::StaleTimestamp)
 }
 
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {

@@ -1,10 +1,11 @@
 //! edge: the HTTP surface — the webhook endpoint, health, metrics — and the shared application state.
 
+pub mod guard;
 mod health;
 mod hooks;
 mod serve;
 
-pub use serve::{serve, ClientAddr, ServeLimits};
+pub use serve::{connection_cap, serve, ClientAddr, ServeLimits};
 
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub struct AppState {
     /// Wakes the worker when new jobs were committed.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
+    /// Limits on what clients hold before they verify (memory, failed verifications per address).
+    pub guards: Arc<guard::EdgeGuards>,
 }
 
 /// The whole HTTP application: webhooks, health, metrics, admin API and dashboard.

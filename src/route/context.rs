@@ -17,6 +17,9 @@ pub struct EventContext {
     pub id: String,
     /// The JSON body (validated, converted only where a template reads it), or None when it is not JSON.
     pub body: Option<JsonDoc>,
+    /// Why a stored body that claims to be JSON could not be used (it was stored before a limit that now
+    /// refuses it); rendering an action then fails with this instead of running on a null body.
+    pub body_error: Option<BodyError>,
     /// Lower-case header names.
     pub headers: Arc<Vec<(String, String)>>,
     /// The body exactly as received (the default body of an `http` action).
@@ -54,17 +57,23 @@ impl EventContext {
             delivery: delivery.into(),
             id: id.into(),
             body,
+            body_error: None,
             headers: Arc::new(headers),
             raw_body: bytes::Bytes::new(),
             received_at: rfc3339(crate::store::now_ms()),
         }
     }
 
-    /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null.
+    /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null, and
+    /// remembered as `body_error`.
     pub fn from_stored(d: &StoredDelivery) -> Self {
         let content_type = d.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
-        let body = parse_body(content_type, &d.body).unwrap_or(None);
+        let (body, body_error) = match parse_body(content_type, &d.body) {
+            Ok(body) => (body, None),
+            Err(e) => (None, Some(e)),
+        };
         EventContext {
+            body_error,
             source: d.source.clone(),
             event: d.event.clone(),
             delivery: d.delivery.clone(),
@@ -96,7 +105,10 @@ pub fn parse_body(content_type: Option<&str>, body: &bytes::Bytes) -> Result<Opt
     let media = content_type.and_then(|c| c.split(';').next()).map(|c| c.trim().to_ascii_lowercase());
     let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map(|i| &body[i..]);
     let json = |text: bytes::Bytes, what: &str| {
-        JsonDoc::validate(text).map(Some).map_err(|e| BodyError(format!("{what} is not valid JSON: {e}")))
+        JsonDoc::validate(text).map(Some).map_err(|e| match e {
+            lazy::DocError::Syntax(e) => BodyError(format!("{what} is not valid JSON: {e}")),
+            lazy::DocError::TooDeep => BodyError(format!("{what}: {e}")),
+        })
     };
     match media.as_deref() {
         Some("application/x-www-form-urlencoded") => {
@@ -133,6 +145,7 @@ pub fn context_for_request(
         delivery: delivery.into(),
         id: id.into(),
         body: parse_body(content_type, body)?,
+        body_error: None,
         headers,
         raw_body: body.clone(),
         received_at: rfc3339(crate::store::now_ms()),

@@ -13,6 +13,20 @@ use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+/// How deep objects and arrays may nest in a body (serde_json's own limit for building a tree). Deeper
+/// documents are refused whole: every reader of a template value recurses once per level, and a sender
+/// must not be able to choose how deep that goes.
+pub const MAX_NESTING: usize = 128;
+
+/// Why a body is not a document hookgate will keep.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error(transparent)]
+    Syntax(#[from] serde_json::Error),
+    #[error("objects and arrays nest deeper than {MAX_NESTING} levels")]
+    TooDeep,
+}
+
 /// A JSON document known to be valid, kept as its text. Nothing is converted until a template reads it.
 #[derive(Debug, Clone)]
 pub struct JsonDoc {
@@ -23,8 +37,14 @@ pub struct JsonDoc {
 }
 
 impl JsonDoc {
-    /// Check that `text` is one complete JSON value (no tree is built) and keep it.
-    pub fn validate(text: Bytes) -> Result<Self, serde_json::Error> {
+    /// Check that `text` is one complete JSON value nested at most `MAX_NESTING` levels (no tree is
+    /// built) and keep it.
+    pub fn validate(text: Bytes) -> Result<Self, DocError> {
+        // serde_json skips nested members without recursion (and without its depth limit), so the depth
+        // is checked here, before anything can recurse into the document.
+        if nests_deeper_than(&text, MAX_NESTING) {
+            return Err(DocError::TooDeep);
+        }
         let range = 0..text.len();
         if !starts_container(&text) {
             serde_json::from_slice::<IgnoredAny>(&text)?;
@@ -42,6 +62,39 @@ impl JsonDoc {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::from_slice(&self.text).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// Whether objects and arrays in `text`, read as JSON, nest deeper than `limit` (brackets inside strings
+/// do not count). Exact for valid JSON; anything else the parser refuses anyway.
+pub fn nests_deeper_than(text: &[u8], limit: usize) -> bool {
+    // Most bodies have fewer brackets in all than the limit: one vectorised count settles those.
+    if text.iter().filter(|&&b| b == b'{' || b == b'[').count() <= limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn starts_container(text: &[u8]) -> bool {
@@ -206,6 +259,20 @@ impl Object for Headers {
 }
 
 #[cfg(test)]
+/// `levels` nested containers, alternating arrays and objects, around a scalar.
+pub(crate) fn nested(levels: usize) -> String {
+    let mut text = String::with_capacity(levels * 8);
+    for i in 0..levels {
+        text.push_str(if i % 2 == 0 { "[" } else { "{\"k\":" });
+    }
+    text.push('1');
+    for i in (0..levels).rev() {
+        text.push(if i % 2 == 0 { ']' } else { '}' });
+    }
+    text
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -269,5 +336,41 @@ mod tests {
         for bad in [r#"{"a": 1"#, r#"{"a": 1} x"#, r#"[1,]"#, r#"{"a": tru}"#, ""] {
             assert!(JsonDoc::validate(Bytes::from_static(bad.as_bytes())).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn documents_nested_deeper_than_the_limit_are_refused() {
+        assert!(JsonDoc::validate(Bytes::from(nested(MAX_NESTING))).is_ok());
+        for levels in [MAX_NESTING + 1, 10_000, 200_000] {
+            let err = JsonDoc::validate(Bytes::from(nested(levels))).unwrap_err();
+            assert!(matches!(err, DocError::TooDeep), "{levels}: {err}");
+        }
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count_as_nesting() {
+        let text = format!(r#"{{"a": "{}", "b": "\\", "c": "\"[[[", "d": [1]}}"#, "[{".repeat(500));
+        assert!(!nests_deeper_than(text.as_bytes(), 2));
+        assert!(nests_deeper_than(text.as_bytes(), 1));
+        assert!(JsonDoc::validate(Bytes::from(text)).is_ok());
+    }
+
+    #[test]
+    fn the_deepest_allowed_document_renders_whole_on_a_small_stack() {
+        // Worker threads have 2 MiB; half of that must be plenty for every template that walks a value.
+        let handle = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let doc = JsonDoc::validate(Bytes::from(nested(MAX_NESTING))).unwrap();
+                let env = crate::route::environment();
+                let ctx = minijinja::context! { body => body_value(Some(&doc)) };
+                for template in ["{{ body | tojson }}", "{{ body }}", "{{ body == body }}", "{{ body | length }}"] {
+                    env.render_str(template, &ctx).unwrap();
+                }
+                env.render_str("{{ body | tojson }}", &ctx).unwrap()
+            })
+            .unwrap();
+        let rendered = handle.join().expect("rendering must not overflow the stack");
+        assert_eq!(rendered, nested(MAX_NESTING));
     }
 }

@@ -5,6 +5,7 @@
 mod context;
 mod lazy;
 mod render;
+mod url;
 
 pub use context::{context_for_request, parse_body, BodyError, EventContext};
 pub use render::RenderError;
@@ -45,6 +46,8 @@ pub fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.set_keep_trailing_newline(true);
+    env.set_formatter(url::formatter);
+    env.add_filter("segments", url::segments);
     env
 }
 
@@ -148,6 +151,9 @@ impl Routes {
         job_id: &str,
         output_cap: usize,
     ) -> Result<ActionSpec, RenderError> {
+        if let Some(e) = &ctx.body_error {
+            return Err(RenderError::Body { message: e.to_string() });
+        }
         let value = minijinja::context! { job => job_id, ..ctx.to_value() };
         route.action.render(&self.env, &value, ctx, job_id, output_cap)
     }
@@ -267,5 +273,25 @@ mod tests {
             panic!("command expected")
         };
         assert_eq!(spec.argv, ["git", "-C", "/srv/r", "fetch"]);
+    }
+
+    #[test]
+    fn a_deep_body_stored_before_the_nesting_limit_fails_its_job_not_the_process() {
+        let r = routes(
+            "[[routes]]\nname = \"fwd\"\nsource = \"github\"\naction = { type = \"command\", argv = [\"echo\", \"{{ body.data | tojson }}\"] }",
+        );
+        let stored = crate::store::StoredDelivery {
+            id: "i".into(),
+            source: "github".into(),
+            event: "push".into(),
+            delivery: "d".into(),
+            received_at: 0,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: bytes::Bytes::from(format!(r#"{{"data": {}}}"#, lazy::nested(20_000))),
+        };
+        let ctx = EventContext::from_stored(&stored);
+        let err = r.render_action(r.get("fwd").unwrap(), &ctx, "job", 100).unwrap_err();
+        assert!(matches!(err, RenderError::Body { .. }), "{err}");
+        assert!(err.to_string().contains("deeper than"), "{err}");
     }
 }

@@ -24,6 +24,12 @@ pub enum RenderError {
     ControlCharacter { key: String },
     #[error("{key}: rendered URL is not an http(s) URL")]
     InvalidUrl { key: String },
+    #[error("the stored body cannot be used: {message}")]
+    Body { message: String },
+    #[error(
+        "{key}: a template value sets the URL's scheme or host to one the route's allowed_hosts does not list; refused"
+    )]
+    HostNotAllowed { key: String },
 }
 
 /// A template: the configured text, and its compiled name when it has any `{{`/`{%`.
@@ -107,6 +113,7 @@ pub(super) enum ActionTemplates {
         body: Option<Text>,
         timeout: Duration,
         sign: Option<SignSpec>,
+        allowed_hosts: Vec<String>,
     },
 }
 
@@ -126,7 +133,7 @@ impl ActionTemplates {
                 cwd: cwd.as_deref().map(|c| Text::compile(env, format!("{key}.cwd"), c)).transpose()?,
                 timeout: *timeout,
             },
-            Action::Http { url, method, headers, body, timeout, sign } => ActionTemplates::Http {
+            Action::Http { url, method, headers, body, timeout, sign, allowed_hosts } => ActionTemplates::Http {
                 url: Text::compile(env, format!("{key}.url"), url)?,
                 method: method.clone(),
                 headers: headers
@@ -136,6 +143,7 @@ impl ActionTemplates {
                 body: body.as_deref().map(|b| Text::compile(env, format!("{key}.body"), b)).transpose()?,
                 timeout: *timeout,
                 sign: sign.clone(),
+                allowed_hosts: allowed_hosts.clone(),
             },
         })
     }
@@ -168,12 +176,9 @@ impl ActionTemplates {
                     output_cap,
                 }))
             }
-            ActionTemplates::Http { url, method, headers, body, timeout, sign } => {
-                let rendered_url = url.render_guarded(env, value, false)?;
-                match url::Url::parse(&rendered_url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-                    _ => return Err(RenderError::InvalidUrl { key: url.key.clone() }),
-                }
+            ActionTemplates::Http { url, method, headers, body, timeout, sign, allowed_hosts } => {
+                // Values are encoded for the part of the URL they land in (see `url`).
+                let rendered_url = super::url::finish(&url.key, &url.render(env, value)?, allowed_hosts)?.to_string();
                 let headers = headers
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), v.render_guarded(env, value, false)?)))

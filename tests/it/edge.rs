@@ -1,4 +1,5 @@
-//! The public edge under hostile traffic: rate limits per source, slow headers, a connection cap, shutdown.
+//! The public edge under hostile traffic: rate limits per source and per address, slow headers, a connection
+//! cap, shutdown.
 
 use std::time::{Duration, Instant};
 
@@ -53,32 +54,46 @@ store_test! {
 }
 
 store_test! {
-    async fn one_abusive_client_on_one_source_does_not_starve_another_source(backend) {
-        let app = spawn_app(&backend, LIMITED).await;
-        // A flood of forged deliveries at the GitHub source: the first few are 401, the rest 429, all cheap.
+    async fn junk_from_one_address_is_refused_cheaply_and_never_uses_up_a_signed_senders_limit(backend) {
+        let app = spawn_app_with_server(&backend, "unverified_rate_limit = \"3/m\"", LIMITED).await;
+        // A flood of forged deliveries from 127.0.0.2: three failures are answered 401, then that address is
+        // refused with 429 before its body is read.
+        let flooder = client_from("127.0.0.2");
         let flood = futures_util::future::join_all((0..40).map(|n| {
-            let app = &app;
+            let (app, flooder) = (&app, &flooder);
             async move {
-                app.post_hook("github", &[("x-hub-signature-256", "sha256=00".to_string())], &format!("{{\"n\":{n}}}"))
+                flooder
+                    .post(format!("{}/hooks/github", app.addr))
+                    .header("x-hub-signature-256", "sha256=00")
+                    .body(format!("{{\"n\":{n}}}"))
+                    .send()
                     .await
+                    .unwrap()
                     .status()
             }
         }))
         .await;
         assert_eq!(flood.iter().filter(|s| **s == 401).count(), 3, "{flood:?}");
         assert_eq!(flood.iter().filter(|s| **s == 429).count(), 37, "{flood:?}");
-        // Even a correctly signed GitHub delivery waits now ...
-        let body = push_body("refs/heads/main", "octo/hello");
-        assert_eq!(app.github("push", "after-flood", &body).await.status(), 429);
 
-        // ... while the other sources are served as if nothing happened.
+        // The real sender, from its own address, still has all of the source's limit (3/m): junk never
+        // counted against it.
+        for n in 0..3 {
+            let body = push_body("refs/heads/main", "octo/hello");
+            assert_eq!(app.github("push", &format!("after-flood-{n}"), &body).await.status(), 202);
+        }
+        let body = push_body("refs/heads/main", "octo/hello");
+        assert_eq!(app.github("push", "over-the-source-limit", &body).await.status(), 429);
+        // Other sources are served as if nothing happened.
         for n in 0..3 {
             assert_eq!(publish(&app, "app", "app-token", n).await, 202);
         }
-        for n in 0..20 {
-            assert_eq!(publish(&app, "open", "open-token", n).await, 202);
-        }
     }
+}
+
+/// A client whose connections come from `ip` (any 127.0.0.0/8 address is loopback).
+pub fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
 }
 
 /// Provider delivery ids of every stored delivery.

@@ -37,6 +37,7 @@ mod durability;
 mod edge;
 mod helpers;
 mod hooks;
+mod hostile;
 mod logs;
 mod roundtrip;
 mod scenarios;

@@ -1,0 +1,216 @@
+//! guard: what one client, or all of them together, may hold before a signature verifies — connections
+//! per address, request bytes in memory, and failed verifications per address.
+//!
+//! Each limit protects the signed senders from the rest: junk from one address cannot fill the
+//! connection table, the memory, or a source's rate limit that the real sender needs.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::DefaultKeyedRateLimiter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{RateLimit, Server};
+
+/// A client as the limits count it: an IPv4 address, or an IPv6 /64 (one subscriber's whole prefix, which
+/// a single host can draw addresses from at will).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey(IpAddr::V4(v4)),
+                None => {
+                    let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                    ClientKey(IpAddr::V6(bits.into()))
+                }
+            },
+        }
+    }
+}
+
+/// Open connections per client; a connection holds a [`ConnectionSlot`] for as long as it is open.
+#[derive(Debug)]
+pub struct ConnectionsPerClient {
+    limit: usize,
+    open: Arc<Mutex<HashMap<ClientKey, usize>>>,
+}
+
+/// One open connection of a client; dropping it frees the place.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    key: ClientKey,
+    open: Arc<Mutex<HashMap<ClientKey, usize>>>,
+}
+
+impl ConnectionsPerClient {
+    pub fn new(limit: usize) -> Self {
+        ConnectionsPerClient { limit, open: Arc::default() }
+    }
+
+    /// A slot for one more connection from `ip`, or None when that client already has `limit` open.
+    pub fn open(&self, ip: IpAddr) -> Option<ConnectionSlot> {
+        let key = ClientKey::of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot { key, open: self.open.clone() })
+    }
+
+    /// Clients with at least one connection open (the table never holds more).
+    pub fn clients(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The bytes of request bodies held in memory by all requests together.
+#[derive(Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+/// Bytes a request holds from the budget; returned when the request is answered.
+#[derive(Debug)]
+pub struct BodyBytes {
+    budget: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl BodyBudget {
+    pub fn new(total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
+        BodyBudget { bytes: Arc::new(Semaphore::new(total)), total }
+    }
+
+    /// Nothing held yet.
+    pub fn start(&self) -> BodyBytes {
+        BodyBytes { budget: self.bytes.clone(), held: None }
+    }
+
+    /// Bytes nobody holds now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+impl BodyBytes {
+    /// Hold `n` more bytes; false (holding nothing more) when the budget does not have them now. Nobody
+    /// waits: a full budget means a flood, and the sender is told to come back (503 + Retry-After).
+    pub fn grow(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(n) else {
+            return false;
+        };
+        match self.budget.clone().try_acquire_many_owned(n) {
+            Ok(more) => {
+                match &mut self.held {
+                    Some(held) => held.merge(more),
+                    None => self.held = Some(more),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.num_permits())
+    }
+}
+
+/// Failed verifications per client address. Verified requests are never counted here, so junk from
+/// other addresses cannot use up what a real sender needs.
+pub struct UnverifiedLimiter {
+    limiter: DefaultKeyedRateLimiter<ClientKey>,
+    /// Clients that used up their failures, until when: checked before a body is read, so a flood is
+    /// refused cheaply. governor has no look-without-taking, hence this small table beside it.
+    blocked: Mutex<HashMap<ClientKey, Instant>>,
+}
+
+impl std::fmt::Debug for UnverifiedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedLimiter").field("clients", &self.limiter.len()).finish()
+    }
+}
+
+impl UnverifiedLimiter {
+    pub fn new(rate: &RateLimit) -> Self {
+        UnverifiedLimiter {
+            limiter: DefaultKeyedRateLimiter::keyed(crate::live::quota(rate)),
+            blocked: Mutex::default(),
+        }
+    }
+
+    /// How long `ip` must wait, if it used up its failed verifications.
+    pub fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *blocked.get(&ClientKey::of(ip))?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// Charge one failed verification to `ip`. Past its allowance the client is blocked until a cell
+    /// frees up, and the wait is returned (this request is then answered 429 as well).
+    pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        let key = ClientKey::of(ip);
+        let not_until = self.limiter.check_key(&key).err()?;
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        self.blocked.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Forget clients that are back at their full allowance, so the tables only hold recent offenders.
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        let now = Instant::now();
+        self.blocked.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
+    }
+
+    /// Clients remembered (for tests and metrics).
+    pub fn clients(&self) -> usize {
+        self.limiter.len()
+    }
+}
+
+/// The edge's limits that hold across reloads, built once from `[server]`.
+#[derive(Debug)]
+pub struct EdgeGuards {
+    pub body_budget: BodyBudget,
+    pub unverified: UnverifiedLimiter,
+}
+
+impl EdgeGuards {
+    pub fn new(server: &Server) -> Self {
+        EdgeGuards {
+            body_budget: BodyBudget::new(server.max_buffered),
+            unverified: UnverifiedLimiter::new(&server.unverified_rate_limit),
+        }
+    }
+}
