@@ -17,6 +17,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     worker: Arc<Worker>,
+    limits: ServeLimits,
 }
 
 impl Application {
@@ -27,6 +28,12 @@ impl Application {
             let reason = source.disabled_reason.as_deref().unwrap_or("disabled");
             tracing::warn!(source = %source.name, reason, "source is off");
         }
+        let server = &live.config.server;
+        let limits = ServeLimits {
+            max_connections: connection_cap(server.max_connections),
+            max_connections_per_ip: server.max_connections_per_ip,
+            header_timeout: server.read_timeout,
+        };
         let store = crate::store::open(&live.config.store.url).await?;
         let listener = TcpListener::bind(live.config.server.listen).await?;
         let live = LiveHandle::new(live);
@@ -34,7 +41,7 @@ impl Application {
         let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new()));
         let guards = Arc::new(EdgeGuards::new(&live.current().config.server));
         let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards };
-        Ok(Application { listener, state, worker })
+        Ok(Application { listener, state, worker, limits })
     }
 
     pub fn port(&self) -> u16 {
@@ -73,13 +80,7 @@ impl Application {
                 }
             }
         });
-        let server = &self.state.live.current().config.server;
-        let limits = ServeLimits {
-            max_connections: connection_cap(server.max_connections),
-            max_connections_per_ip: server.max_connections_per_ip,
-            header_timeout: server.read_timeout,
-        };
-        serve(self.listener, app(self.state.clone()), limits, shutdown.clone()).await;
+        serve(self.listener, app(self.state.clone()), self.limits, shutdown.clone()).await;
         let _ = maintenance.await;
         let _ = worker.await;
         tracing::info!("stopped");

@@ -183,35 +183,38 @@ async fn read_body(
     }
 }
 
-/// The first buffer a body gets; it grows (doubling) as bytes arrive. A declared length is only a
-/// promise, so it never reserves more than this up front.
-const FIRST_BUFFER: usize = 64 << 10;
+/// The budget is taken in steps of this size, ahead of the bytes that arrive.
+const BUDGET_STEP: usize = 64 << 10;
 
+/// Collect the body into one buffer, holding from the budget every byte it keeps. With a declared length
+/// the buffer is allocated once at that size (pages are only backed by memory as bytes arrive, so an
+/// untrue promise costs nothing) and the budget is taken as bytes arrive; without one it grows by
+/// doubling and the budget is taken for each new capacity before it is allocated.
 async fn collect_within(
     mut body: Body,
     limit: usize,
     declared: Option<u64>,
     held: &mut BodyBytes,
 ) -> Result<Bytes, ApiError> {
-    let first = declared.map_or(FIRST_BUFFER, |n| (n as usize).min(FIRST_BUFFER));
-    if !held.grow(first) {
-        return Err(ApiError::Overloaded { retry_after_secs: 1 });
-    }
-    let mut buffer = BytesMut::with_capacity(first);
+    let declared = declared.map(|n| n as usize);
+    let mut buffer = BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
         let Ok(chunk) = frame.into_data() else { continue };
-        if buffer.len() + chunk.len() > limit {
+        let needed = buffer.len() + chunk.len();
+        if needed > limit {
             return Err(ApiError::PayloadTooLarge { limit });
         }
-        let needed = buffer.len() + chunk.len();
-        if needed > held.held() {
-            // Grow as a Vec would (doubling), never past the limit, and hold the new capacity first.
-            let capacity = needed.max(held.held() * 2).min(limit.max(needed));
-            if !held.grow(capacity - held.held()) {
-                return Err(ApiError::Overloaded { retry_after_secs: 1 });
-            }
-            buffer.reserve(capacity - buffer.len());
+        let must_hold = match declared {
+            Some(declared) => needed.next_multiple_of(BUDGET_STEP).min(declared.max(needed)),
+            None if needed > buffer.capacity() => needed.max(buffer.capacity() * 2).max(BUDGET_STEP),
+            None => buffer.capacity(),
+        };
+        if must_hold > held.held() && !held.grow(must_hold - held.held()) {
+            return Err(ApiError::Overloaded { retry_after_secs: 1 });
+        }
+        if declared.is_none() && needed > buffer.capacity() {
+            buffer.reserve(must_hold - buffer.len());
         }
         buffer.extend_from_slice(&chunk);
     }

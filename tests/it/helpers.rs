@@ -236,7 +236,19 @@ pub fn hookgate_bin() -> &'static str {
 
 impl BinaryServer {
     pub fn start(config: &Path, envs: &[(&str, &str)]) -> BinaryServer {
-        let mut cmd = Command::new(hookgate_bin());
+        Self::start_wrapped(&[], config, envs)
+    }
+
+    /// Start the binary under `wrapper` (a program and its arguments, such as `prlimit --nofile=…`).
+    pub fn start_wrapped(wrapper: &[&str], config: &Path, envs: &[(&str, &str)]) -> BinaryServer {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(hookgate_bin());
+                cmd
+            }
+            None => Command::new(hookgate_bin()),
+        };
         cmd.args(["serve", "--config"])
             .arg(config)
             .env("HOOKGATE_LISTEN", "127.0.0.1:0")

@@ -1,5 +1,10 @@
 //! A hostile sender at the edge: deep JSON, memory floods, connection floods, junk that eats rate limits.
 
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
 use crate::helpers::*;
 
 /// `levels` nested arrays around a scalar, as a JSON text.
@@ -35,4 +40,155 @@ store_test! {
         assert_eq!(jobs[0]["status"], "succeeded", "{jobs:?}");
         assert_eq!(app.client.get(format!("{}/healthz", app.addr)).send().await.unwrap().status(), 200);
     }
+}
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A config file for the real binary: a GitHub source taking 25 MiB bodies, `server` keys added.
+fn binary_config(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("hookgate.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[store]\nurl = \"sqlite://{}/hookgate.db\"\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n{GITHUB_SOURCE}max_body = \"25MiB\"\n",
+        dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_stalled_25_mib_uploads_hold_no_more_memory_than_the_body_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), "max_buffered = \"64MiB\"\nread_timeout = \"20s\"");
+    let server = BinaryServer::start(&config, &[]);
+    let host = server.addr.trim_start_matches("http://").to_string();
+    let pid = server.child.id();
+    let before = rss_bytes(pid);
+
+    // Forty unsigned uploads that promise 25 MiB, send 20 MiB, and then stall.
+    let uploads = (0..40).map(|_| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let mut stream = TcpStream::connect(&host).await.unwrap();
+            let head = format!(
+                "POST /hooks/github HTTP/1.1\r\nHost: {host}\r\ncontent-type: application/json\r\nx-github-event: push\r\nx-hub-signature-256: sha256=00\r\ncontent-length: {}\r\n\r\n",
+                25 * MIB
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b' '; MIB];
+            for _ in 0..20 {
+                // A refused upload is closed by the server: stop writing, keep the socket.
+                match tokio::time::timeout(Duration::from_secs(5), stream.write_all(&chunk)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            stream
+        })
+    });
+    let mut streams = Vec::new();
+    for upload in uploads {
+        streams.push(upload.await.unwrap());
+    }
+    let during = rss_bytes(pid);
+    eprintln!("RSS before the flood {} MiB, during {} MiB (budget 64 MiB)", before >> 20, during >> 20);
+    // The bound: the budget plus ~64 MB for everything else (the process starts at ~25 MB).
+    assert!(
+        during < (64 + 64) * MIB as u64,
+        "RSS grew from {} MiB to {} MiB under the flood (budget 64 MiB)",
+        before / MIB as u64,
+        during / MIB as u64
+    );
+
+    // Those past the budget were told to come back later, without waiting for their bodies.
+    let mut refused = 0;
+    for stream in &mut streams {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+        if text.starts_with("http/1.1 503") {
+            assert!(text.contains("retry-after: 1"), "{text}");
+            assert!(text.contains("\"code\":\"overloaded\""), "{text}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 30, "only {refused} of 40 uploads past a 64 MiB budget were refused");
+
+    // Once the flood lets go, a signed delivery is stored as usual.
+    drop(streams);
+    let body = push_body("refs/heads/main", "octo/hello");
+    let client = reqwest::Client::new();
+    let status = eventually(Duration::from_secs(10), "a signed delivery after the flood", || async {
+        let mut request = client.post(format!("{}/hooks/github", server.addr)).body(body.clone());
+        for (name, value) in github_headers("push", "after-upload-flood", &body) {
+            request = request.header(name, value);
+        }
+        let status = request.send().await.unwrap().status();
+        (status != 503).then_some(status)
+    })
+    .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_address_holds_1000_half_open_connections_a_signed_delivery_from_another_gets_202() {
+    // The global cap alone (600) would let the flooder take every place.
+    let app =
+        spawn_app_with_server(&Backend::Sqlite, "max_connections = 600\nmax_connections_per_ip = 100", GITHUB_SOURCE)
+            .await;
+    let host = app.addr.trim_start_matches("http://").to_string();
+    let flooder: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let mut half_open = Vec::new();
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(flooder).unwrap();
+        let mut stream = socket.connect(host.parse().unwrap()).await.unwrap();
+        stream.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        half_open.push(stream);
+    }
+
+    let body = push_body("refs/heads/main", "octo/hello");
+    let signed = tokio::time::timeout(Duration::from_secs(10), app.github("push", "beside-the-flood", &body)).await;
+    assert_eq!(signed.expect("answered while the flood holds its connections").status(), 202);
+
+    // The flooder keeps at most its 100; the rest were closed as soon as they were accepted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut open = half_open.len();
+    while open > 100 && tokio::time::Instant::now() < deadline {
+        open = 0;
+        for stream in &mut half_open {
+            let mut buf = [0u8; 16];
+            if tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await.is_err() {
+                open += 1;
+            }
+        }
+    }
+    assert_eq!(open, 100, "connections the flooding address still holds");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_is_lowered_to_what_the_open_file_limit_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path(), "max_connections = 10000");
+    // Soft limit 300, hard 600: hookgate raises the soft limit to 600 and keeps 256 descriptors for itself.
+    let server = BinaryServer::start_wrapped(&["prlimit", "--nofile=300:600", "--"], &config, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["600", "600"], "{open_files}");
+    let log = server.log_text();
+    assert!(log.contains("server.max_connections lowered to fit the open-file limit"), "{log}");
+    assert!(log.contains("cap=344"), "{log}");
 }
