@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::edge::AppState;
+use crate::edge::{is_credential_header, REDACTED};
 use crate::error::ApiError;
 use crate::route::EventContext;
 use crate::store::{
@@ -61,18 +62,11 @@ pub fn timestamp(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Header names whose values are credentials or signatures, and never leave the store unredacted.
-pub fn is_sensitive_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    ["signature", "token", "secret", "authorization", "cookie", "hmac", "api-key", "apikey", "password"]
-        .iter()
-        .any(|s| n.contains(s))
-}
-
+/// Rows stored before headers were redacted at write time are redacted again when shown.
 fn redacted_headers(headers: &[(String, String)]) -> Value {
     let mut map = serde_json::Map::new();
     for (k, v) in headers {
-        let value = if is_sensitive_header(k) { "[redacted]".to_string() } else { v.clone() };
+        let value = if is_credential_header(k) { REDACTED.to_string() } else { v.clone() };
         map.insert(k.clone(), Value::String(value));
     }
     Value::Object(map)

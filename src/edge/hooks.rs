@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::route::context_for_request;
 use crate::store::{new_id, now_ms, Insert, NewDelivery};
-use crate::verify::{Inbound, VerifyError};
+use crate::verify::{Inbound, Scheme, VerifyError};
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -129,7 +129,7 @@ async fn handle(
     // Without a provider delivery id nothing can be deduplicated; our own id keeps rows unique.
     let delivery = verified.delivery.unwrap_or_else(|| id.clone());
     // One copy of the headers: the routing context shares it, then the stored row takes it back.
-    let header_list = Arc::new(header_pairs(headers));
+    let header_list = Arc::new(header_pairs(headers, &source.verifier.scheme));
     let ctx = context_for_request(&source.name, &event, &delivery, &id, header_list.clone(), &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let jobs = live.routes.jobs_for(&ctx, received_at);
@@ -227,6 +227,36 @@ fn is_forgery(e: &VerifyError) -> bool {
     matches!(e, VerifyError::MissingSignature | VerifyError::InvalidSignature | VerifyError::StaleTimestamp)
 }
 
-fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+/// The request's headers as stored and as templates see them, with every credential replaced by
+/// `[redacted]`: what the sender proved itself with never reaches the database, the API or an action.
+fn header_pairs(headers: &HeaderMap, scheme: &Scheme) -> Vec<(String, String)> {
+    let own = match scheme {
+        Scheme::Hmac(options) => Some(options.signature_header.as_str()),
+        Scheme::Token(options) => Some(options.header.as_str()),
+        _ => None,
+    };
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str();
+            let value = match own.is_some_and(|own| own.eq_ignore_ascii_case(name)) || is_credential_header(name) {
+                true => REDACTED.to_string(),
+                false => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
+}
+
+/// What a credential header's value is stored as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Header names whose values are credentials or signatures wherever they appear: `Authorization`,
+/// `Proxy-Authorization`, `Cookie`, and every name with a word such as "signature" or "token" in it
+/// (`X-Hub-Signature-256`, `X-Gitlab-Token`, `webhook-signature`, …).
+pub fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["signature", "token", "secret", "authorization", "cookie", "hmac", "api-key", "apikey", "password"]
+        .iter()
+        .any(|s| n.contains(s))
 }

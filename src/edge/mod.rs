@@ -5,6 +5,7 @@ mod health;
 mod hooks;
 mod serve;
 
+pub use hooks::{is_credential_header, REDACTED};
 pub use serve::{connection_cap, serve, ClientAddr, ServeLimits};
 
 use std::sync::Arc;

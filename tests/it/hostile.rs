@@ -192,3 +192,130 @@ async fn the_connection_cap_is_lowered_to_what_the_open_file_limit_allows() {
     assert!(log.contains("server.max_connections lowered to fit the open-file limit"), "{log}");
     assert!(log.contains("cap=344"), "{log}");
 }
+
+const KEYED: &str = r#"
+[[sources]]
+name = "app"
+provider = "token"
+header = "X-Hook-Key"
+secrets = ["app-key-0123456789"]
+event_field = "type"
+
+[[routes]]
+name = "echo-headers"
+source = "app"
+action = { type = "command", argv = ["echo", "{{ headers['x-hook-key'] }} {{ headers['authorization'] }} {{ headers['cookie'] }}"] }
+"#;
+
+store_test! {
+    async fn credentials_in_request_headers_are_redacted_before_they_are_stored_or_routed(backend) {
+        let app = spawn_app(&backend, KEYED).await;
+        let response = app
+            .post_hook(
+                "app",
+                &[
+                    ("x-hook-key", "app-key-0123456789".to_string()),
+                    ("authorization", "Basic dXNlcjpwYXNz".to_string()),
+                    ("proxy-authorization", "Basic cHJveHk6cGFzcw==".to_string()),
+                    ("cookie", "session=abc123".to_string()),
+                    ("x-request-id", "kept-as-is".to_string()),
+                ],
+                r#"{"type":"order.created"}"#,
+            )
+            .await;
+        assert_eq!(response.status(), 202);
+        let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+        // What the store holds, read through the store itself (not the API's display).
+        let stored = app.store.get_delivery(&id).await.unwrap().unwrap().delivery.headers;
+        let value = |name: &str| stored.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap();
+        for name in ["x-hook-key", "authorization", "proxy-authorization", "cookie"] {
+            assert_eq!(value(name), "[redacted]", "{name}");
+        }
+        assert_eq!(value("x-request-id"), "kept-as-is");
+        let shown = app.admin_get(&format!("/api/v1/deliveries/{id}")).await;
+        assert_eq!(shown["headers"]["x-hook-key"], "[redacted]", "{shown}");
+
+        // Templates see the redacted values too: no credential reaches an action's output.
+        let jobs = terminal_jobs(&app, &id).await;
+        assert_eq!(jobs[0]["status"], "succeeded", "{jobs:?}");
+        let detail = app.admin_get(&format!("/api/v1/deliveries/{id}")).await.to_string();
+        assert!(!detail.contains("app-key-0123456789") && !detail.contains("abc123") && !detail.contains("dXNlcjpwYXNz"), "{detail}");
+        assert!(detail.contains("[redacted] [redacted] [redacted]"), "{detail}");
+    }
+}
+
+/// A real HTTP peer that records the path and query of every request and answers 200.
+async fn recording_peer() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let log = log.clone();
+        async move {
+            log.lock().unwrap().push(uri.to_string());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+store_test! {
+    async fn url_template_values_stay_inside_their_path_segment_or_query_value(backend) {
+        let (peer, seen) = recording_peer().await;
+        let routes = format!(
+            r#"
+[[routes]]
+name = "scan"
+source = "github"
+action = {{ type = "http", url = "{peer}/repos/{{{{ body.repository.name }}}}/scan?ref={{{{ body.ref }}}}" }}
+retry = {{ max_attempts = 1 }}
+
+[[routes]]
+name = "by-full-name"
+source = "github"
+filter = 'body.repository.full_name == "octo/hello"'
+action = {{ type = "http", url = "{peer}/repos/{{{{ body.repository.full_name | segments }}}}/scan" }}
+"#
+        );
+        let app = spawn_app(&backend, &format!("{GITHUB_SOURCE}{routes}")).await;
+
+        let hostile = serde_json::json!({
+            "ref": "main&admin=1",
+            "repository": { "name": "%2e%2e/admin/delete?all=1#", "full_name": "x/y" }
+        })
+        .to_string();
+        let id = app.github("push", "url-1", &hostile).await.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let jobs = terminal_jobs(&app, &id).await;
+        assert!(jobs.iter().all(|j| j["status"] == "succeeded"), "{jobs:?}");
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            ["/repos/%252e%252e%2Fadmin%2Fdelete%3Fall%3D1%23/scan?ref=main%26admin%3D1"]
+        );
+
+        // A plain `..` is a parent directory after decoding: the job fails and says why.
+        let climbing = serde_json::json!({ "ref": "main", "repository": { "name": "..", "full_name": "x/y" } }).to_string();
+        let id = app.github("push", "url-2", &climbing).await.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let jobs = terminal_jobs(&app, &id).await;
+        assert_eq!(jobs[0]["status"], "dead", "{jobs:?}");
+        assert!(jobs[0]["last_error"].as_str().unwrap().contains("'..' path segment"), "{jobs:?}");
+
+        // `segments` keeps a value's slashes as separators (owner/repo), each segment still encoded.
+        let body = push_body("refs/heads/main", "octo/hello");
+        let id = app.github("push", "url-3", &body).await.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        terminal_jobs(&app, &id).await;
+        assert!(seen.lock().unwrap().contains(&"/repos/octo/hello/scan".to_string()), "{:?}", seen.lock().unwrap());
+        assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
+    }
+}
