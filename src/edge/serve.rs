@@ -38,6 +38,11 @@ pub struct ServeLimits {
     pub header_timeout: Duration,
 }
 
+/// hyper's read buffer per connection: request heads larger than this are refused (431), and body bytes
+/// are handed over in pieces of at most this size (the default, ~400 KB, would let idle uploads hold
+/// 400 KB each outside the body budget).
+const READ_BUFFER: usize = 64 << 10;
+
 /// File descriptors kept for everything but client connections: the store's files and connections,
 /// command pipes, the listener, the runtime's own.
 const RESERVED_FILES: u64 = 256;
@@ -83,7 +88,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServeLimits, s
     let per_client = ConnectionsPerClient::new(limits.max_connections_per_ip);
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        // What hyper may buffer per connection beyond the body budget (a request head must fit too).
+        .max_buf_size(READ_BUFFER);
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
