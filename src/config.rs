@@ -892,6 +892,45 @@ mod tests {
     }
 
     #[test]
+    fn edge_limits_have_defaults_and_a_body_limit_must_fit_the_budget() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap();
+        assert_eq!(cfg.server.max_buffered, 256 << 20);
+        assert_eq!(cfg.server.max_connections_per_ip, 256);
+        assert_eq!((cfg.server.unverified_rate_limit.count, cfg.server.unverified_rate_limit.per.as_secs()), (60, 60));
+        let too_small = format!(
+            "[server]\nmax_buffered = \"1MiB\"\n{}",
+            MINIMAL.replace("secrets", "max_body = \"2MiB\"\nsecrets")
+        );
+        let err = parse(&too_small, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
+        assert!(err.starts_with("sources[0].max_body"), "{err}");
+        let zero = format!("[server]\nmax_connections_per_ip = 0\n{MINIMAL}");
+        let err = parse(&zero, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
+        assert!(err.starts_with("server.max_connections_per_ip"), "{err}");
+    }
+
+    #[test]
+    fn allowed_hosts_take_host_names_and_wildcard_domains_only() {
+        let route = |hosts: &str| {
+            MINIMAL.replace(
+                r#"action = { type = "command", argv = ["true"] }"#,
+                &format!(
+                    r#"action = {{ type = "http", url = "http://{{{{ body.host }}}}/x", allowed_hosts = {hosts} }}"#
+                ),
+            )
+        };
+        let ok = parse(
+            &route(r#"["scanner.internal", "*.agents.internal", "10.0.0.7"]"#),
+            Path::new(""),
+            &env(&[("GH_SECRET", "s")]),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [r#"["http://x"]"#, r#"["a/b"]"#, r#"["*"]"#, r#"[""]"#, r#"["x:80"]"#] {
+            let err = parse(&route(bad), Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
+            assert!(err.starts_with("routes[0].action.allowed_hosts[0]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn env_overrides_listen_and_store_url() {
         let e = env(&[
             ("GH_SECRET", "x"),
