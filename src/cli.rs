@@ -231,6 +231,9 @@ fn load(path: &Path) -> Result<crate::live::Live, String> {
 fn check(path: &Path) -> ExitCode {
     match load(path) {
         Ok(live) => {
+            for w in &live.config.warnings {
+                eprintln!("warning: {w}");
+            }
             for s in live.config.sources.iter().filter(|s| !s.enabled) {
                 eprintln!(
                     "warning: sources `{}` is off: {}",
@@ -268,6 +271,9 @@ async fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    let shutdown = CancellationToken::new();
+    // Before any command runs: as PID 1 in a container, nothing else would reap their orphans.
+    crate::actions::reaper::start();
     let app = match crate::startup::Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
@@ -275,7 +281,6 @@ async fn serve(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone(), app.state().live.clone(), path.to_path_buf()));
     match app.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,6 +94,7 @@ pub mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Admin {
         pub token: Option<String>,
+        pub auth_failure_limit: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -146,6 +147,7 @@ pub mod raw {
         pub concurrency: Option<usize>,
         pub enabled: Option<bool>,
         pub schedule: Option<String>,
+        pub env_pass: Option<Vec<String>>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,7 @@ pub mod raw {
         pub kind: Option<String>,
         pub argv: Option<Vec<String>>,
         pub env: Option<BTreeMap<String, String>>,
+        pub env_pass: Option<Vec<String>>,
         pub cwd: Option<String>,
         pub timeout: Option<String>,
         pub url: Option<String>,
@@ -203,9 +206,22 @@ pub struct Config {
     pub server: Server,
     pub store: StoreConfig,
     pub admin_token: Option<Secret>,
+    /// Failed admin authentications allowed per client address.
+    pub admin_auth_failure_limit: RateLimit,
     pub worker: WorkerConfig,
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
+    /// Weak spots worth a warning at start (never holding a secret's value).
+    pub warnings: Vec<ConfigWarning>,
+}
+
+/// Something that works but should not stay that way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigWarning {
+    #[error("{key}: a literal secret is written in the configuration; use env:NAME or file:PATH")]
+    LiteralSecret { key: String },
+    #[error("admin.token: shorter than 16 characters, so it can be guessed")]
+    ShortAdminToken,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +302,8 @@ pub enum Action {
     Command {
         argv: Vec<String>,
         env: Vec<(String, String)>,
+        /// Variables the command gets from hookgate's own environment (it starts with a clean one).
+        env_pass: Vec<String>,
         cwd: Option<String>,
         timeout: Duration,
     },
@@ -362,6 +380,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 }
 
 fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+    let mut warnings = literal_secrets(&file, env);
     let listen_text = env.var("HOOKGATE_LISTEN").or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen: SocketAddr = listen_text
         .parse()
@@ -399,6 +418,11 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
 
     let admin_token_ref = file.admin.token.unwrap_or_else(|| "env:HOOKGATE_ADMIN_TOKEN".into());
     let admin_token = resolve_secret("admin.token", &admin_token_ref, base, env)?;
+    let admin_auth_failure_limit =
+        parse_rate("admin.auth_failure_limit", file.admin.auth_failure_limit.as_deref().unwrap_or("10/m"))?;
+    if admin_token.as_ref().is_some_and(|t| String::from_utf8_lossy(t.expose()).chars().count() < 16) {
+        warnings.push(ConfigWarning::ShortAdminToken);
+    }
 
     let worker = WorkerConfig {
         concurrency: file.worker.concurrency.unwrap_or(32),
@@ -444,7 +468,7 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         routes.push(route);
     }
 
-    Ok(Config { server, store, admin_token, worker, sources, routes })
+    Ok(Config { server, store, admin_token, admin_auth_failure_limit, worker, sources, routes, warnings })
 }
 
 fn resolve_store_url(url: &str, base: &Path) -> String {
@@ -564,7 +588,15 @@ fn validate_route(
         return Err(invalid(key("source"), format!("no source named `{source}`")));
     }
     let action = raw.action.ok_or_else(|| invalid(key("action"), "missing"))?;
-    let action = validate_action(&key("action"), action, base, env)?;
+    let route_env_pass = validate_env_pass(&key("env_pass"), raw.env_pass)?;
+    let mut action = validate_action(&key("action"), action, base, env)?;
+    match &mut action {
+        Action::Command { env_pass, .. } => env_pass.extend(route_env_pass),
+        Action::Http { .. } if !route_env_pass.is_empty() => {
+            return Err(invalid(key("env_pass"), "env_pass belongs to command actions"));
+        }
+        Action::Http { .. } => {}
+    }
     let retry = match raw.retry {
         None => Retry::default(),
         Some(r) => {
@@ -639,6 +671,7 @@ fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> R
             Ok(Action::Command {
                 argv,
                 env: raw.env.unwrap_or_default().into_iter().collect(),
+                env_pass: validate_env_pass(&k("env_pass"), raw.env_pass)?,
                 cwd: raw.cwd,
                 timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(60))?,
             })
@@ -650,6 +683,9 @@ fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> R
             }
             if raw.argv.is_some() {
                 return Err(invalid(k("argv"), "argv belongs to type = \"command\""));
+            }
+            if raw.env_pass.is_some() {
+                return Err(invalid(k("env_pass"), "env_pass belongs to type = \"command\""));
             }
             let method_text = raw.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
             let method = http::Method::from_bytes(method_text.as_bytes())
@@ -793,10 +829,67 @@ pub fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
     }
 }
 
-/// Resolve `env:NAME`, `file:PATH` or a literal. `Ok(None)` when the variable is unset or the value empty.
+/// Names of variables a command may take from hookgate's environment: names only, no patterns.
+fn validate_env_pass(key: &str, names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let names = names.unwrap_or_default();
+    for (j, name) in names.iter().enumerate() {
+        let mut chars = name.chars();
+        let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(invalid(
+                format!("{key}[{j}]"),
+                format!("`{name}` is not a variable name (letters, digits and '_', not starting with a digit)"),
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Splits `env:NAME?fallback` into the name and the fallback.
+fn env_reference(rest: &str) -> (&str, Option<&str>) {
+    match rest.split_once('?') {
+        Some((name, fallback)) => (name, Some(fallback)),
+        None => (rest, None),
+    }
+}
+
+/// Whether a secret reference resolves to text written in the configuration itself: a literal, or an
+/// `env:NAME?fallback` whose variable is unset.
+fn is_literal(reference: &str, env: &dyn Env) -> bool {
+    if let Some(rest) = reference.strip_prefix("env:") {
+        let (name, fallback) = env_reference(rest);
+        fallback.is_some_and(|f| !f.is_empty()) && env.var(name).is_none_or(|v| v.is_empty())
+    } else {
+        !reference.starts_with("file:") && !reference.is_empty()
+    }
+}
+
+/// Every secret of the file that is written in it (the admin token's length is checked on its own).
+fn literal_secrets(file: &raw::File, env: &dyn Env) -> Vec<ConfigWarning> {
+    let mut refs: Vec<(String, &str)> = Vec::new();
+    if let Some(token) = &file.admin.token {
+        refs.push(("admin.token".into(), token));
+    }
+    for (i, s) in file.sources.iter().enumerate() {
+        for (j, r) in s.secrets.iter().chain(&s.secret).enumerate() {
+            refs.push((format!("sources[{i}].secrets[{j}]"), r));
+        }
+    }
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(secret) = r.action.as_ref().and_then(|a| a.sign.as_ref()).and_then(|s| s.secret.as_deref()) {
+            refs.push((format!("routes[{i}].action.sign.secret"), secret));
+        }
+    }
+    refs.into_iter().filter(|(_, r)| is_literal(r, env)).map(|(key, _)| ConfigWarning::LiteralSecret { key }).collect()
+}
+
+/// Resolve `env:NAME`, `file:PATH` or a literal; `env:NAME?fallback` uses the fallback only while the
+/// variable is unset or empty. `Ok(None)` when nothing usable is left.
 pub fn resolve_secret(key: &str, reference: &str, base: &Path, env: &dyn Env) -> Result<Option<Secret>, ConfigError> {
-    let value = if let Some(name) = reference.strip_prefix("env:") {
-        env.var(name)
+    let value = if let Some(rest) = reference.strip_prefix("env:") {
+        let (name, fallback) = env_reference(rest);
+        env.var(name).filter(|v| !v.is_empty()).or_else(|| fallback.map(str::to_string))
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = base.join(path);
         let text = std::fs::read_to_string(&path)
@@ -1030,6 +1123,73 @@ mod tests {
         let text = format!("[store]\nurl = \"sqlite://data/h.db\"\n{MINIMAL}");
         let cfg = parse(&text, Path::new("/etc/hookgate"), &env(&[])).unwrap();
         assert_eq!(cfg.store.url, "sqlite:///etc/hookgate/data/h.db");
+    }
+
+    #[test]
+    fn an_env_fallback_applies_only_while_the_variable_is_unset() {
+        let text = MINIMAL.replace("env:GH_SECRET", "env:GH_SECRET?change-me");
+        let set = parse(&text, Path::new(""), &env(&[("GH_SECRET", "from-env")])).unwrap();
+        assert_eq!(set.sources[0].verifier.secrets.len(), 1);
+        assert_eq!(set.sources[0].verifier.secrets[0].expose(), b"from-env");
+        assert!(set.warnings.is_empty(), "{:?}", set.warnings);
+        for unset in [env(&[]), env(&[("GH_SECRET", "")])] {
+            let cfg = parse(&text, Path::new(""), &unset).unwrap();
+            assert_eq!(cfg.sources[0].verifier.secrets.len(), 1);
+            assert_eq!(cfg.sources[0].verifier.secrets[0].expose(), b"change-me");
+            assert_eq!(cfg.warnings, [ConfigWarning::LiteralSecret { key: "sources[0].secrets[0]".into() }]);
+        }
+    }
+
+    #[test]
+    fn literal_secrets_and_a_short_admin_token_are_warned_about_without_their_values() {
+        let text = format!(
+            "[admin]\ntoken = \"short-admin\"\n{}",
+            MINIMAL.replace("[\"env:GH_SECRET\"]", "[\"env:GH_SECRET\", \"literal-one\", \"file:gh.secret\"]")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("gh.secret"), "from-file").unwrap();
+        let cfg = parse(&text, dir.path(), &env(&[("GH_SECRET", "x")])).unwrap();
+        assert_eq!(
+            cfg.warnings,
+            [
+                ConfigWarning::LiteralSecret { key: "admin.token".into() },
+                ConfigWarning::LiteralSecret { key: "sources[0].secrets[1]".into() },
+                ConfigWarning::ShortAdminToken,
+            ]
+        );
+        let shown: Vec<String> = cfg.warnings.iter().map(ToString::to_string).collect();
+        assert!(!shown.iter().any(|w| w.contains("short-admin") || w.contains("literal-one")), "{shown:?}");
+        let long =
+            parse(MINIMAL, Path::new(""), &env(&[("HOOKGATE_ADMIN_TOKEN", "a-token-of-16-ch"), ("GH_SECRET", "x")]));
+        assert!(long.unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn env_pass_takes_variable_names_only() {
+        let text = MINIMAL.replace("source = \"github\"", "source = \"github\"\nenv_pass = [\"KUBECONFIG\", \"_X1\"]");
+        let cfg = parse(&text, Path::new(""), &env(&[])).unwrap();
+        let Action::Command { env_pass, .. } = &cfg.routes[0].action else { panic!("a command") };
+        assert_eq!(env_pass, &["KUBECONFIG", "_X1"]);
+        for bad in ["LC_*", "1ABC", "A-B", "", "A=B"] {
+            let text = text.replace("\"_X1\"", &format!("{bad:?}"));
+            let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+            assert!(err.starts_with("routes[0].env_pass[1]"), "{bad}: {err}");
+        }
+        let in_action = MINIMAL.replace("argv = [\"true\"]", "argv = [\"true\"], env_pass = [\"no way\"]");
+        let err = parse(&in_action, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("routes[0].action.env_pass[0]"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_auth_failure_limit_is_a_rate() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[])).unwrap();
+        assert_eq!(
+            (cfg.admin_auth_failure_limit.count, cfg.admin_auth_failure_limit.per),
+            (10, Duration::from_secs(60))
+        );
+        let text = format!("[admin]\nauth_failure_limit = \"often\"\n{MINIMAL}");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.starts_with("admin.auth_failure_limit"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,9 @@ impl Application {
     /// Open the store (running migrations), compile the configuration and bind the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let live = Live::build(config)?;
+        for warning in &live.config.warnings {
+            tracing::warn!("{warning}");
+        }
         for source in live.config.sources.iter().filter(|s| !s.enabled) {
             let reason = source.disabled_reason.as_deref().unwrap_or("disabled");
             tracing::warn!(source = %source.name, reason, "source is off");

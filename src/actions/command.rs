@@ -3,11 +3,16 @@
 //! Output: stdout and stderr are merged in arrival order (like `2>&1`, chunk by chunk) into one buffer of at
 //! most `output_cap` bytes; the rest is read and discarded so a chatty child never blocks on a full pipe.
 //!
+//! Environment: a child starts clean — hookgate's own environment holds the admin token and every `env:`
+//! secret, and whatever a command prints ends up in the stored output. It gets `PATH`, `HOME`, `LANG`,
+//! `LC_*` and `TZ` from hookgate, the names the route lists in `env_pass`, and the route's `env` on top.
+//!
 //! Lifetime: the child leads a new process group. On timeout or cancellation the whole group gets SIGTERM,
 //! then SIGKILL after [`KILL_GRACE`]. When the child exits on its own, processes it left behind are left
 //! alone unless they keep stdout/stderr open for longer than [`PIPE_GRACE`]; then the group is killed too,
 //! so a stray background job cannot hold the attempt open.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
@@ -28,6 +33,11 @@ pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
 pub(super) const PIPE_GRACE: Duration = Duration::from_secs(1);
 /// Upper bound for reaping after SIGKILL and for the readers after the group is gone.
 const REAP_BOUND: Duration = Duration::from_secs(2);
+/// Variables every command gets from hookgate's environment: where programs are, whose home, which
+/// language and time zone. `LC_*` too.
+const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+/// For a gateway started without PATH (some init systems), so that argv[0] is still found.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
     let Some((program, args)) = spec.argv.split_first() else {
@@ -43,6 +53,8 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
     let mut command = Command::new(program);
     command
         .args(args)
+        .env_clear()
+        .envs(clean_env(std::env::vars_os(), &spec.env_pass))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -52,8 +64,8 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    let (mut child, owned) = match super::reaper::spawn(&mut command) {
+        Ok(spawned) => spawned,
         Err(e) => return spawn_error(program, &e),
     };
     let Some(group) = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw) else {
@@ -105,6 +117,9 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
         },
     };
     let output = captured.and_then(Captured::into_text);
+    // Reaped by now (or left to tokio's orphan queue): only then may the orphan reaper see its pid.
+    drop(child);
+    drop(owned);
 
     let (outcome, error) = match status {
         Ok(status) if status.success() => (Outcome::Success, None),
@@ -112,6 +127,19 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
         Err(error) => (Outcome::Retryable { retry_after: None }, Some(error)),
     };
     AttemptResult { outcome, error, output, status_code: None }
+}
+
+/// The part of `parent` (hookgate's environment) a command may see: the base names and `pass`.
+fn clean_env(parent: impl Iterator<Item = (OsString, OsString)>, pass: &[String]) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = parent
+        .filter(|(name, _)| {
+            name.to_str().is_some_and(|n| BASE_ENV.contains(&n) || n.starts_with("LC_") || pass.iter().any(|p| p == n))
+        })
+        .collect();
+    if !env.iter().any(|(name, _)| name == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    env
 }
 
 enum Ended {
@@ -294,6 +322,7 @@ mod tests {
         CommandSpec {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            env_pass: Vec::new(),
             cwd: None,
             timeout: Duration::from_secs(10),
             output_cap: 64 * 1024,
@@ -493,7 +522,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn env_and_cwd_are_applied_and_the_environment_is_inherited() {
+    async fn env_and_cwd_are_applied_on_a_clean_environment_that_keeps_path() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = spec(&["sh", "-c", r#"printf '%s|%s|%s' "$HOOKGATE_TEST_VALUE" "$(pwd -P)" "${PATH:+has-path}""#]);
         s.env = vec![("HOOKGATE_TEST_VALUE".into(), "a value; $(not run)".into())];
@@ -502,6 +531,50 @@ mod tests {
         assert_eq!(result.outcome, Outcome::Success);
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(result.output.unwrap(), format!("a value; $(not run)|{}|has-path", cwd.display()));
+    }
+
+    #[tokio::test]
+    async fn a_command_sees_only_the_base_variables_its_env_and_env_pass() {
+        // The test process's environment is full of CARGO_* and RUST* variables: only the one passed gets through.
+        let (passed, value) = std::env::vars()
+            .find(|(k, v)| !BASE_ENV.contains(&k.as_str()) && !k.starts_with("LC_") && !v.contains('\n'))
+            .expect("cargo runs tests with variables of its own");
+        let mut s = spec(&["env"]);
+        s.env = vec![("FROM_ROUTE".into(), "set".into())];
+        s.env_pass = vec![passed.clone()];
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Success);
+        let output = result.output.unwrap();
+        let names: Vec<&str> = output.lines().filter_map(|l| l.split_once('=').map(|(n, _)| n)).collect();
+        for name in &names {
+            let allowed =
+                BASE_ENV.contains(name) || name.starts_with("LC_") || *name == "FROM_ROUTE" || *name == passed;
+            assert!(allowed, "`{name}` reached the command:\n{output}");
+        }
+        assert!(output.lines().any(|l| l == "FROM_ROUTE=set"), "{output}");
+        assert!(output.lines().any(|l| l == format!("{passed}={value}")), "{output}");
+        assert!(names.contains(&"PATH"), "{output}");
+    }
+
+    #[test]
+    fn the_clean_environment_keeps_base_names_and_passed_ones_only() {
+        let parent = [
+            ("PATH", "/bin"),
+            ("HOME", "/home/h"),
+            ("LANG", "C.UTF-8"),
+            ("LC_TIME", "en_GB.UTF-8"),
+            ("TZ", "UTC"),
+            ("HOOKGATE_ADMIN_TOKEN", "admin-secret"),
+            ("GITHUB_WEBHOOK_SECRET", "gh-secret"),
+            ("DEPLOY_ENV", "prod"),
+            ("XLC_ALL", "x"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = clean_env(parent.clone().into_iter(), &["DEPLOY_ENV".into()]);
+        let names: Vec<_> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(names, ["PATH", "HOME", "LANG", "LC_TIME", "TZ", "DEPLOY_ENV"]);
+        let without_path = clean_env(parent.into_iter().skip(1), &[]);
+        assert!(without_path.contains(&("PATH".into(), DEFAULT_PATH.into())));
     }
 
     #[test]

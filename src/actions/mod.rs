@@ -5,6 +5,7 @@
 
 mod command;
 mod http;
+pub mod reaper;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -18,7 +19,10 @@ use crate::verify::{Scheme, Secret};
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     pub argv: Vec<String>,
+    /// Set on top of the clean environment a command starts with.
     pub env: Vec<(String, String)>,
+    /// Names taken from hookgate's own environment.
+    pub env_pass: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub timeout: Duration,
     /// Bytes of stdout+stderr kept on the attempt.

@@ -1,17 +1,20 @@
 //! admin: the bearer-token API over the store — deliveries, jobs, replay and retry. Off (404) without a token.
 
+mod auth;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use subtle::ConstantTimeEq;
 
-use crate::edge::AppState;
-use crate::edge::{is_credential_header, REDACTED};
+use crate::edge::{is_credential_header, AppState, ClientAddr, REDACTED};
 use crate::error::ApiError;
 use crate::route::EventContext;
 use crate::store::{
@@ -27,10 +30,13 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/api/v1/routes", get(list_routes))
         .route("/api/v1/routes/{name}/enable", post(enable_route))
+        // One guard per application (this router is built once per app), so tests never share one.
+        .layer(Extension(auth::Guard::new()))
 }
 
 /// Proof that the request carries the admin token. 404 when no token is configured (the API does not
-/// exist), 401 without the right bearer token.
+/// exist), 401 without the right bearer token, 429 while the client's address has used up its quota of
+/// failed attempts (then the token is not even looked at).
 pub struct AdminAuth;
 
 impl FromRequestParts<AppState> for AdminAuth {
@@ -41,18 +47,29 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(expected) = &live.config.admin_token else {
             return Err(ApiError::NotFound);
         };
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
-        if !presented.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.expose())) {
-            Ok(AdminAuth)
-        } else {
-            Err(ApiError::Unauthorized("a valid admin bearer token is required"))
+        let client = parts.extensions.get::<ClientAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let guard = parts.extensions.get::<Arc<auth::Guard>>().cloned().unwrap_or_else(auth::Guard::new);
+        if let Some(wait) = guard.blocked(client) {
+            tracing::debug!(path = %parts.uri.path(), "admin request refused: too many failed authentications");
+            return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
         }
+        let presented = parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let Err(failure) = auth::check(presented, expected.expose()) else {
+            return Ok(AdminAuth);
+        };
+        let blocked = guard.charge(client, &live.config.admin_auth_failure_limit);
+        // Client addresses are personal data: logged only when the operator asked for them.
+        let path = parts.uri.path();
+        let reason = failure.reason();
+        let limited = blocked.is_some();
+        match live.config.server.log_client_ip {
+            true => tracing::warn!(path = %path, reason, limited, client_ip = %client, "admin authentication failed"),
+            false => tracing::warn!(path = %path, reason, limited, "admin authentication failed"),
+        }
+        Err(match blocked {
+            Some(wait) => ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 },
+            None => ApiError::Unauthorized("a valid admin bearer token is required"),
+        })
     }
 }
 

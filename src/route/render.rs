@@ -103,6 +103,7 @@ pub(super) enum ActionTemplates {
     Command {
         argv: Vec<Text>,
         env: Vec<(String, Text)>,
+        env_pass: Vec<String>,
         cwd: Option<Text>,
         timeout: Duration,
     },
@@ -120,7 +121,7 @@ pub(super) enum ActionTemplates {
 impl ActionTemplates {
     pub(super) fn compile(env: &mut Environment<'static>, key: &str, action: &Action) -> Result<Self, ConfigError> {
         Ok(match action {
-            Action::Command { argv, env: vars, cwd, timeout } => ActionTemplates::Command {
+            Action::Command { argv, env: vars, env_pass, cwd, timeout } => ActionTemplates::Command {
                 argv: argv
                     .iter()
                     .enumerate()
@@ -130,6 +131,7 @@ impl ActionTemplates {
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), Text::compile(env, format!("{key}.env.{k}"), v)?)))
                     .collect::<Result<_, ConfigError>>()?,
+                env_pass: env_pass.clone(),
                 cwd: cwd.as_deref().map(|c| Text::compile(env, format!("{key}.cwd"), c)).transpose()?,
                 timeout: *timeout,
             },
@@ -157,7 +159,7 @@ impl ActionTemplates {
         output_cap: usize,
     ) -> Result<ActionSpec, RenderError> {
         match self {
-            ActionTemplates::Command { argv, env: vars, cwd, timeout } => {
+            ActionTemplates::Command { argv, env: vars, env_pass, cwd, timeout } => {
                 let mut rendered = Vec::with_capacity(argv.len());
                 for (i, arg) in argv.iter().enumerate() {
                     // argv[0] is the program: a value must not pick an option there either.
@@ -171,6 +173,7 @@ impl ActionTemplates {
                 Ok(ActionSpec::Command(CommandSpec {
                     argv: rendered,
                     env: vars,
+                    env_pass: env_pass.clone(),
                     cwd: cwd.map(Into::into),
                     timeout: *timeout,
                     output_cap,
@@ -212,6 +215,7 @@ mod tests {
         let action = Action::Command {
             argv: vec!["git".into(), "fetch".into(), template.into()],
             env: vec![],
+            env_pass: vec![],
             cwd: None,
             timeout: Duration::from_secs(1),
         };

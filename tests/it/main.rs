@@ -30,8 +30,10 @@ macro_rules! store_test {
 }
 
 mod admin;
+mod admin_auth;
 mod cli;
 mod cluster;
+mod commands_env;
 mod delivery;
 mod durability;
 mod edge;
@@ -39,6 +41,8 @@ mod helpers;
 mod hooks;
 mod hostile;
 mod logs;
+mod quickstart;
+mod reaper;
 mod roundtrip;
 mod scenarios;
 mod secret_sync;

@@ -1,0 +1,96 @@
+//! Commands start with a clean environment: the gateway's secrets never reach a child, so they can never
+//! land in the stored output the admin API and dashboard show; `env_pass` names and PATH still do.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const UNLISTED: &str = "unlisted-value-of-the-operator";
+const PASSED: &str = "eu-north-7";
+
+fn config(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[store]
+url = "sqlite://{dir}/hookgate.db"
+
+[admin]
+token = "env:HOOKGATE_ADMIN_TOKEN"
+
+[worker]
+poll_interval = "100ms"
+output_cap = "1MiB"   # the whole environment, however large, so nothing could hide past the cap
+
+[[sources]]
+name = "github"
+provider = "github"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+
+[[routes]]
+name = "print-env"
+source = "github"
+env_pass = ["DEPLOY_REGION"]
+action = {{ type = "command", argv = ["env"], env = {{ FROM_ROUTE = "route-value" }} }}
+
+[[routes]]
+name = "path-works"
+source = "github"
+action = {{ type = "command", argv = ["sh", "-c", "ls / > /dev/null && echo path-works"], env_pass = ["UNSET_BUT_LISTED"] }}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_never_sees_the_admin_token_or_a_secret_but_gets_env_pass_names_and_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinaryServer::start(
+        &config(dir.path()),
+        &[
+            ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET),
+            ("DEPLOY_REGION", PASSED),
+            ("UNLISTED_VARIABLE", UNLISTED),
+        ],
+    );
+    let body = push_body("refs/heads/main", "octo/env");
+    let mut request = reqwest::Client::new().post(format!("{}/hooks/github", server.addr)).body(body.clone());
+    for (name, value) in github_headers("push", "env-1", &body) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    let jobs = eventually(Duration::from_secs(20), "both commands to succeed", || async {
+        let detail = admin_json(&server.addr, &format!("/api/v1/deliveries/{id}")).await;
+        let jobs = detail["jobs"].as_array().unwrap().clone();
+        (jobs.len() == 2 && jobs.iter().all(|j| j["status"] == "succeeded")).then_some(jobs)
+    })
+    .await;
+    let output = |route: &str| -> String {
+        let job = jobs.iter().find(|j| j["route"] == route).unwrap();
+        job["attempt_log"][0]["output"].as_str().unwrap_or_default().to_string()
+    };
+
+    let env = output("print-env");
+    for secret in [ADMIN_TOKEN, GITHUB_SECRET, UNLISTED] {
+        assert!(!env.contains(secret), "the stored output holds {secret:?}:\n{env}");
+    }
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(n, _)| n)).collect();
+    for name in &names {
+        let allowed =
+            ["PATH", "HOME", "LANG", "TZ", "DEPLOY_REGION", "FROM_ROUTE"].contains(name) || name.starts_with("LC_");
+        assert!(allowed, "`{name}` reached the command:\n{env}");
+    }
+    assert!(env.lines().any(|l| l == format!("DEPLOY_REGION={PASSED}")), "{env}");
+    assert!(env.lines().any(|l| l == "FROM_ROUTE=route-value"), "{env}");
+    assert!(env.lines().any(|l| l.starts_with("PATH=/")), "{env}");
+    assert_eq!(output("path-works"), "path-works\n");
+}
