@@ -308,6 +308,9 @@ async fn watch_signals(shutdown: CancellationToken, live: crate::live::LiveHandl
                     if next.config.store.url != old.config.store.url || next.config.server.listen != old.config.server.listen {
                         tracing::warn!("store.url and server.listen change only on restart");
                     }
+                    for warning in &next.config.warnings {
+                        tracing::warn!("{warning}");
+                    }
                     live.replace(next);
                     tracing::info!("configuration reloaded");
                 }

@@ -48,7 +48,11 @@ impl FromRequestParts<AppState> for AdminAuth {
             return Err(ApiError::NotFound);
         };
         let client = parts.extensions.get::<ClientAddr>().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        let guard = parts.extensions.get::<Arc<auth::Guard>>().cloned().unwrap_or_else(auth::Guard::new);
+        let Some(guard) = parts.extensions.get::<Arc<auth::Guard>>().cloned() else {
+            // A route added outside `router()` would go unlimited: refuse loudly instead.
+            tracing::error!(path = %parts.uri.path(), "admin route without the authentication guard");
+            return Err(ApiError::Internal);
+        };
         if let Some(wait) = guard.blocked(client) {
             tracing::debug!(path = %parts.uri.path(), "admin request refused: too many failed authentications");
             return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
