@@ -4,18 +4,15 @@
 //! up, the address is answered 429 without its token being looked at until the quota has room again, so
 //! a guesser cannot keep trying at full speed while a dashboard that holds the right token is never slowed.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
-use std::num::NonZeroU32;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::RateLimit;
+use crate::edge::guard::UnverifiedLimiter;
 
 /// Addresses tracked before expired entries are swept out.
 const SWEEP_AT: usize = 4096;
@@ -61,78 +58,47 @@ pub fn check(header: Option<&[u8]>, expected: &[u8]) -> Result<(), Failure> {
     }
 }
 
-/// Failed authentications per client address; one per application, shared by its admin routes.
+/// Failed authentications per client address (the edge's limiter for failed verifications, with the
+/// admin quota); one per application, shared by its admin routes.
 #[derive(Default)]
 pub struct Guard {
-    inner: Mutex<Inner>,
+    /// The quota the limiter was built for: a reload that changes it starts afresh.
+    current: Mutex<Option<(Quota, Arc<UnverifiedLimiter>)>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// The quota the limiter was built for: a reload that changes it starts afresh.
-    quota: Option<(u32, Duration)>,
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
-    /// Addresses whose quota is used up, until when.
-    blocked: HashMap<IpAddr, Instant>,
-}
+/// (count, per) of the rate a limiter was built for.
+type Quota = (u32, Duration);
 
 impl Guard {
     pub fn new() -> Arc<Self> {
         Arc::new(Guard::default())
     }
 
+    fn limiter(&self, rate: &RateLimit) -> Arc<UnverifiedLimiter> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match &*current {
+            Some((quota, limiter)) if *quota == (rate.count, rate.per) => limiter.clone(),
+            _ => {
+                let limiter = Arc::new(UnverifiedLimiter::new(rate));
+                *current = Some(((rate.count, rate.per), limiter.clone()));
+                limiter
+            }
+        }
+    }
+
     /// Some(wait) while `client` must not try again.
-    pub fn blocked(&self, client: IpAddr) -> Option<Duration> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let until = *inner.blocked.get(&key(client))?;
-        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    pub fn blocked(&self, client: IpAddr, rate: &RateLimit) -> Option<Duration> {
+        self.limiter(rate).blocked_for(client).filter(|d| !d.is_zero())
     }
 
     /// Charge one failure to `client`. Some(wait) when that used up its quota.
     pub fn charge(&self, client: IpAddr, rate: &RateLimit) -> Option<Duration> {
-        let client = key(client);
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted = (rate.count, rate.per);
-        if inner.quota != Some(wanted) {
-            inner.quota = Some(wanted);
-            inner.limiter = Some(Arc::new(DefaultKeyedRateLimiter::keyed(quota(rate))));
-            inner.blocked.clear();
+        let limiter = self.limiter(rate);
+        if limiter.clients() >= SWEEP_AT {
+            limiter.forget_idle();
         }
-        let limiter = inner.limiter.clone()?;
-        let now = Instant::now();
-        if limiter.len() >= SWEEP_AT {
-            limiter.retain_recent();
-        }
-        if inner.blocked.len() >= SWEEP_AT {
-            inner.blocked.retain(|_, until| *until > now);
-        }
-        match limiter.check_key(&client) {
-            Ok(()) => None,
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now()).max(Duration::from_millis(1));
-                inner.blocked.insert(client, now + wait);
-                Some(wait)
-            }
-        }
+        limiter.failed(client).map(|wait| wait.max(Duration::from_millis(1)))
     }
-}
-
-/// An IPv6 host usually holds a whole /64: one quota for the prefix, or a guesser could rotate addresses.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked above")),
-        v4 => v4,
-    }
-}
-
-fn quota(rate: &RateLimit) -> Quota {
-    let count = NonZeroU32::new(rate.count).unwrap_or(NonZeroU32::MIN);
-    let period = (rate.per / count.get()).max(Duration::from_nanos(1));
-    Quota::with_period(period).expect("period is positive").allow_burst(count)
 }
 
 #[cfg(test)]
@@ -172,12 +138,12 @@ mod tests {
         let other: IpAddr = "192.0.2.8".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(guard.charge(guesser, &rate), None);
-            assert_eq!(guard.blocked(guesser), None);
+            assert_eq!(guard.blocked(guesser, &rate), None);
         }
         let wait = guard.charge(guesser, &rate).expect("the fourth failure is over the quota");
         assert!(wait > Duration::from_secs(15) && wait <= Duration::from_secs(20), "{wait:?}");
-        assert!(guard.blocked(guesser).is_some());
-        assert_eq!(guard.blocked(other), None);
+        assert!(guard.blocked(guesser, &rate).is_some());
+        assert_eq!(guard.blocked(other, &rate), None);
         assert_eq!(guard.charge(other, &rate), None);
     }
 
@@ -187,8 +153,7 @@ mod tests {
         let rate = RateLimit { count: 1, per: Duration::from_secs(60) };
         assert_eq!(guard.charge("2001:db8:1:2::1".parse().unwrap(), &rate), None);
         assert!(guard.charge("2001:db8:1:2:ffff::9".parse().unwrap(), &rate).is_some());
-        assert!(guard.blocked("2001:db8:1:2::abcd".parse().unwrap()).is_some());
-        assert_eq!(guard.blocked("2001:db8:1:3::1".parse().unwrap()), None);
-        assert_eq!(key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert!(guard.blocked("2001:db8:1:2::abcd".parse().unwrap(), &rate).is_some());
+        assert_eq!(guard.blocked("2001:db8:1:3::1".parse().unwrap(), &rate), None);
     }
 }

@@ -53,7 +53,8 @@ impl FromRequestParts<AppState> for AdminAuth {
             tracing::error!(path = %parts.uri.path(), "admin route without the authentication guard");
             return Err(ApiError::Internal);
         };
-        if let Some(wait) = guard.blocked(client) {
+        let rate = &live.config.admin_auth_failure_limit;
+        if let Some(wait) = guard.blocked(client, rate) {
             tracing::debug!(path = %parts.uri.path(), "admin request refused: too many failed authentications");
             return Err(ApiError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
         }
@@ -61,7 +62,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Err(failure) = auth::check(presented, expected.expose()) else {
             return Ok(AdminAuth);
         };
-        let blocked = guard.charge(client, &live.config.admin_auth_failure_limit);
+        let blocked = guard.charge(client, rate);
         // Client addresses are personal data: logged only when the operator asked for them.
         let path = parts.uri.path();
         let reason = failure.reason();
