@@ -132,3 +132,54 @@ async fn as_pid_1_orphans_of_commands_are_reaped_and_exit_codes_still_reach_thei
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}: {}", server.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_a_container_orphans_of_commands_come_back_to_hookgate_and_are_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("background.pid");
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[store]
+url = "sqlite://{dir}/hookgate.db"
+[admin]
+token = "env:HOOKGATE_ADMIN_TOKEN"
+[worker]
+poll_interval = "100ms"
+{GITHUB_SOURCE}
+[[routes]]
+name = "background"
+source = "github"
+action = {{ type = "command", argv = ["sh", "-c", "sleep 2 > /dev/null 2>&1 & echo $! > '{pid_file}'"] }}
+"#,
+        dir = dir.path().display(),
+        pid_file = pid_file.display()
+    );
+    let config = dir.path().join("hookgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let server = BinaryServer::start(&config, &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let hookgate = server.child.id();
+
+    let body = push_body("refs/heads/main", "octo/orphan");
+    let mut request = reqwest::Client::new().post(format!("{}/hooks/github", server.addr)).body(body.clone());
+    for (name, value) in github_headers("push", "orphan-1", &body) {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+
+    let background: u32 = eventually(Duration::from_secs(20), "the background pid", || async {
+        std::fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse().ok())
+    })
+    .await;
+    // Its shell has exited: as a child subreaper hookgate, not init, is now its parent...
+    eventually(Duration::from_secs(5), "the orphan to be hookgate's child", || async {
+        state_and_parent(background).filter(|(_, ppid)| *ppid == hookgate).map(|_| ())
+    })
+    .await;
+    // ...and waits for it when it ends, so it does not stay a zombie.
+    eventually(Duration::from_secs(10), "the orphan to be reaped", || async {
+        state_and_parent(background).is_none_or(|(_, ppid)| ppid != hookgate).then_some(())
+    })
+    .await;
+}
