@@ -5,7 +5,7 @@
 
 mod command;
 mod http;
-pub mod reaper;
+pub(crate) mod reaper;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -22,6 +22,9 @@ static OWNED: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 
 /// Look again this often even without a SIGCHLD (signals coalesce; one may come before we listen).
 const BACKSTOP: Duration = Duration::from_secs(5);
+/// At most one scan per this interval: a burst of command exits is one scan, and a zombie waiting this
+/// long harms nobody.
+const SETTLE: Duration = Duration::from_millis(100);
 
 fn owned() -> std::sync::MutexGuard<'static, BTreeSet<u32>> {
     OWNED.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,6 +73,7 @@ pub fn start() {
             if n > 0 {
                 tracing::debug!(reaped = n, "orphaned processes reaped");
             }
+            tokio::time::sleep(SETTLE).await;
             tokio::select! {
                 () = tokio::time::sleep(BACKSTOP) => {}
                 Some(()) = async { match sigchld.as_mut() { Some(s) => s.recv().await, None => None } } => {}
