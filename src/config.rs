@@ -415,6 +415,10 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         retention: opt_duration("store.retention", file.store.retention.as_deref(), Duration::from_secs(7 * 86400))?,
     };
     let store = StoreConfig { url: resolve_store_url(&store.url, base), ..store };
+    if store.url.starts_with("postgres://") || store.url.starts_with("postgresql://") {
+        // sslmode and the certificate files are checked now, not at the first connection.
+        crate::store::postgres_tls::connect_options(&store.url).map_err(|e| invalid("store.url", e.to_string()))?;
+    }
 
     let admin_token_ref = file.admin.token.unwrap_or_else(|| "env:HOOKGATE_ADMIN_TOKEN".into());
     let admin_token = resolve_secret("admin.token", &admin_token_ref, base, env)?;

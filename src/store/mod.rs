@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod sqlite;
 
 use std::sync::Arc;

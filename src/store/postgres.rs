@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
+use super::postgres_tls::{connect_options, error_chain};
 use super::*;
 
 /// Versioned schema steps; a step never changes once released.
@@ -27,8 +28,8 @@ pub struct PostgresStore {
     pool: Pool,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(error_chain(&e))
 }
 
 /// Jobs to claim, in queue order: expired leases first, then due queued jobs read from the `jobs_queue`
@@ -104,16 +105,19 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
                 StoreError::Internal(e.to_string())
             }
         }
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(error_chain(&e)),
     }
 }
 
 impl PostgresStore {
     /// Connect (lazily: a server that is down now may come back) and apply pending migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config =
-            url.parse().map_err(|e| StoreError::Internal(format!("bad PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let options = connect_options(url).map_err(|e| StoreError::Internal(format!("store.url: {e}")))?;
+        let manager = Manager::from_config(
+            options.config,
+            options.tls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
@@ -642,7 +646,8 @@ impl Store for PostgresStore {
 /// Create a fresh, empty schema on the server of `base_url` and return a URL whose connections use it.
 /// Tests give every case its own schema this way; nothing else should need it.
 pub async fn fresh_schema_url(base_url: &str) -> Result<String, StoreError> {
-    let (client, connection) = tokio_postgres::connect(base_url, NoTls).await.map_err(pg_error)?;
+    let options = connect_options(base_url).map_err(|e| StoreError::Internal(format!("store.url: {e}")))?;
+    let (client, connection) = options.config.connect(options.tls).await.map_err(pg_error)?;
     let task = tokio::spawn(connection);
     let schema = format!("hookgate_test_{}", new_id().replace('-', ""));
     client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.map_err(pg_error)?;

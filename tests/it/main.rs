@@ -41,6 +41,7 @@ mod helpers;
 mod hooks;
 mod hostile;
 mod logs;
+mod postgres_tls;
 mod quickstart;
 mod reaper;
 mod roundtrip;
