@@ -241,10 +241,17 @@ pub struct Server {
     pub unverified_rate_limit: RateLimit,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreConfig {
     pub url: String,
     pub retention: Duration,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = crate::store::postgres_tls::redacted(&self.url);
+        f.debug_struct("StoreConfig").field("url", &url).field("retention", &self.retention).finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1200,5 +1207,8 @@ mod tests {
     fn debug_output_never_shows_secrets() {
         let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "hunter2-secret")])).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2-secret"));
+        let e = env(&[("GH_SECRET", "x"), ("HOOKGATE_STORE_URL", "postgres://app:hunter2-pw@db/h?sslmode=require")]);
+        let cfg = parse(MINIMAL, Path::new(""), &e).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2-pw"));
     }
 }

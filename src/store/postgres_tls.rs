@@ -123,6 +123,37 @@ pub fn connect_options(url: &str) -> Result<ConnectOptions, TlsConfigError> {
     Ok(ConnectOptions { config, tls, plan })
 }
 
+/// `url` with its password (in the user part or a `password=` parameter) replaced by `***`, for Debug output.
+pub fn redacted(url: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((user, hosts)) => match user.split_once(':') {
+                    Some((name, _)) => format!("{scheme}://{name}:***@{hosts}{path}"),
+                    None => head.to_string(),
+                },
+                None => head.to_string(),
+            }
+        }
+        None => head.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| if pair.starts_with("password=") { "password=***".to_string() } else { pair.to_string() })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
 /// An error with its causes: tokio-postgres' own message for a failed handshake or connection is only
 /// "error performing TLS handshake", the reason (an unknown issuer, a name mismatch) is in its source.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -393,6 +424,17 @@ mod tests {
         assert_eq!(p.sslmode.as_deref(), Some("require"));
         let (rest, p) = split_url("postgresql://h/db").unwrap();
         assert_eq!((rest.as_str(), p), ("postgresql://h/db", TlsParams::default()));
+    }
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        assert_eq!(
+            redacted("postgres://app:hunter2@db1,db2:5432/x?sslmode=require&password=hunter3"),
+            "postgres://app:***@db1,db2:5432/x?sslmode=require&password=***"
+        );
+        assert_eq!(redacted("postgres://app:p%40ss@db/x"), "postgres://app:***@db/x");
+        assert_eq!(redacted("postgres://app@db/x?sslmode=verify-full"), "postgres://app@db/x?sslmode=verify-full");
+        assert_eq!(redacted("sqlite:///var/lib/hookgate.db"), "sqlite:///var/lib/hookgate.db");
     }
 
     #[test]
