@@ -2,7 +2,8 @@
 //!
 //! Each write is one transaction on a pooled connection (a delivery whose jobs have no coalesce key is a
 //! single statement: one round trip); PostgreSQL's own group commit batches the WAL flushes of concurrent
-//! requests. A lost server answers `Unavailable` and the pool reconnects by itself.
+//! requests. A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as
+//! the URL's `sslmode` asks, the way libpq reads it (`postgres_tls`).
 
 use std::collections::HashSet;
 use std::time::Duration;
