@@ -293,6 +293,7 @@ fn client_config(plan: &TlsPlan) -> Result<ClientConfig, TlsConfigError> {
     };
     let mut config = match &plan.client_identity {
         None => builder.with_no_client_auth(),
+        Some(_) if plan.mode == SslMode::Disable => builder.with_no_client_auth(),
         Some((cert_path, key_path)) => {
             let certs = certificates("sslcert", cert_path)?;
             let key = PrivateKeyDer::from_pem_slice(&read("sslkey", key_path)?)
@@ -497,8 +498,10 @@ mod tests {
         std::fs::write(&junk, "not a certificate").unwrap();
         let url = format!("postgres://h/db?sslmode=require&sslrootcert={}", junk.display());
         assert!(matches!(connect_options(&url).err().unwrap(), TlsConfigError::NoCertificate { .. }));
-        // disable never uses TLS, so its roots are not read (as libpq ignores them).
-        let url = "postgres://h/db?sslmode=disable&sslrootcert=/nonexistent/ca.pem";
+        let url = "postgres://h/db?sslmode=require&sslcert=/no/c.pem&sslkey=/no/c.key";
+        assert!(matches!(connect_options(url).err().unwrap(), TlsConfigError::Read { param: "sslcert", .. }));
+        // disable never uses TLS, so its files are not read (libpq ignores them too).
+        let url = "postgres://h/db?sslmode=disable&sslrootcert=/nonexistent/ca.pem&sslcert=/no/c.pem&sslkey=/no/c.key";
         assert_eq!(connect_options(url).unwrap().config.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
     }
 
