@@ -348,6 +348,36 @@ fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, Store
     Ok(conn)
 }
 
+/// The database holds webhook bodies and headers: only its owner may read it. SQLite gives the `-wal`, `-shm`
+/// and `-journal` files it creates the database file's mode, so creating that file 0600 (before SQLite
+/// does, with the process umask) covers them all. Files left with wider modes by an older version are
+/// tightened, and the operator is told.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+    match created {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(unavailable(format!("cannot create {}: {e}", path.display()))),
+    }
+    let companions = ["-wal", "-shm", "-journal"].map(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    });
+    for file in std::iter::once(path.to_path_buf()).chain(companions) {
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| unavailable(format!("cannot restrict the permissions of {}: {e}", file.display())))?;
+        tracing::warn!(file = %file.display(), was = format!("{mode:o}"), "a SQLite file was readable by others; now 600");
+    }
+    Ok(())
+}
+
 /// Apply every migration not yet recorded in `schema_migrations`, in one transaction.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
@@ -387,6 +417,7 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", parent.display())))?;
         }
+        owner_only(&path)?;
         let mut conn = Connection::open(&path).map_err(sql_error)?;
         configure_writer(&conn, &options)?;
         migrate(&mut conn)?;
@@ -1795,5 +1826,37 @@ mod tests {
     #[tokio::test]
     async fn an_in_memory_path_is_refused() {
         assert!(SqliteStore::open(":memory:").await.is_err());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_fresh_database_and_its_wal_and_shm_files_are_readable_by_their_owner_only() {
+        let (dir, store) = fresh().await;
+        store_one(&store, "d1", vec![job("r", None)]).await;
+        let db = dir.path().join("nested/dir/hookgate.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", db.display()));
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_existing_database_readable_by_others_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("hookgate.db");
+        let store = SqliteStore::open(db.to_str().unwrap()).await.unwrap();
+        let id = store_one(&store, "d1", vec![]).await;
+        store.close().await;
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(db.to_str().unwrap()).await.unwrap();
+        assert_eq!(mode(&db), 0o600);
+        assert!(store.get_delivery(&id).await.unwrap().is_some(), "the data is still there");
+        store_one(&store, "d2", vec![]).await;
+        assert_eq!(mode(&dir.path().join("hookgate.db-wal")), 0o600);
     }
 }
