@@ -101,6 +101,7 @@ async fn worker(jobs: usize, concurrency: usize) {
                     received_at: now_ms(),
                     headers: vec![("content-type".into(), "application/json".into())],
                     body: Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}"),
+                    replay_key: None,
                 };
                 let job = NewJob { id: new_id(), route: "noop".into(), coalesce_key: None, run_at: now_ms() };
                 store.insert_delivery(delivery, vec![job]).await.expect("insert");

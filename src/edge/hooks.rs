@@ -147,6 +147,7 @@ async fn handle(
                 received_at,
                 headers: header_list,
                 body,
+                replay_key: verified.replay,
             },
             jobs,
         )

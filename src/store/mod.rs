@@ -49,6 +49,9 @@ pub struct NewDelivery {
     /// Lower-case header names, in arrival order, as received.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// A digest of the signed (timestamp, body) pair, for timestamped schemes: a second dedup key together
+    /// with `source`, so a replay under a new delivery id is a duplicate too.
+    pub replay_key: Option<String>,
 }
 
 /// A job to create for a delivery (one per matching route).
@@ -66,7 +69,8 @@ pub struct NewJob {
 pub enum Insert {
     /// Committed; `jobs` counts the jobs created or merged into a queued job.
     Stored { id: String, jobs: usize },
-    /// (source, delivery) was already stored; nothing was written.
+    /// (source, delivery), or (source, replay_key), was already stored; nothing was written. `id` is the
+    /// first copy's.
     Duplicate { id: String },
 }
 
@@ -230,9 +234,10 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Commit a delivery and its jobs atomically and durably. If (source, delivery) exists, write nothing
-    /// and return `Duplicate`. A job with a `coalesce_key` for which a *queued* job of the same route and key
-    /// exists is merged into it: the queued job now points at this (newer) delivery and `merged` grows.
+    /// Commit a delivery and its jobs atomically and durably. If (source, delivery) or (source, replay_key)
+    /// exists, write nothing and return `Duplicate`. A job with a `coalesce_key` for which a *queued* job of
+    /// the same route and key exists is merged into it: the queued job now points at this (newer) delivery
+    /// and `merged` grows.
     async fn insert_delivery(&self, delivery: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError>;
 
     /// Add jobs to a stored delivery (replay, schedules); coalescing applies. Returns jobs created or merged.

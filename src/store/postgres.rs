@@ -19,6 +19,8 @@ use super::*;
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
     (2, include_str!("migrations/postgres/0002_claim_order.sql")),
+    // Version 3 is SQLite's body codec; PostgreSQL compresses large values itself (TOAST).
+    (4, include_str!("migrations/postgres/0004_replay_key.sql")),
 ];
 
 /// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
@@ -263,24 +265,33 @@ async fn insert_jobs_tx(
     Ok(count)
 }
 
-/// The id hookgate gave the first copy of a delivery that arrived again.
+/// The id hookgate gave the first copy of a delivery that arrived again: same (source, delivery), else same
+/// (source, replay_key).
 async fn existing_delivery_id(
     client: &impl tokio_postgres::GenericClient,
     d: &NewDelivery,
 ) -> Result<String, StoreError> {
-    let row = client
-        .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
-        .await
-        .map_err(pg_error)?;
-    Ok(row.get(0))
+    let mut lookups = vec![("delivery", d.delivery.as_str())];
+    lookups.extend(d.replay_key.as_deref().map(|key| ("replay_key", key)));
+    for (column, value) in lookups {
+        let row = client
+            .query_opt(&format!("SELECT id FROM deliveries WHERE source = $1 AND {column} = $2"), &[&d.source, &value])
+            .await
+            .map_err(pg_error)?;
+        if let Some(row) = row {
+            return Ok(row.get(0));
+        }
+    }
+    // Only the primary key is left to clash: a bug in the caller, never a duplicate.
+    Err(StoreError::Internal(format!("delivery id {} is already taken", d.id)))
 }
 
 /// A delivery and its jobs in one statement (one round trip, its own transaction), for the common case of
 /// jobs without a coalesce key: nothing to merge, so nothing to lock. A duplicate inserts nothing.
 const INSERT_UNKEYED: &str = "WITH d AS (
-         INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (source, delivery) DO NOTHING RETURNING id
+         INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body, replay_key)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $11)
+         ON CONFLICT DO NOTHING RETURNING id
      ), j AS (
          INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at, created_at, updated_at, merged)
          SELECT u.id, d.id, u.route, NULL, 'queued', 0, u.run_at, $5, $5, 0
@@ -302,7 +313,19 @@ async fn insert_unkeyed(
     let row = client
         .query_one(
             &statement,
-            &[&d.id, &d.source, &d.event, &d.delivery, &d.received_at, &headers, &&d.body[..], &ids, &routes, &run_at],
+            &[
+                &d.id,
+                &d.source,
+                &d.event,
+                &d.delivery,
+                &d.received_at,
+                &headers,
+                &&d.body[..],
+                &ids,
+                &routes,
+                &run_at,
+                &d.replay_key,
+            ],
         )
         .await
         .map_err(pg_error)?;
@@ -329,23 +352,29 @@ impl Store for PostgresStore {
         let inserted = tx
             .query_opt(
                 &tx.prepare_cached(
-                    "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (source, delivery) DO NOTHING RETURNING id",
+                    "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body, replay_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT DO NOTHING RETURNING id",
                 )
                 .await
                 .map_err(pg_error)?,
-                &[&d.id, &d.source, &d.event, &d.delivery, &d.received_at, &headers_to_text(&d.headers), &&d.body[..]],
+                &[
+                    &d.id,
+                    &d.source,
+                    &d.event,
+                    &d.delivery,
+                    &d.received_at,
+                    &headers_to_text(&d.headers),
+                    &&d.body[..],
+                    &d.replay_key,
+                ],
             )
             .await
             .map_err(pg_error)?;
         if inserted.is_none() {
-            let existing = tx
-                .query_one("SELECT id FROM deliveries WHERE source = $1 AND delivery = $2", &[&d.source, &d.delivery])
-                .await
-                .map_err(pg_error)?;
+            let existing = existing_delivery_id(&*tx, &d).await?;
             tx.rollback().await.map_err(pg_error)?;
-            return Ok(Insert::Duplicate { id: existing.get(0) });
+            return Ok(Insert::Duplicate { id: existing });
         }
         let count = insert_jobs_tx(&tx, &d.id, &jobs, d.received_at).await?;
         tx.commit().await.map_err(pg_error)?;
@@ -680,6 +709,7 @@ mod tests {
             received_at: now_ms(),
             headers: vec![("x-a".into(), "1".into())],
             body: Bytes::from_static(b"{}"),
+            replay_key: None,
         }
     }
 
@@ -691,7 +721,7 @@ mod tests {
     async fn migrations_apply_once_and_record_their_version() {
         let Some(store) = store().await else { return };
         store.migrate().await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i32);
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_claim_order.sql")),
     (3, include_str!("migrations/sqlite/0003_body_codec.sql")),
+    (4, include_str!("migrations/sqlite/0004_replay_key.sql")),
 ];
 
 /// The most commands one transaction takes; bounds the latency a batch adds to its first request.
@@ -658,9 +659,9 @@ fn insert_delivery_tx(conn: &Connection, row: &DeliveryRow, jobs: &[NewJob]) -> 
     let d = &row.delivery;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body, body_codec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (source, delivery) DO NOTHING",
+            "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body, body_codec, replay_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT DO NOTHING",
         )
         .map_err(sql_error)?
         .execute(params![
@@ -671,19 +672,34 @@ fn insert_delivery_tx(conn: &Connection, row: &DeliveryRow, jobs: &[NewJob]) -> 
             d.received_at,
             row.headers,
             &row.body[..],
-            row.codec as i64
+            row.codec as i64,
+            d.replay_key,
         ])
         .map_err(sql_error)?;
     if inserted == 0 {
-        let id: String = conn
-            .prepare_cached("SELECT id FROM deliveries WHERE source = ?1 AND delivery = ?2")
-            .map_err(sql_error)?
-            .query_row(params![d.source, d.delivery], |r| r.get(0))
-            .map_err(sql_error)?;
-        return Ok(Insert::Duplicate { id });
+        return Ok(Insert::Duplicate { id: first_copy(conn, d)? });
     }
     let count = insert_jobs_tx(conn, &d.id, jobs, d.received_at)?;
     Ok(Insert::Stored { id: d.id.clone(), jobs: count })
+}
+
+/// The id of the stored delivery that `d` repeats: same (source, delivery), else same (source, replay_key).
+fn first_copy(conn: &Connection, d: &NewDelivery) -> Result<String, StoreError> {
+    let mut lookups = vec![("delivery", d.delivery.as_str())];
+    lookups.extend(d.replay_key.as_deref().map(|key| ("replay_key", key)));
+    for (column, value) in lookups {
+        let id: Option<String> = conn
+            .prepare_cached(&format!("SELECT id FROM deliveries WHERE source = ?1 AND {column} = ?2"))
+            .map_err(sql_error)?
+            .query_row(params![d.source, value], |r| r.get(0))
+            .optional()
+            .map_err(sql_error)?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+    }
+    // Only the primary key is left to clash: a bug in the caller, never a duplicate.
+    Err(internal(format!("delivery id {} is already taken", d.id)))
 }
 
 /// Insert jobs for a delivery, merging keyed jobs into a queued one of the same route and key.
@@ -1187,6 +1203,7 @@ mod tests {
             received_at: now_ms(),
             headers: vec![("x-github-event".into(), "push".into()), ("x-a".into(), "1".into())],
             body: Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}"),
+            replay_key: None,
         }
     }
 

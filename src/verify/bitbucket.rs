@@ -11,6 +11,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     Ok(Verified {
         event: header_owned(req, "x-event-key"),
         delivery: header_owned(req, "x-request-uuid").or_else(|| header_owned(req, "x-request-id")),
+        replay: None,
     })
 }
 

@@ -1,7 +1,10 @@
 //! The configurable `hmac` provider: header, algorithm, encoding, prefix, optional timestamp and a
 //! signed-content template such as `{timestamp}.{body}` (Shopify, the scenario-3 format, and many more).
 
-use super::{event_from, header, header_owned, mac, parse_time, HmacOptions, Inbound, Verified, Verifier, VerifyError};
+use super::{
+    event_from, header, header_owned, mac, parse_time, replay_key, HmacOptions, Inbound, Verified, Verifier,
+    VerifyError,
+};
 
 /// The bytes to sign for `content`, with `{body}`, `{timestamp}` and `{id}` substituted.
 pub fn signed_content(content: &str, body: &[u8], timestamp: &str, id: &str) -> Vec<u8> {
@@ -29,14 +32,14 @@ pub fn signed_content(content: &str, body: &[u8], timestamp: &str, id: &str) -> 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &HmacOptions) -> Result<Verified, VerifyError> {
     let presented = header(req, &o.signature_header).ok_or(VerifyError::MissingSignature)?;
     let encoded = presented.strip_prefix(o.prefix.as_str()).ok_or(VerifyError::InvalidSignature)?;
-    let timestamp = match &o.timestamp_header {
+    let (timestamp, at) = match &o.timestamp_header {
         Some(name) => {
             let text = header(req, name).ok_or(VerifyError::MissingSignature)?;
             let at = parse_time(text, o.timestamp_unit).ok_or(VerifyError::InvalidSignature)?;
             v.check_time(at, req.now_ms)?;
-            text
+            (text, Some(at))
         }
-        None => "",
+        None => ("", None),
     };
     let id = o.id_header.as_deref().and_then(|h| header(req, h)).unwrap_or("");
     if o.content.contains("{id}") && id.is_empty() {
@@ -49,6 +52,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &HmacOptions) -> Result
     Ok(Verified {
         event: event_from(req, &o.event)?,
         delivery: o.id_header.as_deref().and_then(|h| header_owned(req, h)),
+        replay: at.map(|at| replay_key(at, req.body)),
     })
 }
 

@@ -12,6 +12,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     Ok(Verified {
         event: header_owned(req, "x-gitea-event").or_else(|| header_owned(req, "x-forgejo-event")),
         delivery: header_owned(req, "x-gitea-delivery").or_else(|| header_owned(req, "x-forgejo-delivery")),
+        replay: None,
     })
 }
 

@@ -14,7 +14,11 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, allow_sha1: bool) -> Resul
     if !mac::matches_any(v.keys(), algorithm, Encoding::Hex, presented, &[req.body]) {
         return Err(VerifyError::InvalidSignature);
     }
-    Ok(Verified { event: header_owned(req, "x-github-event"), delivery: header_owned(req, "x-github-delivery") })
+    Ok(Verified {
+        event: header_owned(req, "x-github-event"),
+        delivery: header_owned(req, "x-github-delivery"),
+        replay: None,
+    })
 }
 
 #[cfg(test)]

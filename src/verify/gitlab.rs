@@ -1,19 +1,19 @@
 //! GitLab: `X-Gitlab-Token` equal to a secret, or Standard Webhooks headers when GitLab signs the request.
 
-use super::{header, header_owned, mac, standard, Inbound, Verified, Verifier, VerifyError};
+use super::{header, header_owned, mac, replay_key, standard, Inbound, Verified, Verifier, VerifyError};
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let delivery = header_owned(req, "idempotency-key").or_else(|| header_owned(req, "x-gitlab-event-uuid"));
     let event = header_owned(req, "x-gitlab-event");
     if header(req, "webhook-signature").is_some() {
-        let id = standard::check_headers(v, req)?;
-        return Ok(Verified { event, delivery: delivery.or(Some(id)) });
+        let (id, at) = standard::check_headers(v, req)?;
+        return Ok(Verified { event, delivery: delivery.or(Some(id)), replay: Some(replay_key(at, req.body)) });
     }
     let token = header(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
     if !mac::token_matches_any(v.keys(), token.as_bytes()) {
         return Err(VerifyError::InvalidSignature);
     }
-    Ok(Verified { event, delivery })
+    Ok(Verified { event, delivery, replay: None })
 }
 
 #[cfg(test)]

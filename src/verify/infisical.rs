@@ -1,7 +1,7 @@
 //! Infisical: `x-infisical-signature: t=<ms>;<hex HMAC-SHA256 of the body>`, with `t` equal to the body's
 //! `timestamp` and within tolerance.
 
-use super::{body_field, header, mac, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+use super::{body_field, header, mac, replay_key, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let value = header(req, "x-infisical-signature").ok_or(VerifyError::MissingSignature)?;
@@ -18,7 +18,12 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
         Some(body_t) if body_t == t => {}
         _ => return Err(VerifyError::InvalidSignature),
     }
-    Ok(Verified { event: body_field(req.body, "event")?, delivery: Some(format!("{t}.{signature}")) })
+    // Hex is case-insensitive: the same signature in upper case is the same delivery, not a new one.
+    Ok(Verified {
+        event: body_field(req.body, "event")?,
+        delivery: Some(format!("{at}.{}", signature.to_ascii_lowercase())),
+        replay: Some(replay_key(at, req.body)),
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +164,19 @@ mod tests {
         let v = verifier(Scheme::Infisical, &["inf"]);
         let body = format!(r#"{{"event":"secrets.modified","timestamp":"{NOW}"}}"#);
         assert!(check(&v, &[("x-infisical-signature", &signed("inf", NOW, &body))], body.as_bytes(), NOW).is_ok());
+    }
+
+    #[test]
+    fn upper_case_hex_is_the_same_delivery_and_replay_key() {
+        let v = verifier(Scheme::Infisical, &["inf"]);
+        let lower = signed("inf", NOW, &body(NOW));
+        let upper = format!("t={NOW};{}", lower.split_once(';').unwrap().1.to_ascii_uppercase());
+        let a = check(&v, &[("x-infisical-signature", &lower)], body(NOW).as_bytes(), NOW).unwrap();
+        let b = check(&v, &[("x-infisical-signature", &upper)], body(NOW).as_bytes(), NOW).unwrap();
+        assert_eq!(a.delivery, b.delivery);
+        assert!(a.replay.is_some());
+        assert_eq!(a.replay, b.replay);
+        assert_ne!(run(&v, NOW + 1, NOW).unwrap().replay, a.replay, "another timestamp is another request");
     }
 
     #[test]

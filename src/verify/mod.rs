@@ -105,6 +105,8 @@ pub enum Scheme {
 pub struct Verified {
     pub event: Option<String>,
     pub delivery: Option<String>,
+    /// For timestamped schemes, a digest of the signed (timestamp, body) pair (see [`replay_key`]).
+    pub replay: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +165,15 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// The same signed (timestamp, body) pair seen again within the tolerance is the same request replayed,
+/// whatever delivery id it carries (an id header is often not signed, and even a signed one may be new on a
+/// sender's retry). The store keeps this digest with the delivery and answers such a request as a duplicate.
+pub fn replay_key(timestamp_ms: i64, body: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(timestamp_ms.to_string()).chain_update(b".").chain_update(body);
+    hex::encode(digest.finalize())
 }
 
 /// A header's value as text, trimmed; None when absent, not text, or empty.

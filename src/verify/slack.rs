@@ -1,14 +1,16 @@
 //! Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>`, with `X-Slack-Request-Timestamp` (s).
 
 use super::{
-    body_field, header, mac, parse_time, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier, VerifyError,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier,
+    VerifyError,
 };
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let signature = header(req, "x-slack-signature").ok_or(VerifyError::MissingSignature)?;
     let ts = header(req, "x-slack-request-timestamp").ok_or(VerifyError::MissingSignature)?;
     let hex = signature.strip_prefix("v0=").ok_or(VerifyError::InvalidSignature)?;
-    v.check_time(parse_time(ts, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?, req.now_ms)?;
+    let at = parse_time(ts, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?;
+    v.check_time(at, req.now_ms)?;
     if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, hex, &[b"v0:", ts.as_bytes(), b":", req.body]) {
         return Err(VerifyError::InvalidSignature);
     }
@@ -17,7 +19,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     let is_json = req.body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if is_json {
         let delivery = body_field(req.body, "event_id")?.or_else(derived);
-        return Ok(Verified { event: body_field(req.body, "type")?, delivery });
+        return Ok(Verified { event: body_field(req.body, "type")?, delivery, replay: Some(replay_key(at, req.body)) });
     }
     // Slash commands and interactions arrive as forms; interactions carry their JSON in `payload`.
     let form: Vec<(String, String)> = url::form_urlencoded::parse(req.body).into_owned().collect();
@@ -25,7 +27,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
         Some((_, payload)) if !form.iter().any(|(k, _)| k == "command") => body_field(payload.as_bytes(), "type")?,
         _ => Some("command".to_string()),
     };
-    Ok(Verified { event, delivery: derived() })
+    Ok(Verified { event, delivery: derived(), replay: Some(replay_key(at, req.body)) })
 }
 
 #[cfg(test)]

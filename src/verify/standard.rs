@@ -4,8 +4,8 @@
 use base64::Engine;
 
 use super::{
-    body_field, header, mac, parse_time, Algorithm, Encoding, Inbound, Secret, TimeUnit, Verified, Verifier,
-    VerifyError,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, Secret, TimeUnit, Verified,
+    Verifier, VerifyError,
 };
 
 /// The HMAC key of a Standard Webhooks secret: base64 after `whsec_`, else the bytes as written.
@@ -17,8 +17,8 @@ pub fn key(secret: &Secret) -> Option<Vec<u8>> {
     }
 }
 
-/// Check the three headers; returns the message id.
-pub(super) fn check_headers(v: &Verifier, req: &Inbound<'_>) -> Result<String, VerifyError> {
+/// Check the three headers; returns the message id and the timestamp (Unix milliseconds).
+pub(super) fn check_headers(v: &Verifier, req: &Inbound<'_>) -> Result<(String, i64), VerifyError> {
     let signatures = header(req, "webhook-signature").ok_or(VerifyError::MissingSignature)?;
     let id = header(req, "webhook-id").ok_or(VerifyError::MissingSignature)?;
     let timestamp = header(req, "webhook-timestamp").ok_or(VerifyError::MissingSignature)?;
@@ -38,12 +38,12 @@ pub(super) fn check_headers(v: &Verifier, req: &Inbound<'_>) -> Result<String, V
     if !ok {
         return Err(VerifyError::InvalidSignature);
     }
-    Ok(id.to_string())
+    Ok((id.to_string(), at))
 }
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
-    let id = check_headers(v, req)?;
-    Ok(Verified { event: body_field(req.body, "type")?, delivery: Some(id) })
+    let (id, at) = check_headers(v, req)?;
+    Ok(Verified { event: body_field(req.body, "type")?, delivery: Some(id), replay: Some(replay_key(at, req.body)) })
 }
 
 #[cfg(test)]
@@ -57,6 +57,23 @@ mod tests {
     const BODY: &[u8] = br#"{"test": 2432232314}"#;
     const SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
     const NOW: i64 = 1_614_265_330_000;
+
+    #[test]
+    fn the_replay_key_is_the_signed_timestamp_and_body_whatever_the_id() {
+        use base64::Engine;
+        let v = verifier(Scheme::Standard, &[SECRET]);
+        let key = standard_key(&Secret::new(SECRET.as_bytes().to_vec())).unwrap();
+        let signed = |id: &str, ts: &str, body: &[u8]| {
+            let mac = mac::compute(Algorithm::Sha256, &key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
+            let sig = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac));
+            check(&v, &[("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", &sig)], body, NOW).unwrap()
+        };
+        let first = signed(ID, TS, BODY);
+        assert_eq!(first.replay, Some(replay_key(NOW, BODY)));
+        assert_eq!(signed("msg_other", TS, BODY).replay, first.replay);
+        assert_ne!(signed(ID, "1614265331", BODY).replay, first.replay);
+        assert_ne!(signed(ID, TS, b"{}").replay, first.replay);
+    }
 
     fn headers_with(sig: &str, ts: &str) -> Vec<(&'static str, String)> {
         vec![("webhook-id", ID.into()), ("webhook-timestamp", ts.into()), ("webhook-signature", sig.into())]

@@ -1,7 +1,8 @@
 //! Stripe: `Stripe-Signature: t=…,v1=…[,v1=…]` over `t.body`, keyed with the whole secret string.
 
 use super::{
-    body_field, header, mac, parse_time, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier, VerifyError,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier,
+    VerifyError,
 };
 
 pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
@@ -19,7 +20,8 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     if signatures.is_empty() {
         return Err(VerifyError::InvalidSignature);
     }
-    v.check_time(parse_time(t, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?, req.now_ms)?;
+    let at = parse_time(t, TimeUnit::Seconds).ok_or(VerifyError::InvalidSignature)?;
+    v.check_time(at, req.now_ms)?;
     let parts: [&[u8]; 3] = [t.as_bytes(), b".", req.body];
     let mut ok = false;
     for sig in signatures {
@@ -28,7 +30,11 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     if !ok {
         return Err(VerifyError::InvalidSignature);
     }
-    Ok(Verified { event: body_field(req.body, "type")?, delivery: body_field(req.body, "id")? })
+    Ok(Verified {
+        event: body_field(req.body, "type")?,
+        delivery: body_field(req.body, "id")?,
+        replay: Some(replay_key(at, req.body)),
+    })
 }
 
 #[cfg(test)]

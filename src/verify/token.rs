@@ -22,6 +22,7 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Resul
     Ok(Verified {
         event: event_from(req, &o.event)?,
         delivery: o.id_header.as_deref().and_then(|h| header_owned(req, h)),
+        replay: None,
     })
 }
 

@@ -68,6 +68,7 @@ pub async fn fire_schedules(store: &DynStore, live: &LiveHandle, last_slot: &mut
                     received_at: now,
                     headers: Vec::new(),
                     body: Bytes::new(),
+                    replay_key: None,
                 },
                 vec![job],
             )

@@ -110,6 +110,7 @@ pub fn new_delivery(source: &str, delivery: &str) -> hookgate::store::NewDeliver
         received_at: hookgate::store::now_ms(),
         headers: vec![("content-type".into(), "application/json".into())],
         body: bytes::Bytes::from_static(b"{}"),
+        replay_key: None,
     }
 }
 

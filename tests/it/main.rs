@@ -44,6 +44,7 @@ mod logs;
 mod postgres_tls;
 mod quickstart;
 mod reaper;
+mod replay;
 mod roundtrip;
 mod scenarios;
 mod secret_sync;
