@@ -104,6 +104,7 @@ pub mod raw {
         pub poll_interval: Option<String>,
         pub shutdown_grace: Option<String>,
         pub output_cap: Option<String>,
+        pub lease_margin: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -263,6 +264,8 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long running jobs may finish before they are stopped and released.
     pub shutdown_grace: Duration,
     pub output_cap: usize,
+    /// Lease time beyond an action's timeout: a job whose runner stopped is settled once it has passed.
+    pub lease_margin: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -448,9 +451,18 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
             Duration::from_secs(30),
         )?,
         output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), 16 << 10)?,
+        lease_margin: opt_duration(
+            "worker.lease_margin",
+            file.worker.lease_margin.as_deref(),
+            Duration::from_secs(10),
+        )?,
     };
     if worker.concurrency == 0 {
         return Err(invalid("worker.concurrency", "must be at least 1"));
+    }
+    // Less would let a finished run lose its lease while it writes its outcome.
+    if worker.lease_margin < Duration::from_secs(1) {
+        return Err(invalid("worker.lease_margin", "must be at least 1s"));
     }
 
     let mut sources = Vec::new();
@@ -1060,6 +1072,15 @@ mod tests {
         let text = MINIMAL.replace("env:GH_SECRET", "file:gh.secret");
         let cfg = parse(&text, dir.path(), &env(&[])).unwrap();
         assert_eq!(cfg.sources[0].verifier.secrets[0].expose(), b"from-file");
+    }
+
+    #[test]
+    fn the_lease_margin_defaults_to_ten_seconds_and_may_not_be_under_one() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[])).unwrap();
+        assert_eq!(cfg.worker.lease_margin, Duration::from_secs(10));
+        let short = format!("[worker]\nlease_margin = \"500ms\"\n{MINIMAL}");
+        let err = parse(&short, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert!(err.contains("worker.lease_margin"), "{err}");
     }
 
     #[test]

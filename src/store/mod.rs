@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod postgres_tls;
 pub mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -133,6 +134,40 @@ pub struct Claim {
     pub lease_until: Millis,
     /// Only claim jobs of these routes (the ones this instance has enabled, with free concurrency).
     pub routes: Vec<String>,
+    /// The routes' retry policies, for settling jobs whose lease expired (see [`Claim::after_lost`]); a route
+    /// missing here gets the default policy.
+    pub retry: HashMap<String, crate::config::Retry>,
+}
+
+/// The error of an attempt whose runner stopped before it reported: its lease expired.
+pub const LEASE_EXPIRED: &str = "lease expired: the runner stopped";
+
+impl Claim {
+    /// A running job whose lease expired lost its attempt: its runner stopped (the process died, perhaps killed
+    /// by that very job). The attempt counts as failed, so a job that keeps killing its runner ends `dead`
+    /// after its route's `max_attempts` instead of being claimed again after every restart; otherwise it
+    /// waits out the backoff like any failed attempt. Returns the attempt to record and the job's next state.
+    pub fn after_lost(&self, job: &str, route: &str, attempt: u32, started_at: Millis) -> (AttemptRecord, NextState) {
+        let policy = self.retry.get(route).cloned().unwrap_or_default();
+        let (next, outcome) = if attempt >= policy.max_attempts {
+            (NextState::Dead, "dead")
+        } else {
+            let pause = crate::worker::backoff::delay(&policy, attempt, None);
+            (NextState::Retry { at: self.now + pause.as_millis() as i64 }, "retry")
+        };
+        tracing::warn!(route, job, attempt, outcome, "{LEASE_EXPIRED}");
+        metrics::counter!(crate::metrics::JOBS_TOTAL, "route" => route.to_string(), "outcome" => outcome).increment(1);
+        let record = AttemptRecord {
+            attempt,
+            started_at,
+            finished_at: self.now,
+            ok: false,
+            error: Some(LEASE_EXPIRED.to_string()),
+            output: None,
+            status_code: None,
+        };
+        (record, next)
+    }
 }
 
 /// One run of an action, kept for the admin API and the dashboard.
@@ -243,7 +278,8 @@ pub trait Store: Send + Sync + 'static {
     /// Add jobs to a stored delivery (replay, schedules); coalescing applies. Returns jobs created or merged.
     async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError>;
 
-    /// Lease due jobs: queued with `run_at <= now`, or running with an expired lease (a crashed worker).
+    /// Lease due jobs: queued with `run_at <= now`. First, running jobs of these routes whose lease expired
+    /// (a crashed runner) are settled as failed attempts (see [`Claim::after_lost`]), with an attempt row.
     /// Never hands out two jobs with the same (route, coalesce_key) while one of them is running and leased.
     /// Claimed jobs become `running`, `attempt` grows by one, owner and lease are set.
     async fn claim_jobs(&self, claim: Claim) -> Result<Vec<ClaimedJob>, StoreError>;

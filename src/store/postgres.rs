@@ -35,8 +35,81 @@ fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Unavailable(error_chain(&e))
 }
 
-/// Jobs to claim, in queue order: expired leases first, then due queued jobs read from the `jobs_queue`
-/// index a page at a time until the claim is full, so a claim costs the same with a backlog of millions.
+/// Settle the claimed routes' jobs whose lease expired as failed attempts (see [`Claim::after_lost`]). They
+/// are few: at most the jobs that were running when an instance died.
+async fn settle_expired(tx: &deadpool_postgres::Transaction<'_>, claim: &Claim) -> Result<(), StoreError> {
+    let expired = tx
+        .query(
+            "SELECT id, route, attempts, updated_at, COALESCE(lease_owner, '') FROM jobs
+             WHERE status = 'running' AND lease_until < $2 AND route = ANY($1)
+             ORDER BY run_at, id
+             FOR UPDATE SKIP LOCKED",
+            &[&claim.routes, &claim.now],
+        )
+        .await
+        .map_err(pg_error)?;
+    for row in &expired {
+        let (id, route): (&str, &str) = (row.get(0), row.get(1));
+        let (record, next) = claim.after_lost(id, route, row.get::<_, i32>(2) as u32, row.get(3));
+        finish_tx(tx, id, row.get(4), &record, next).await?;
+    }
+    Ok(())
+}
+
+/// Record an attempt and move the job on, if `owner` still holds it; false (and nothing written) otherwise.
+async fn finish_tx(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: &str,
+    owner: &str,
+    attempt: &AttemptRecord,
+    next: NextState,
+) -> Result<bool, StoreError> {
+    let (status, run_at): (&str, Option<Millis>) = match next {
+        NextState::Succeeded => ("succeeded", None),
+        NextState::Retry { at } => ("queued", Some(at)),
+        NextState::Dead => ("dead", None),
+    };
+    let updated = tx
+        .execute(
+            &tx.prepare_cached(
+                "UPDATE jobs SET status = $3, run_at = COALESCE($4, run_at), last_error = $5,
+                                 lease_owner = NULL, lease_until = NULL, updated_at = $6
+                 WHERE id = $1 AND status = 'running' AND lease_owner = $2",
+            )
+            .await
+            .map_err(pg_error)?,
+            &[&job_id, &owner, &status, &run_at, &attempt.error, &attempt.finished_at],
+        )
+        .await
+        .map_err(pg_error)?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        &tx.prepare_cached(
+            "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await
+        .map_err(pg_error)?,
+        &[
+            &job_id,
+            &(attempt.attempt as i32),
+            &attempt.started_at,
+            &attempt.finished_at,
+            &attempt.ok,
+            &attempt.error,
+            &attempt.output,
+            &attempt.status_code.map(i32::from),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(true)
+}
+
+/// Jobs to claim, in queue order: due queued jobs read from the `jobs_queue` index a page at a time until
+/// the claim is full, so a claim costs the same with a backlog of millions.
 /// One job per (route, coalesce key), and none whose key is held by a live lease.
 async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) -> Result<Vec<String>, StoreError> {
     let busy_rows = tx
@@ -59,20 +132,6 @@ async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) ->
         }
         picked.push(row.get(0));
     };
-    let expired = tx
-        .query(
-            "SELECT id, route, coalesce_key FROM jobs
-             WHERE status = 'running' AND lease_until < $2 AND route = ANY($1)
-             ORDER BY run_at, id",
-            &[&claim.routes, &claim.now],
-        )
-        .await
-        .map_err(pg_error)?;
-    for row in &expired {
-        if picked.len() < claim.limit {
-            take(row, &mut picked);
-        }
-    }
     let queued = tx
         .prepare(
             "SELECT id, route, coalesce_key FROM jobs
@@ -401,6 +460,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(pg_error)?;
         // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
+        settle_expired(&tx, &claim).await?;
         let picked = pick_candidates(&tx, &claim).await?;
         if picked.is_empty() {
             tx.commit().await.map_err(pg_error)?;
@@ -413,7 +473,7 @@ impl Store for PostgresStore {
                 "WITH picked AS (
                     SELECT id FROM jobs
                     WHERE id = ANY($1)
-                      AND ((status = 'queued' AND run_at <= $2) OR (status = 'running' AND lease_until < $2))
+                      AND status = 'queued' AND run_at <= $2
                     FOR UPDATE SKIP LOCKED
                  )
                  UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
@@ -460,50 +520,12 @@ impl Store for PostgresStore {
         attempt: AttemptRecord,
         next: NextState,
     ) -> Result<bool, StoreError> {
-        let (status, run_at): (&str, Option<Millis>) = match next {
-            NextState::Succeeded => ("succeeded", None),
-            NextState::Retry { at } => ("queued", Some(at)),
-            NextState::Dead => ("dead", None),
-        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
-        let updated = tx
-            .execute(
-                &tx.prepare_cached(
-                    "UPDATE jobs SET status = $3, run_at = COALESCE($4, run_at), last_error = $5,
-                                 lease_owner = NULL, lease_until = NULL, updated_at = $6
-                 WHERE id = $1 AND status = 'running' AND lease_owner = $2",
-                )
-                .await
-                .map_err(pg_error)?,
-                &[&job_id, &owner, &status, &run_at, &attempt.error, &attempt.finished_at],
-            )
-            .await
-            .map_err(pg_error)?;
-        if updated == 0 {
+        if !finish_tx(&tx, job_id, owner, &attempt, next).await? {
             tx.rollback().await.map_err(pg_error)?;
             return Ok(false);
         }
-        tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .await
-            .map_err(pg_error)?,
-            &[
-                &job_id,
-                &(attempt.attempt as i32),
-                &attempt.started_at,
-                &attempt.finished_at,
-                &attempt.ok,
-                &attempt.error,
-                &attempt.output,
-                &attempt.status_code.map(i32::from),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(true)
     }
@@ -757,6 +779,7 @@ mod tests {
             now: now_ms(),
             lease_until,
             routes: vec!["r".into()],
+            retry: Default::default(),
         };
         let claimed = store.claim_jobs(claim("a", now_ms() + 60_000)).await.unwrap();
         assert_eq!(claimed.len(), 1);
@@ -775,9 +798,14 @@ mod tests {
         assert!(store.finish_job(&claimed[0].id, "a", record, NextState::Retry { at: 0 }).await.unwrap());
         let again = store.claim_jobs(claim("b", now_ms() - 1)).await.unwrap();
         assert_eq!(again[0].attempt, 2);
-        // Its lease already ran out: another owner may take it over.
-        let taken = store.claim_jobs(claim("c", now_ms() + 60_000)).await.unwrap();
-        assert_eq!(taken.len(), 1);
+        // Its lease already ran out: the next claim records the lost attempt, and the job waits out its backoff.
+        assert!(store.claim_jobs(claim("c", now_ms() + 60_000)).await.unwrap().is_empty());
+        let job = store.list_jobs(JobQuery::default()).await.unwrap().items.remove(0);
+        assert_eq!((job.status, job.attempts, job.last_error.as_deref()), (JobStatus::Queued, 2, Some(LEASE_EXPIRED)));
+        let mut later = claim("c", now_ms() + 60_000);
+        later.now = job.next_attempt_at.unwrap();
+        let taken = store.claim_jobs(later).await.unwrap();
+        assert_eq!(taken[0].attempt, 3);
         assert!(store.release_job(&taken[0].id, "c", now_ms()).await.unwrap());
         let page = store.list_jobs(JobQuery { status: Some(JobStatus::Queued), ..Default::default() }).await.unwrap();
         assert_eq!(page.items[0].merged, 1);
@@ -803,6 +831,7 @@ mod tests {
                         now: now_ms(),
                         lease_until: now_ms() + 60_000,
                         routes: vec!["r".into()],
+                        retry: Default::default(),
                     };
                     let got = store.claim_jobs(claim).await.unwrap();
                     if got.is_empty() {

@@ -735,8 +735,8 @@ fn insert_jobs_tx(conn: &Connection, delivery_id: &str, jobs: &[NewJob], now: Mi
     Ok(count)
 }
 
-/// Running jobs whose lease ran out (their instance died), oldest first.
-const CLAIM_EXPIRED: &str = "SELECT id, route, coalesce_key FROM jobs
+/// Running jobs whose lease ran out (their runner stopped), oldest first; `updated_at` is when they were leased.
+const CLAIM_EXPIRED: &str = "SELECT id, route, attempts, updated_at, COALESCE(lease_owner, '') FROM jobs
      WHERE status = 'running' AND lease_until < ?2 AND route IN (SELECT value FROM json_each(?1))
      ORDER BY run_at, id";
 
@@ -745,14 +745,32 @@ const CLAIM_QUEUED: &str = "SELECT id, route, coalesce_key FROM jobs
      WHERE status = 'queued' AND run_at <= ?2 AND route IN (SELECT value FROM json_each(?1))
      ORDER BY run_at, id";
 
+/// Settle the claimed routes' jobs whose lease expired as failed attempts (see [`Claim::after_lost`]). They
+/// are few: at most the jobs that were running when an instance died.
+fn settle_expired_tx(conn: &Connection, claim: &Claim, routes: &str) -> Result<(), StoreError> {
+    let expired = conn
+        .prepare_cached(CLAIM_EXPIRED)
+        .map_err(sql_error)?
+        .query_map(params![routes, claim.now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?))
+        })
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<(String, String, u32, Millis, String)>>>()
+        .map_err(sql_error)?;
+    for (id, route, attempt, leased_at, owner) in expired {
+        let (record, next) = claim.after_lost(&id, &route, attempt, leased_at);
+        finish_tx(conn, &id, &owner, &record, next)?;
+    }
+    Ok(())
+}
+
 fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob>, StoreError> {
     let routes = serde_json::to_string(&claim.routes).map_err(internal)?;
+    settle_expired_tx(conn, claim, &routes)?;
     let mut picked: Vec<(String, String, Option<String>)> = Vec::new();
     {
-        // Expired leases first (few: at most the running jobs of crashed instances), then due queued jobs
-        // in queue order, read from the `jobs_queue` index one row at a time until the claim is full: the
-        // cost of a claim does not grow with the backlog.
-        let mut expired = conn.prepare_cached(CLAIM_EXPIRED).map_err(sql_error)?;
+        // Due queued jobs in queue order, read from the `jobs_queue` index one row at a time until the claim
+        // is full: the cost of a claim does not grow with the backlog.
         let mut queued = conn.prepare_cached(CLAIM_QUEUED).map_err(sql_error)?;
         let mut key_busy = conn
             .prepare_cached(
@@ -763,8 +781,8 @@ fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob>, StoreErr
             .map_err(sql_error)?;
         // A key is decided once per claim: taken by an earlier candidate, or held by a live lease.
         let mut keys_seen: HashSet<(String, String)> = HashSet::new();
-        for candidates in [&mut expired, &mut queued] {
-            let mut rows = candidates.query(params![routes, claim.now]).map_err(sql_error)?;
+        {
+            let mut rows = queued.query(params![routes, claim.now]).map_err(sql_error)?;
             while picked.len() < claim.limit {
                 let Some(row) = rows.next().map_err(sql_error)? else {
                     break;
@@ -1259,6 +1277,7 @@ mod tests {
             now,
             lease_until: now + HOUR,
             routes: routes.iter().map(|r| r.to_string()).collect(),
+            retry: HashMap::new(),
         }
     }
 
@@ -1412,17 +1431,20 @@ mod tests {
         let mut short = claim("w", &["fetch"], 10);
         short.lease_until = short.now - 1;
         assert_eq!(store.claim_jobs(short).await.unwrap().len(), 1);
-        // Now one job of the key has an expired lease and another is queued: both are candidates.
+        // One job of the key has an expired lease and another is queued. Without a pause before a retry, the
+        // expired one is due again at once: both are candidates, one is claimed.
         let queued = job("fetch", Some("k"));
         store_one(&store, "d2", vec![queued.clone()]).await;
-        let claimed = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+        let mut next = claim("v", &["fetch"], 10);
+        let no_pause = crate::config::Retry { initial: Duration::ZERO, ..Default::default() };
+        next.retry.insert("fetch".into(), no_pause);
+        let claimed = store.claim_jobs(next).await.unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].id, expired.id);
-        assert_eq!(claimed[0].attempt, 2);
+        assert_eq!(job_of(&store, &expired.id).await.attempts, 1, "{claimed:?}");
     }
 
     #[tokio::test]
-    async fn an_expired_lease_is_reclaimed_and_the_first_owner_can_no_longer_finish() {
+    async fn an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish() {
         let (_dir, store) = fresh().await;
         let j = job("r", Some("k"));
         store_one(&store, "d1", vec![j.clone()]).await;
@@ -1432,16 +1454,22 @@ mod tests {
         // Still leased: nobody else gets it.
         assert!(store.claim_jobs(claim("b", &["r"], 1)).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(60)).await;
-        let taken = store.claim_jobs(claim("b", &["r"], 1)).await.unwrap();
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].attempt, 2);
+        // Expired: the lost attempt is recorded and the job waits out its backoff (1 s by default).
+        assert!(store.claim_jobs(claim("b", &["r"], 1)).await.unwrap().is_empty());
+        let summary = job_of(&store, &j.id).await;
+        assert_eq!(summary.status, JobStatus::Queued);
+        assert_eq!(summary.last_error.as_deref(), Some(LEASE_EXPIRED));
         assert!(!store.finish_job(&j.id, "a", record(1, true), NextState::Succeeded).await.unwrap());
         assert!(!store.release_job(&j.id, "a", now_ms()).await.unwrap());
-        let summary = job_of(&store, &j.id).await;
-        assert_eq!(summary.status, JobStatus::Running);
+        let mut later = claim("b", &["r"], 1);
+        later.now = summary.next_attempt_at.unwrap();
+        let taken = store.claim_jobs(later).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].attempt, 2);
         assert!(store.finish_job(&j.id, "b", record(2, true), NextState::Succeeded).await.unwrap());
         let detail = store.get_delivery(&summary.delivery_id).await.unwrap().unwrap();
-        assert_eq!(detail.jobs[0].attempts.len(), 1, "only the owner's attempt is kept");
+        let attempts: Vec<_> = detail.jobs[0].attempts.iter().map(|a| (a.attempt, a.ok, a.error.clone())).collect();
+        assert_eq!(attempts, [(1, false, Some(LEASE_EXPIRED.to_string())), (2, true, None)]);
         assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
     }
 

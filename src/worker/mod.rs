@@ -25,9 +25,6 @@ use crate::route::EventContext;
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
 use breaker::Allowance;
 
-/// Extra lease time beyond an action's timeout, covering the kill grace and the final write.
-const LEASE_MARGIN: Duration = Duration::from_secs(10);
-
 /// Claims that may wait for their commit at once.
 const CLAIMS_IN_FLIGHT: usize = 2;
 
@@ -201,7 +198,7 @@ impl Worker {
             }
         }
         if !grouped.is_empty() {
-            self.claim_into(&mut out, grouped, grouped_timeout, None, None).await?;
+            self.claim_into(live, &mut out, grouped, grouped_timeout, None, None).await?;
         }
         for (route, concurrency, cap, timeout) in single {
             let sem = concurrency.map(|n| self.route_semaphore(route.name(), n));
@@ -209,7 +206,7 @@ impl Worker {
                 continue;
             }
             let before = out.len();
-            self.claim_into(&mut out, vec![route.name().to_string()], timeout, sem, cap).await?;
+            self.claim_into(live, &mut out, vec![route.name().to_string()], timeout, sem, cap).await?;
             if cap.is_some() && out.len() > before {
                 health.started(&route.config);
             }
@@ -219,6 +216,7 @@ impl Worker {
 
     async fn claim_into(
         &self,
+        live: &Live,
         out: &mut Vec<Running>,
         routes: Vec<String>,
         timeout: Duration,
@@ -248,8 +246,15 @@ impl Worker {
             None => None,
         };
         let now = now_ms();
-        let lease_until = now + (timeout + LEASE_MARGIN).as_millis() as i64;
-        let jobs = self.store.claim_jobs(Claim { owner: self.owner.clone(), limit, now, lease_until, routes }).await?;
+        // The margin beyond the action's timeout covers the kill grace and the final write.
+        let lease_until = now + (timeout + live.config.worker.lease_margin).as_millis() as i64;
+        // A job whose lease expired lost an attempt; the store settles it by its route's retry policy.
+        let retry = routes
+            .iter()
+            .filter_map(|name| live.routes.get(name).map(|r| (name.clone(), r.config.retry.clone())))
+            .collect();
+        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry };
+        let jobs = self.store.claim_jobs(claim).await?;
         for job in jobs {
             // The store hands out at most `limit` jobs, and `limit` permits are held.
             let slot = slots.split(1).expect("a slot per claimed job");

@@ -41,6 +41,7 @@ mod helpers;
 mod hooks;
 mod hostile;
 mod logs;
+mod poison;
 mod postgres_tls;
 mod quickstart;
 mod reaper;

@@ -90,6 +90,7 @@ store_test! {
     name = "touch"
     source = "github"
     action = {{ type = "command", argv = ["touch", "{{dir}}/ran"] }}
+    retry = {{ initial = "100ms", max = "100ms" }}
     "#
         ))
         .await;
@@ -105,6 +106,7 @@ store_test! {
             now: now_ms(),
             lease_until,
             routes: vec!["touch".into()],
+            retry: Default::default(),
         };
         let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
         assert_eq!(held.len(), 1);
@@ -113,10 +115,16 @@ store_test! {
         // Its lease runs out (simulated by a second claim with an already expired lease).
         store.release_job(&job.id, "crashed", now_ms()).await.unwrap();
         store.claim_jobs(claim("crashed", now_ms() - 1)).await.unwrap();
-        assert_eq!(app.worker().run_due_jobs().await.unwrap(), 1);
+        // The lost run counts as a failed attempt; after the route's backoff the job runs here.
+        eventually(Duration::from_secs(10), "the job to run again", || async {
+            (app.worker().run_due_jobs().await.unwrap() == 1).then_some(())
+        })
+        .await;
         assert!(dir.path().join("ran").exists());
         let detail = store.get_delivery(&delivery.id).await.unwrap().unwrap();
         assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
+        let errors: Vec<_> = detail.jobs[0].attempts.iter().map(|a| a.error.as_deref()).collect();
+        assert_eq!(errors, [Some(hookgate::store::LEASE_EXPIRED), None]);
         // The crashed instance's late report is refused: it no longer holds the job.
         let late = hookgate::store::AttemptRecord {
             attempt: 1, started_at: 0, finished_at: 0, ok: false, error: Some("late".into()), output: None, status_code: None,
