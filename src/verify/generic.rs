@@ -95,6 +95,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("order.created"), Some("wh-1")));
+        assert_eq!(ok.replay, Some(replay_key(NOW, body)), "the signed pair, whatever the (unsigned) id");
+    }
+
+    #[test]
+    fn without_a_timestamp_there_is_no_replay_key() {
+        // Nothing bounds the window: an identical body may be a new event (dedup is by id header only).
+        let options = HmacOptions { timestamp_header: None, content: "{body}".into(), ..scenario3() };
+        let v = verifier(Scheme::Hmac(options), &["partner"]);
+        let sig = hex::encode(mac::compute(Algorithm::Sha256, b"partner", &[b"{}"]));
+        let ok = check(&v, &[("x-webhook-signature", &sig), ("x-webhook-id", "wh-2")], b"{}", NOW).unwrap();
+        assert_eq!((ok.delivery.as_deref(), ok.replay), (Some("wh-2"), None));
     }
 
     #[test]
