@@ -88,6 +88,7 @@ pub mod raw {
     pub struct Store {
         pub url: Option<String>,
         pub retention: Option<String>,
+        pub purge_interval: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -246,6 +247,8 @@ pub struct Server {
 pub struct StoreConfig {
     pub url: String,
     pub retention: Duration,
+    /// How often deliveries past `retention` are purged (in small batches that let writes through).
+    pub purge_interval: Duration,
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -423,7 +426,15 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
     let store = StoreConfig {
         url: env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| "sqlite://hookgate.db".into()),
         retention: opt_duration("store.retention", file.store.retention.as_deref(), Duration::from_secs(7 * 86400))?,
+        purge_interval: opt_duration(
+            "store.purge_interval",
+            file.store.purge_interval.as_deref(),
+            Duration::from_secs(3600),
+        )?,
     };
+    if store.purge_interval < Duration::from_secs(1) {
+        return Err(invalid("store.purge_interval", "must be at least 1s"));
+    }
     let store = StoreConfig { url: resolve_store_url(&store.url, base), ..store };
     if store.url.starts_with("postgres://") || store.url.starts_with("postgresql://") {
         // sslmode and the certificate files are checked now, not at the first connection.
@@ -996,12 +1007,22 @@ mod tests {
     "#;
 
     #[test]
+    fn the_purge_interval_is_read_and_a_zero_interval_is_refused() {
+        let vars = env(&[("GH_SECRET", "s3cret")]);
+        let cfg = parse(&format!("[store]\npurge_interval = \"10m\"\n{MINIMAL}"), Path::new(""), &vars).unwrap();
+        assert_eq!(cfg.store.purge_interval, Duration::from_secs(600));
+        let err = parse(&format!("[store]\npurge_interval = \"0s\"\n{MINIMAL}"), Path::new(""), &vars).unwrap_err();
+        assert!(err.to_string().contains("store.purge_interval"), "{err}");
+    }
+
+    #[test]
     fn defaults_apply_when_sections_are_absent() {
         let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "s3cret")])).unwrap();
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.max_body, 1 << 20);
         assert_eq!(cfg.store.url, "sqlite://hookgate.db");
         assert_eq!(cfg.store.retention, Duration::from_secs(7 * 86400));
+        assert_eq!(cfg.store.purge_interval, Duration::from_secs(3600));
         assert!(cfg.sources[0].enabled);
         assert_eq!(cfg.routes[0].retry.max_attempts, 5);
         assert!(cfg.admin_token.is_none());

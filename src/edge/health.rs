@@ -1,4 +1,4 @@
-//! Liveness, readiness (the store answers) and the Prometheus scrape endpoint.
+//! Liveness, readiness (a delivery can be committed now) and the Prometheus scrape endpoint.
 
 use std::time::Duration;
 
@@ -9,24 +9,32 @@ use axum::Json;
 
 use super::AppState;
 use crate::metrics::QUEUE_DEPTH;
-use crate::store::JobStatus;
+use crate::store::{JobStatus, NotReady};
 
 pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// 200 only while the store answers and its last write did not fail (a full disk answers reads but takes no
+/// delivery); the reason stays in the log, the body gives a stable code.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({ "status": "ready" }))),
-        _ => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "unavailable", "code": "store_unavailable" })),
-        ),
-    }
+    let (code, message) = match tokio::time::timeout(Duration::from_secs(2), state.store.readiness()).await {
+        Ok(Ok(())) => return (StatusCode::OK, Json(serde_json::json!({ "status": "ready" }))),
+        Ok(Err(NotReady::WriteFailed(_))) => {
+            ("store_write_failed", "the last write to the store failed and none has committed since")
+        }
+        Ok(Err(NotReady::Unreachable(_))) => ("store_unavailable", "the store does not answer"),
+        Err(_) => ("store_unavailable", "the store did not answer in time"),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "status": "unavailable", "code": code, "message": message })),
+    )
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    // Queue depth is read at scrape time so it is exact, whichever instance did the work.
+    // Read at scrape time so it is exact whichever instance did the work; counters kept by the writes make it
+    // a read of a few rows per route, however long the queue.
     if let Ok(Ok(counts)) = tokio::time::timeout(Duration::from_secs(2), state.store.job_counts()).await {
         for (status, n) in [
             (JobStatus::Queued, counts.queued),

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod sqlite;
+pub mod watched;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -263,11 +264,40 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// Why the store cannot take a delivery now (`/readyz`).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// The database does not answer.
+    #[error("{0}")]
+    Unreachable(StoreError),
+    /// The last write failed (a full disk, a read-only file system) and none has succeeded since.
+    #[error("the last write failed: {0}")]
+    WriteFailed(StoreError),
+}
+
+/// Deliveries one purge transaction removes at most: a write queued behind it waits milliseconds, not seconds.
+pub const PURGE_BATCH: usize = 500;
+
+/// After a purge batch that took `took`, rest as long (at most a second): the purge then takes at most about
+/// half of the store's write capacity, and a write queued meanwhile never shares a transaction with it.
+pub(crate) async fn purge_pause(took: std::time::Duration) {
+    tokio::time::sleep(took.clamp(std::time::Duration::from_millis(1), std::time::Duration::from_secs(1))).await;
+}
+
 /// The one storage interface; SQLite and PostgreSQL implement it with the same behaviour.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Cheap round trip proving the database answers (for `/readyz`).
+    /// Cheap round trip proving the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Commit a tiny write (one row of its own), proving a commit reaches the disk now.
+    async fn probe_write(&self) -> Result<(), StoreError>;
+
+    /// Whether a delivery can be committed now (`/readyz`). Plain stores only check that the database
+    /// answers; [`watched::Watched`] (what [`open`] returns) also remembers whether the last write failed.
+    async fn readiness(&self) -> Result<(), NotReady> {
+        self.ping().await.map_err(NotReady::Unreachable)
+    }
 
     /// Commit a delivery and its jobs atomically and durably. If (source, delivery) or (source, replay_key)
     /// exists, write nothing and return `Duplicate`. A job with a `coalesce_key` for which a *queued* job of
@@ -305,25 +335,27 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError>;
     async fn list_jobs(&self, query: JobQuery) -> Result<Page<JobSummary>, StoreError>;
 
-    /// Delete deliveries received before `before` whose jobs are all terminal, with their jobs and attempts.
+    /// Delete deliveries received before `before` whose jobs are all terminal, with their jobs and attempts,
+    /// in transactions of at most [`PURGE_BATCH`] deliveries with a pause after each (see [`purge_pause`]), so
+    /// writes are never held up for long. Dropping the future stops it between (or within) batches.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError>;
 
-    /// Number of jobs in each status.
+    /// Number of jobs in each status, from counters kept by the writes themselves: a few rows per route are
+    /// read, never the jobs table.
     async fn job_counts(&self) -> Result<JobCounts, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;
 
 /// Open the store named by a URL: `sqlite://PATH` (or a bare path) or `postgres://…`; migrations run here.
+/// The store comes watched: its readiness reflects the outcome of the last write (see [`watched`]).
 pub async fn open(url: &str) -> Result<DynStore, StoreError> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        let store = sqlite::SqliteStore::open(path).await?;
-        return Ok(Arc::new(store));
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = postgres::PostgresStore::open(url).await?;
-        return Ok(Arc::new(store));
-    }
-    let store = sqlite::SqliteStore::open(url).await?;
-    Ok(Arc::new(store))
+    let store: DynStore = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Arc::new(sqlite::SqliteStore::open(path).await?)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Arc::new(postgres::PostgresStore::open(url).await?)
+    } else {
+        Arc::new(sqlite::SqliteStore::open(url).await?)
+    };
+    Ok(Arc::new(watched::Watched::new(store)))
 }

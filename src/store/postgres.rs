@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("migrations/postgres/0002_claim_order.sql")),
     // Version 3 is SQLite's body codec; PostgreSQL compresses large values itself (TOAST).
     (4, include_str!("migrations/postgres/0004_replay_key.sql")),
+    (5, include_str!("migrations/postgres/0005_job_counts.sql")),
 ];
 
 /// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
@@ -402,6 +403,19 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    /// Rewrites the one `write_probe` row: a commit that has to reach the WAL on disk.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+                &[&now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
     async fn insert_delivery(&self, d: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         let mut client = self.client().await?;
         if jobs.iter().all(|j| j.coalesce_key.is_none()) {
@@ -666,24 +680,43 @@ impl Store for PostgresStore {
         Ok(Page { items, next })
     }
 
+    /// Each batch is its own short transaction. Rows another transaction holds (another instance's purge) are
+    /// skipped rather than waited for; the next purge takes them.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "DELETE FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS (
-                    SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))",
-                &[&before],
-            )
-            .await
-            .map_err(pg_error)
+        let mut cursor: (Millis, String) = (Millis::MIN, String::new());
+        let mut total = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_error)?;
+            let rows = tx
+                .query(
+                    &tx.prepare_cached(PURGE_CANDIDATES).await.map_err(pg_error)?,
+                    &[&before, &cursor.0, &cursor.1, &(PURGE_BATCH as i64)],
+                )
+                .await
+                .map_err(pg_error)?;
+            let done: Vec<&str> = rows.iter().filter(|r| !r.get::<_, bool>(2)).map(|r| r.get(0)).collect();
+            if !done.is_empty() {
+                total += tx.execute("DELETE FROM deliveries WHERE id = ANY($1)", &[&done]).await.map_err(pg_error)?;
+            }
+            tx.commit().await.map_err(pg_error)?;
+            drop(client);
+            let Some(last) = rows.last() else { return Ok(total) };
+            if rows.len() < PURGE_BATCH {
+                return Ok(total);
+            }
+            cursor = (last.get(1), last.get(0));
+            purge_pause(started.elapsed()).await;
+        }
     }
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
         let client = self.client().await?;
-        let rows = client.query("SELECT status, COUNT(*) FROM jobs GROUP BY status", &[]).await.map_err(pg_error)?;
+        let rows = client.query(JOB_COUNTS, &[]).await.map_err(pg_error)?;
         let mut counts = JobCounts::default();
         for row in rows {
-            let n = row.get::<_, i64>(1) as u64;
+            let n = row.get::<_, i64>(1).max(0) as u64;
             match status_of(row.get::<_, &str>(0))? {
                 JobStatus::Queued => counts.queued = n,
                 JobStatus::Running => counts.running = n,
@@ -694,6 +727,19 @@ impl Store for PostgresStore {
         Ok(counts)
     }
 }
+
+/// Queue depths from the counter rows the `job_counts` triggers keep (migration 5): a few per (route, status).
+const JOB_COUNTS: &str = "SELECT status, SUM(n)::bigint FROM job_counts GROUP BY status";
+
+/// The next deliveries past the cursor received before the cutoff, in (received_at, id) order, locked for this
+/// batch, each with whether it still has unfinished jobs; a fixed number per batch, so deliveries kept back by
+/// a queued job are stepped over once per purge. Their jobs and attempts go by `ON DELETE CASCADE`.
+const PURGE_CANDIDATES: &str = "SELECT d.id, d.received_at,
+            EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))
+     FROM deliveries d
+     WHERE d.received_at < $1 AND d.received_at >= $2 AND (d.received_at, d.id) > ($2, $3)
+     ORDER BY d.received_at, d.id LIMIT $4
+     FOR UPDATE OF d SKIP LOCKED";
 
 /// Create a fresh, empty schema on the server of `base_url` and return a URL whose connections use it.
 /// Tests give every case its own schema this way; nothing else should need it.
@@ -744,6 +790,17 @@ mod tests {
         let Some(store) = store().await else { return };
         store.migrate().await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
+    }
+
+    #[tokio::test]
+    async fn queue_depths_are_read_from_counter_rows_not_the_jobs_table() {
+        let Some(store) = store().await else { return };
+        let client = store.client().await.unwrap();
+        let plan: Vec<String> =
+            client.query(&format!("EXPLAIN {JOB_COUNTS}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains(" on job_counts"), "{plan}");
+        assert!(!plan.contains(" on jobs"), "a scrape must not read the jobs table: {plan}");
     }
 
     #[tokio::test]

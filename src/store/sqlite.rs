@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/sqlite/0002_claim_order.sql")),
     (3, include_str!("migrations/sqlite/0003_body_codec.sql")),
     (4, include_str!("migrations/sqlite/0004_replay_key.sql")),
+    (5, include_str!("migrations/sqlite/0005_job_counts.sql")),
 ];
 
 /// The most commands one transaction takes; bounds the latency a batch adds to its first request.
@@ -1046,9 +1047,12 @@ fn list_jobs_tx(conn: &Connection, q: &JobQuery) -> Result<Page<JobSummary>, Sto
     Ok(Page { items, next })
 }
 
+/// Queue depths from the counters the `job_counts` triggers keep (migration 5): one row per (route, status).
+const JOB_COUNTS: &str = "SELECT status, SUM(n) FROM job_counts GROUP BY status";
+
 fn job_counts_tx(conn: &Connection) -> Result<JobCounts, StoreError> {
     let rows = conn
-        .prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        .prepare_cached(JOB_COUNTS)
         .map_err(sql_error)?
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
         .map_err(sql_error)?
@@ -1056,7 +1060,7 @@ fn job_counts_tx(conn: &Connection) -> Result<JobCounts, StoreError> {
         .map_err(sql_error)?;
     let mut counts = JobCounts::default();
     for (status, n) in rows {
-        let n = n as u64;
+        let n = n.max(0) as u64;
         match status_of(&status)? {
             JobStatus::Queued => counts.queued = n,
             JobStatus::Running => counts.running = n,
@@ -1065,6 +1069,57 @@ fn job_counts_tx(conn: &Connection) -> Result<JobCounts, StoreError> {
         }
     }
     Ok(counts)
+}
+
+/// Where a purge has got to: the last delivery it looked at, in `deliveries_received_at` index order.
+#[derive(Debug, Clone, Copy)]
+struct PurgeCursor {
+    received_at: Millis,
+    rowid: i64,
+}
+
+/// The next deliveries past `cursor` received before the cutoff, in index order, each with whether it still
+/// has unfinished jobs. A fixed number of index entries per batch, so deliveries kept back by a queued job are
+/// stepped over once per purge, not rescanned by every batch.
+const PURGE_CANDIDATES: &str = "SELECT d.rowid, d.received_at, d.id,
+            EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))
+     FROM deliveries d
+     WHERE d.received_at < ?1 AND (d.received_at, d.rowid) > (?2, ?3)
+     ORDER BY d.received_at, d.rowid LIMIT ?4";
+
+/// One purge batch: delete what is done among the next [`PURGE_BATCH`] candidates (their jobs and attempts
+/// go by `ON DELETE CASCADE`). Returns (deleted, candidates seen, where to go on).
+fn purge_batch_tx(
+    conn: &Connection,
+    before: Millis,
+    cursor: PurgeCursor,
+) -> Result<(u64, usize, PurgeCursor), StoreError> {
+    let mut done: Vec<String> = Vec::new();
+    let mut seen = 0;
+    let mut next = cursor;
+    {
+        let mut candidates = conn.prepare_cached(PURGE_CANDIDATES).map_err(sql_error)?;
+        let mut rows = candidates
+            .query(params![before, cursor.received_at, cursor.rowid, PURGE_BATCH as i64])
+            .map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            seen += 1;
+            next = PurgeCursor { rowid: row.get(0).map_err(sql_error)?, received_at: row.get(1).map_err(sql_error)? };
+            if !row.get::<_, bool>(3).map_err(sql_error)? {
+                done.push(row.get(2).map_err(sql_error)?);
+            }
+        }
+    }
+    if done.is_empty() {
+        return Ok((0, seen, next));
+    }
+    let ids = serde_json::to_string(&done).map_err(internal)?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1))")
+        .map_err(sql_error)?
+        .execute([ids])
+        .map_err(sql_error)?;
+    Ok((deleted as u64, seen, next))
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1081,6 +1136,20 @@ impl Store for SqliteStore {
             c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())
                 .map_err(sql_error)
+        })
+        .await
+    }
+
+    /// Rewrites the one `write_probe` row: a commit that has to reach the WAL on disk.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.prepare_cached(
+                "INSERT INTO write_probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            )
+            .map_err(sql_error)?
+            .execute([now_ms()])
+            .map(|_| ())
+            .map_err(sql_error)
         })
         .await
     }
@@ -1178,20 +1247,21 @@ impl Store for SqliteStore {
         self.read(move |c| list_jobs_tx(c, &query)).await
     }
 
+    /// Each batch is one command for the writer: writes that queued up while it ran are committed before the
+    /// next batch is even sent.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
-        self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "DELETE FROM deliveries WHERE received_at < ?1 AND NOT EXISTS (
-                         SELECT 1 FROM jobs j
-                         WHERE j.delivery_id = deliveries.id AND j.status IN ('queued', 'running'))",
-                )
-                .map_err(sql_error)?
-                .execute([before])
-                .map_err(sql_error)?;
-            Ok(n as u64)
-        })
-        .await
+        let mut cursor = PurgeCursor { received_at: Millis::MIN, rowid: i64::MIN };
+        let mut total = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let (deleted, seen, next) = self.write(move |c| purge_batch_tx(c, before, cursor)).await?;
+            total += deleted;
+            if seen < PURGE_BATCH {
+                return Ok(total);
+            }
+            cursor = next;
+            purge_pause(started.elapsed()).await;
+        }
     }
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
@@ -1267,6 +1337,55 @@ mod tests {
             assert!(plan.contains("USING INDEX jobs_queue"), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "a claim must not sort the backlog: {plan}");
         }
+    }
+
+    #[tokio::test]
+    async fn purge_candidates_come_from_the_received_at_index_and_queue_depths_from_counters() {
+        let (_dir, store) = fresh().await;
+        let plan = |sql: &'static str| {
+            store.read(move |c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).map_err(sql_error)?;
+                let params: &[&dyn rusqlite::ToSql] = if sql.contains("?4") { &[&0, &0, &0, &1] } else { &[] };
+                let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).map_err(sql_error)?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?.join("; "))
+            })
+        };
+        let purge = plan(PURGE_CANDIDATES).await.unwrap();
+        assert!(purge.contains("USING INDEX deliveries_received_at"), "{purge}");
+        assert!(!purge.contains("TEMP B-TREE"), "a purge batch must not sort the backlog: {purge}");
+        let counts = plan(JOB_COUNTS).await.unwrap();
+        assert!(!counts.contains("jobs"), "a scrape must not read the jobs table: {counts}");
+    }
+
+    #[tokio::test]
+    async fn a_purge_in_batches_takes_expired_deliveries_with_their_jobs_and_attempts_and_steps_over_unfinished_ones() {
+        let (dir, store) = fresh().await;
+        let old = now_ms() - 10 * HOUR;
+        let count = PURGE_BATCH * 2 + 17;
+        for i in 0..count {
+            let mut d = delivery("github", &format!("d{i}"));
+            d.received_at = old + i as i64;
+            // Every 100th keeps a queued job: it must stay, wherever it falls in the batches.
+            let run_at = if i % 100 == 0 { now_ms() + HOUR } else { now_ms() - 1 };
+            store
+                .insert_delivery(d, vec![job_at(if i % 100 == 0 { "later" } else { "r" }, None, run_at)])
+                .await
+                .unwrap();
+        }
+        let ran = store.claim_jobs(claim("w", &["r"], 2000)).await.unwrap();
+        for j in &ran {
+            store.finish_job(&j.id, "w", record(1, true), NextState::Succeeded).await.unwrap();
+        }
+        let kept = count.div_ceil(100);
+        assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), (count - kept) as u64);
+        let raw = Connection::open(dir.path().join("nested/dir/hookgate.db")).unwrap();
+        let count_of =
+            |table: &str| raw.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get::<_, i64>(0));
+        assert_eq!(count_of("deliveries").unwrap(), kept as i64);
+        assert_eq!(count_of("jobs").unwrap(), kept as i64);
+        assert_eq!(count_of("attempts").unwrap(), 0, "attempts of purged jobs go too");
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.succeeded), (kept as u64, 0));
     }
 
     fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
@@ -1687,13 +1806,13 @@ mod tests {
         let store = SqliteStore::open(path).await.unwrap();
         let j = job("r", None);
         let id = store_one(&store, "d1", vec![j.clone()]).await;
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
         store.close().await;
 
         let store = SqliteStore::open(path).await.unwrap();
         let detail = store.get_delivery(&id).await.unwrap().unwrap();
         assert_eq!(detail.jobs[0].job.id, j.id);
-        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
         let applied: i64 = store
             .read(|c| c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0)).map_err(sql_error))
             .await

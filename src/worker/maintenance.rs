@@ -12,12 +12,13 @@ use crate::live::LiveHandle;
 use crate::route::EventContext;
 use crate::store::{new_id, now_ms, DynStore, Insert, NewDelivery};
 
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
-/// Fire due schedules once a second and purge old deliveries hourly, until `shutdown`.
+/// Fire due schedules once a second and purge old deliveries every `store.purge_interval`, until `shutdown`.
 pub async fn run(store: DynStore, live: LiveHandle, wake: Arc<Notify>, shutdown: CancellationToken) {
+    tokio::join!(schedules(&store, &live, &wake, &shutdown), purges(&store, &live, &shutdown));
+}
+
+async fn schedules(store: &DynStore, live: &LiveHandle, wake: &Notify, shutdown: &CancellationToken) {
     let mut last_slot: HashMap<String, i64> = HashMap::new();
-    let mut next_purge = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -25,17 +26,30 @@ pub async fn run(store: DynStore, live: LiveHandle, wake: Arc<Notify>, shutdown:
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if fire_schedules(&store, &live, &mut last_slot).await > 0 {
+        if fire_schedules(store, live, &mut last_slot).await > 0 {
             wake.notify_one();
         }
-        if tokio::time::Instant::now() >= next_purge {
-            next_purge += PURGE_EVERY;
-            let retention = live.current().config.store.retention;
-            match store.purge(now_ms() - retention.as_millis() as i64).await {
+    }
+}
+
+/// The retention purge, on its own task: a large one takes a while (it pauses between batches so writes get
+/// through), and schedules must not wait for it. The first runs at start.
+async fn purges(store: &DynStore, live: &LiveHandle, shutdown: &CancellationToken) {
+    loop {
+        let config = live.current().config.store.clone();
+        let started = tokio::time::Instant::now();
+        let before = now_ms() - config.retention.as_millis() as i64;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = store.purge(before) => match result {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(deliveries = n, "purged deliveries past retention"),
-                Err(e) => tracing::warn!(error = %e, "retention purge failed"),
-            }
+                Ok(n) => tracing::info!(deliveries = n, took = ?started.elapsed(), "purged deliveries past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention purge failed; the next one tries again"),
+            },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(started + config.purge_interval) => {}
         }
     }
 }

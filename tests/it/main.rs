@@ -41,6 +41,7 @@ mod helpers;
 mod hooks;
 mod hostile;
 mod logs;
+mod ops_store;
 mod poison;
 mod postgres_tls;
 mod quickstart;
