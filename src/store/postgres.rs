@@ -683,6 +683,7 @@ impl Store for PostgresStore {
     /// Each batch is its own short transaction. Rows another transaction holds (another instance's purge) are
     /// skipped rather than waited for; the next purge takes them.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
+        self.client().await?.execute(FOLD_COUNTERS, &[]).await.map_err(pg_error)?;
         let mut cursor: (Millis, String) = (Millis::MIN, String::new());
         let mut total = 0;
         loop {
@@ -728,8 +729,22 @@ impl Store for PostgresStore {
     }
 }
 
-/// Queue depths from the counter rows the `job_counts` triggers keep (migration 5): a few per (route, status).
+/// Queue depths from the counter rows the `job_counts` triggers keep (migration 5): one per (route, status) and
+/// database connection, plus one for connections that are gone.
 const JOB_COUNTS: &str = "SELECT status, SUM(n)::bigint FROM job_counts GROUP BY status";
+
+/// Move the counter rows of connections that are gone into `shard` 0, so their number stays that of the live
+/// connections. A row is moved whole, so the sums stay exact even if its process id was reused meanwhile; one
+/// that is locked (being written) is left for the next purge, so this never waits for a writer.
+const FOLD_COUNTERS: &str = "WITH gone AS (
+         DELETE FROM job_counts WHERE (route, status, shard) IN (
+             SELECT route, status, shard FROM job_counts c
+             WHERE shard <> 0 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.shard)
+             FOR UPDATE SKIP LOCKED)
+         RETURNING route, status, n)
+     INSERT INTO job_counts AS c (route, status, shard, n)
+     SELECT route, status, 0, SUM(n) FROM gone GROUP BY route, status ORDER BY route, status
+     ON CONFLICT (route, status, shard) DO UPDATE SET n = c.n + EXCLUDED.n";
 
 /// The next deliveries past the cursor received before the cutoff, in (received_at, id) order, locked for this
 /// batch, each with whether it still has unfinished jobs; a fixed number per batch, so deliveries kept back by
@@ -801,6 +816,50 @@ mod tests {
         let plan = plan.join("\n");
         assert!(plan.contains(" on job_counts"), "{plan}");
         assert!(!plan.contains(" on jobs"), "a scrape must not read the jobs table: {plan}");
+    }
+
+    #[tokio::test]
+    async fn counter_rows_of_closed_connections_fold_into_one_and_the_sums_stay_exact() {
+        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let url = fresh_schema_url(&base).await.unwrap();
+        let store = PostgresStore::open(&url).await.unwrap();
+        let other = PostgresStore::open(&url).await.unwrap();
+        for i in 0..20 {
+            let writer = if i % 2 == 0 { &store } else { &other };
+            writer.insert_delivery(delivery("github", &format!("f{i}")), vec![job("r", None)]).await.unwrap();
+        }
+        let rows = |s: &'static str| {
+            let store = &store;
+            async move {
+                let client = store.client().await.unwrap();
+                client.query_one(s, &[]).await.unwrap().get::<_, i64>(0)
+            }
+        };
+        assert!(rows("SELECT COUNT(*) FROM job_counts WHERE shard <> 0").await >= 2);
+        // The other instance stops: its connections (and their process ids) are gone.
+        other.pool.close();
+        drop(other);
+        for _ in 0..200 {
+            let dead = rows(
+                "SELECT COUNT(*) FROM job_counts c
+                 WHERE shard <> 0 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.shard)",
+            );
+            if dead.await > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert_eq!(store.purge(now_ms() - 3_600_000).await.unwrap(), 0);
+        let dead = rows(
+            "SELECT COUNT(*) FROM job_counts c
+             WHERE shard <> 0 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = c.shard)",
+        );
+        assert_eq!(dead.await, 0, "the rows of closed connections were folded");
+        assert_eq!(rows("SELECT COUNT(*) FROM job_counts WHERE shard = 0").await, 1);
+        assert_eq!(store.job_counts().await.unwrap().queued, 20);
     }
 
     #[tokio::test]
