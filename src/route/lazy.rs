@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn floats_read_back_exactly_as_sent() {
+        // Without serde_json's float_roundtrip this decimal read as its neighbour, …944e-211.
+        for text in
+            ["1.0963149261351946e-211", "0.30000000000000004", "2.2250738585072014e-308", "-1.7976931348623157e308"]
+        {
+            let doc = format!(r#"{{"f": {text}}}"#);
+            let out = render_text("{{ body.f | tojson }}", Box::leak(doc.into_boxed_str()));
+            assert_eq!(out.parse::<f64>().unwrap().to_bits(), text.parse::<f64>().unwrap().to_bits(), "{text} → {out}");
+        }
+    }
+
+    #[test]
     fn scalar_documents_and_large_numbers() {
         assert_eq!(render_text("{{ body is none }}", "null"), "True");
         assert_eq!(render_text("{{ body + 1 }}", " 41 "), "42");
