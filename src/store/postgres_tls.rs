@@ -275,10 +275,10 @@ fn client_config(plan: &TlsPlan) -> Result<ClientConfig, TlsConfigError> {
     let builder = match (plan.mode, plan.check) {
         // No TLS will be attempted, so no roots are loaded (a missing file must not stop a plaintext set-up).
         (SslMode::Disable, _) | (_, Check::Nothing) => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly { provider }))
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(WithoutName { roots: None, provider }))
         }
-        (_, Check::Chain) => builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly {
-            roots: Arc::new(root_store(&plan.roots)?),
+        (_, Check::Chain) => builder.dangerous().with_custom_certificate_verifier(Arc::new(WithoutName {
+            roots: Some(Arc::new(root_store(&plan.roots)?)),
             provider,
         })),
         (_, Check::ChainAndName) => {
@@ -307,56 +307,17 @@ fn client_config(plan: &TlsPlan) -> Result<ClientConfig, TlsConfigError> {
     Ok(config)
 }
 
-/// `prefer` / `require` without a root file: any certificate, but the handshake must still be signed by the
-/// key of the certificate shown (the session is encrypted to whoever holds it).
+/// The checks rustls's own verifier cannot leave out: `prefer` / `require` without a root file take any
+/// certificate (`roots` None) and `verify-ca` a chain to a trusted root whatever name it carries. Either way
+/// the handshake must be signed by the key of the certificate shown (the session is encrypted to whoever
+/// holds it).
 #[derive(Debug)]
-struct EncryptOnly {
+struct WithoutName {
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate is not compared.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for WithoutName {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -365,14 +326,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
