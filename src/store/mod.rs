@@ -195,6 +195,17 @@ pub enum NextState {
     Dead,
 }
 
+impl NextState {
+    /// The job row's status and, for a retry, its new `run_at`.
+    pub fn row(self) -> (&'static str, Option<Millis>) {
+        match self {
+            NextState::Succeeded => (JobStatus::Succeeded.as_str(), None),
+            NextState::Retry { at } => (JobStatus::Queued.as_str(), Some(at)),
+            NextState::Dead => (JobStatus::Dead.as_str(), None),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
     pub id: String,

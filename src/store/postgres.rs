@@ -65,11 +65,7 @@ async fn finish_tx(
     attempt: &AttemptRecord,
     next: NextState,
 ) -> Result<bool, StoreError> {
-    let (status, run_at): (&str, Option<Millis>) = match next {
-        NextState::Succeeded => ("succeeded", None),
-        NextState::Retry { at } => ("queued", Some(at)),
-        NextState::Dead => ("dead", None),
-    };
+    let (status, run_at) = next.row();
     let updated = tx
         .execute(
             &tx.prepare_cached(

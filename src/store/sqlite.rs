@@ -876,11 +876,7 @@ fn finish_tx(
     attempt: &AttemptRecord,
     next: NextState,
 ) -> Result<bool, StoreError> {
-    let (status, run_at): (&str, Option<Millis>) = match next {
-        NextState::Succeeded => ("succeeded", None),
-        NextState::Retry { at } => ("queued", Some(at)),
-        NextState::Dead => ("dead", None),
-    };
+    let (status, run_at) = next.row();
     let updated = conn
         .prepare_cached(
             "UPDATE jobs SET status = ?3, run_at = COALESCE(?4, run_at), last_error = ?5,
