@@ -68,7 +68,9 @@ fuzz_target!(|input: Input<'_>| {
         headers.push(("content-type".into(), ct.into()));
     }
     let body = bytes::Bytes::copy_from_slice(input.body);
-    let Ok(ctx) = context_for_request("github", input.event, input.delivery, "id-1", std::sync::Arc::new(headers), &body) else {
+    let Ok(ctx) =
+        context_for_request("github", input.event, input.delivery, "id-1", std::sync::Arc::new(headers), &body)
+    else {
         return;
     };
     let routes = routes();
