@@ -31,9 +31,9 @@ const WORKER_STACK: usize = 2 << 20;
 /// the lazy document's per-level re-indexing (quadratic in depth) slow enough to time out.
 const MAX_DEPTH: usize = 20_000;
 
-/// Generated text stops growing here (huge keys at every level would otherwise reach gigabytes); the
-/// edge refuses bodies past `max_body` anyway, 25 MiB at most in practice.
-const MAX_BYTES: usize = 1 << 20;
+/// Generated text stops growing here. Huge keys at every level would otherwise reach gigabytes, and a
+/// 1 MiB body of huge keys took seconds per input (every level of a walk re-indexes what is below it).
+const MAX_BYTES: usize = 128 << 10;
 
 /// One route per template, so an error in one does not stop the others from being rendered. Actions
 /// are `http` with a literal URL (rendered unguarded, the whole output kept) and one `command` (guarded).
