@@ -71,18 +71,6 @@ impl Application {
             self.state.wake.clone(),
             shutdown.clone(),
         ));
-        let guards = self.state.guards.clone();
-        let forget = shutdown.clone();
-        tokio::spawn(async move {
-            // Clients that stopped sending junk are forgotten, so the table holds recent offenders only.
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = forget.cancelled() => return,
-                    _ = tick.tick() => guards.unverified.forget_idle(),
-                }
-            }
-        });
         serve(self.listener, app(self.state.clone()), self.limits, shutdown.clone()).await;
         let _ = maintenance.await;
         let _ = worker.await;

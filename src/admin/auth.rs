@@ -14,9 +14,6 @@ use subtle::ConstantTimeEq;
 use crate::config::RateLimit;
 use crate::edge::guard::UnverifiedLimiter;
 
-/// Addresses tracked before expired entries are swept out.
-const SWEEP_AT: usize = 4096;
-
 /// Why a request was not let in; logged, never shown beyond the 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -93,11 +90,7 @@ impl Guard {
 
     /// Charge one failure to `client`. Some(wait) when that used up its quota.
     pub fn charge(&self, client: IpAddr, rate: &RateLimit) -> Option<Duration> {
-        let limiter = self.limiter(rate);
-        if limiter.clients() >= SWEEP_AT {
-            limiter.forget_idle();
-        }
-        limiter.failed(client).map(|wait| wait.max(Duration::from_millis(1)))
+        self.limiter(rate).failed(client).map(|wait| wait.max(Duration::from_millis(1)))
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,11 +65,6 @@ impl ConnectionsPerClient {
         *count += 1;
         Some(ConnectionSlot { key, open: self.open.clone() })
     }
-
-    /// Clients with at least one connection open (the table never holds more).
-    pub fn clients(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
 
 impl Drop for ConnectionSlot {
@@ -87,7 +83,6 @@ impl Drop for ConnectionSlot {
 #[derive(Debug)]
 pub struct BodyBudget {
     bytes: Arc<Semaphore>,
-    total: usize,
 }
 
 /// Bytes a request holds from the budget; returned when the request is answered.
@@ -99,22 +94,12 @@ pub struct BodyBytes {
 
 impl BodyBudget {
     pub fn new(total: usize) -> Self {
-        let total = total.min(Semaphore::MAX_PERMITS);
-        BodyBudget { bytes: Arc::new(Semaphore::new(total)), total }
+        BodyBudget { bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))) }
     }
 
     /// Nothing held yet.
     pub fn start(&self) -> BodyBytes {
         BodyBytes { budget: self.bytes.clone(), held: None }
-    }
-
-    /// Bytes nobody holds now.
-    pub fn available(&self) -> usize {
-        self.bytes.available_permits()
-    }
-
-    pub fn total(&self) -> usize {
-        self.total
     }
 }
 
@@ -152,7 +137,13 @@ pub struct UnverifiedLimiter {
     /// Clients that used up their failures, until when: checked before a body is read, so a flood is
     /// refused cheaply. governor has no look-without-taking, hence this small table beside it.
     blocked: Mutex<HashMap<ClientKey, Instant>>,
+    /// Clients remembered at which the next sweep runs: twice what the last sweep kept, so sweeping stays
+    /// amortised O(1) per failure however many addresses an attacker uses.
+    sweep_at: AtomicUsize,
 }
+
+/// The table is never swept below this many clients.
+const SWEEP_FROM: usize = 4096;
 
 impl std::fmt::Debug for UnverifiedLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -165,6 +156,7 @@ impl UnverifiedLimiter {
         UnverifiedLimiter {
             limiter: DefaultKeyedRateLimiter::keyed(crate::live::quota(rate)),
             blocked: Mutex::default(),
+            sweep_at: AtomicUsize::new(SWEEP_FROM),
         }
     }
 
@@ -178,6 +170,10 @@ impl UnverifiedLimiter {
     /// Charge one failed verification to `ip`. Past its allowance the client is blocked until a cell
     /// frees up, and the wait is returned (this request is then answered 429 as well).
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
+        if self.limiter.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            self.forget_idle();
+            self.sweep_at.store((self.limiter.len() * 2).max(SWEEP_FROM), Ordering::Relaxed);
+        }
         let key = ClientKey::of(ip);
         let not_until = self.limiter.check_key(&key).err()?;
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
@@ -186,16 +182,11 @@ impl UnverifiedLimiter {
     }
 
     /// Forget clients that are back at their full allowance, so the tables only hold recent offenders.
-    pub fn forget_idle(&self) {
+    fn forget_idle(&self) {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
         let now = Instant::now();
         self.blocked.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, until| *until > now);
-    }
-
-    /// Clients remembered (for tests and metrics).
-    pub fn clients(&self) -> usize {
-        self.limiter.len()
     }
 }
 
@@ -212,5 +203,32 @@ impl EdgeGuards {
             body_budget: BodyBudget::new(server.max_buffered),
             unverified: UnverifiedLimiter::new(&server.unverified_rate_limit),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_from_ever_new_addresses_do_not_grow_the_table_without_end() {
+        let limiter = UnverifiedLimiter::new(&RateLimit { count: 1000, per: Duration::from_secs(1) });
+        for round in 0u32..20 {
+            for i in 0u32..1000 {
+                limiter.failed(IpAddr::V4((round * 1000 + i).into()));
+            }
+            // Back at full allowance after a millisecond: the next sweep may forget them.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(limiter.limiter.len() < 2 * SWEEP_FROM, "{} clients remembered", limiter.limiter.len());
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_one_client_and_a_mapped_ipv4_is_its_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        assert_eq!(ClientKey::of(a), ClientKey::of(b));
+        assert_ne!(ClientKey::of(a), ClientKey::of("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(ClientKey::of("::ffff:10.0.0.1".parse().unwrap()), ClientKey::of("10.0.0.1".parse().unwrap()));
     }
 }
