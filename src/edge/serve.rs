@@ -38,7 +38,8 @@ pub struct ServeLimits {
     pub header_timeout: Duration,
 }
 
-/// hyper's read buffer per connection: request heads larger than this are refused (431), and body bytes
+/// hyper's read buffer per connection: it bounds request heads (refused 431; hyper lets a head grow to
+/// somewhat over this — 130 KiB passed, 256 KiB is refused), and body bytes
 /// are handed over in pieces of at most this size (the default, ~400 KB, would let idle uploads hold
 /// 400 KB each outside the body budget).
 const READ_BUFFER: usize = 64 << 10;

@@ -323,3 +323,19 @@ action = {{ type = "http", url = "{peer}/repos/{{{{ body.repository.full_name | 
         assert_eq!(seen.lock().unwrap().len(), 3, "{:?}", seen.lock().unwrap());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_of_256_kib_is_refused_431_and_a_16_kib_header_is_served() {
+    let app = spawn_app(&Backend::Sqlite, GITHUB_SOURCE).await;
+    let body = push_body("refs/heads/main", "octo/hello");
+    let mut headers = github_headers("push", "head-ok", &body);
+    headers.push(("x-padding", "a".repeat(16 << 10)));
+    assert_eq!(app.post_hook("github", &headers, &body).await.status(), 202);
+
+    let mut stream = TcpStream::connect(app.addr.trim_start_matches("http://")).await.unwrap();
+    let head = format!("POST /hooks/github HTTP/1.1\r\nHost: x\r\nx-padding: {}\r\n\r\n", "a".repeat(256 << 10));
+    let _ = stream.write_all(head.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.unwrap().unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer[..n]));
+}
