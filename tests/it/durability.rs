@@ -67,10 +67,18 @@ async fn every_acknowledged_delivery_survives_a_sigkill_and_its_jobs_finish() {
         let running = admin_json(&server.addr, "/api/v1/jobs?status=running&limit=1").await;
         let dead = admin_json(&server.addr, "/api/v1/jobs?status=dead&limit=1").await;
         assert!(dead["items"].as_array().unwrap().is_empty(), "a job died");
+        // The three lists are read one after another, so a job moving from running back to queued (its lost
+        // attempt counted, waiting out its backoff) can slip between them: the sample below is read whole.
+        let mut sample_done = true;
+        for id in acked.iter().step_by(17) {
+            let detail = admin_json(&server.addr, &format!("/api/v1/deliveries/{id}")).await;
+            sample_done &= detail["jobs"][0]["status"] == "succeeded";
+        }
         (queued["items"].as_array().unwrap().is_empty()
             && running["items"].as_array().unwrap().is_empty()
-            && !page["items"].as_array().unwrap().is_empty())
-        .then_some(())
+            && !page["items"].as_array().unwrap().is_empty()
+            && sample_done)
+            .then_some(())
     })
     .await;
     for id in acked.iter().step_by(17) {
