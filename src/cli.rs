@@ -264,17 +264,18 @@ async fn migrate(path: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(path: &Path) -> ExitCode {
-    let config = match config::load(path, &ProcessEnv) {
-        Ok(c) => c,
+    // Templates are compiled here too, so a broken one stops `serve` as it stops `check`: exit 64.
+    let live = match load(path) {
+        Ok(live) => live,
         Err(e) => {
-            eprintln!("error: {}: {e}", path.display());
+            eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let shutdown = CancellationToken::new();
     // Before any command runs: as PID 1 in a container, nothing else would reap their orphans.
     crate::actions::reaper::start();
-    let app = match crate::startup::Application::build(config).await {
+    let app = match crate::startup::Application::build_live(live).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("error: {e:#}");

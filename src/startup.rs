@@ -2,16 +2,35 @@
 
 use std::sync::Arc;
 
+use axum::http::{header, HeaderValue};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::actions::Runner;
 use crate::config::Config;
-use crate::edge::guard::EdgeGuards;
-use crate::edge::{app, connection_cap, serve, AppState, ServeLimits};
+use crate::edge::{connection_cap, serve, ServeLimits};
+use crate::error::ApiError;
+use crate::guard::EdgeGuards;
 use crate::live::{Live, LiveHandle};
+use crate::state::AppState;
 use crate::worker::Worker;
+
+/// The whole HTTP application: the webhook edge, the admin API and the dashboard, with the headers every
+/// answer carries.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::edge::router())
+        .merge(crate::admin::router())
+        .merge(crate::ui::router())
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::error::log_server_errors))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+}
 
 pub struct Application {
     listener: TcpListener,
@@ -21,9 +40,13 @@ pub struct Application {
 }
 
 impl Application {
-    /// Open the store (running migrations), compile the configuration and bind the listener.
+    /// Compile the configuration, open the store (running migrations) and bind the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let live = Live::build(config)?;
+        Self::build_live(Live::build(config)?).await
+    }
+
+    /// Open the store (running migrations) and bind the listener for an already compiled configuration.
+    pub async fn build_live(live: Live) -> anyhow::Result<Self> {
         for warning in &live.config.warnings {
             tracing::warn!("{warning}");
         }

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::RateLimit;
-use crate::edge::guard::UnverifiedLimiter;
+use crate::guard::UnverifiedLimiter;
 
 /// Why a request was not let in; logged, never shown beyond the 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

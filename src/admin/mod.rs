@@ -14,9 +14,11 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::edge::{is_credential_header, AppState, ClientAddr, REDACTED};
+use crate::edge::{is_credential_header, REDACTED};
 use crate::error::ApiError;
+use crate::guard::ClientAddr;
 use crate::route::EventContext;
+use crate::state::AppState;
 use crate::store::{
     now_ms, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis, StoredDelivery,
 };
@@ -51,7 +53,7 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(guard) = parts.extensions.get::<Arc<auth::Guard>>().cloned() else {
             // A route added outside `router()` would go unlimited: refuse loudly instead.
             tracing::error!(path = %parts.uri.path(), "admin route without the authentication guard");
-            return Err(ApiError::Internal);
+            return Err(ApiError::internal("admin route without the authentication guard"));
         };
         let rate = &live.config.admin_auth_failure_limit;
         if let Some(wait) = guard.blocked(client, rate) {

@@ -13,11 +13,11 @@ use axum::Json;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 
-use super::guard::BodyBytes;
-use super::{AppState, ClientAddr};
-use crate::error::ApiError;
+use crate::error::{ApiError, SourceLabel};
+use crate::guard::{BodyBytes, ClientAddr};
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::route::context_for_request;
+use crate::state::AppState;
 use crate::store::{new_id, now_ms, Insert, NewDelivery};
 use crate::verify::{Inbound, Scheme, VerifyError};
 
@@ -45,22 +45,26 @@ pub async fn receive(
     metrics::histogram!(REQUEST_DURATION, "source" => label.clone()).record(started.elapsed().as_secs_f64());
     // Client addresses are personal data: logged only when the operator asked for them.
     let client = client.filter(|_| live.config.server.log_client_ip).map(|Extension(ClientAddr(a))| a.ip());
-    let (message, server_error) = match &result {
-        Ok(_) => ("webhook", false),
-        Err(e) => match e.status().is_server_error() {
-            true => ("webhook not accepted", true),
-            false => ("webhook refused", false),
-        },
+    let mut response = match result {
+        Ok(accepted) => {
+            log_request(&label, outcome, client, "webhook");
+            accepted.into_response()
+        }
+        // A server error is logged once, with its cause, by `error::log_server_errors`.
+        Err(e) if e.status().is_server_error() => e.into_response(),
+        Err(e) => {
+            log_request(&label, outcome, client, "webhook refused");
+            e.into_response()
+        }
     };
-    match (client, server_error) {
-        (Some(ip), true) => tracing::warn!(source = %label, outcome, client_ip = %ip, "{message}"),
-        (Some(ip), false) => tracing::info!(source = %label, outcome, client_ip = %ip, "{message}"),
-        (None, true) => tracing::warn!(source = %label, outcome, "{message}"),
-        (None, false) => tracing::info!(source = %label, outcome, "{message}"),
-    }
-    match result {
-        Ok(accepted) => accepted.into_response(),
-        Err(e) => e.into_response(),
+    response.extensions_mut().insert(SourceLabel(label));
+    response
+}
+
+fn log_request(source: &str, outcome: &str, client: Option<std::net::IpAddr>, message: &str) {
+    match client {
+        Some(ip) => tracing::info!(source, outcome, client_ip = %ip, "{message}"),
+        None => tracing::info!(source, outcome, "{message}"),
     }
 }
 
@@ -284,7 +288,8 @@ impl BodyBuffer {
         match self {
             BodyBuffer::Heap(buffer) => Ok(buffer.freeze()),
             BodyBuffer::Mapped { map, len } => {
-                let map = map.make_read_only().map_err(|_| ApiError::Internal)?;
+                let map =
+                    map.make_read_only().map_err(|e| ApiError::internal(format!("cannot seal a mapped body: {e}")))?;
                 Ok(Bytes::from_owner(map).slice(..len))
             }
         }

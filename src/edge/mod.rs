@@ -1,49 +1,23 @@
-//! edge: the HTTP surface — the webhook endpoint, health, metrics — and the shared application state.
+//! edge: the internet-facing HTTP surface — the listener, the webhook endpoint, health and metrics.
 
-pub mod guard;
-mod health;
 mod hooks;
+mod probes;
 mod serve;
 
 pub use hooks::{is_credential_header, REDACTED};
-pub use serve::{connection_cap, serve, ClientAddr, ServeLimits};
+pub use serve::{connection_cap, serve, ServeLimits};
 
-use std::sync::Arc;
-
-use axum::http::{header, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Notify;
-use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::ApiError;
-use crate::live::LiveHandle;
-use crate::store::DynStore;
+use crate::state::AppState;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub live: LiveHandle,
-    pub store: DynStore,
-    /// Wakes the worker when new jobs were committed.
-    pub wake: Arc<Notify>,
-    pub metrics: PrometheusHandle,
-    /// Limits on what clients hold before they verify (memory, failed verifications per address).
-    pub guards: Arc<guard::EdgeGuards>,
-}
-
-/// The whole HTTP application: webhooks, health, metrics, admin API and dashboard.
-pub fn app(state: AppState) -> Router {
+/// The webhook endpoint and the probes; `startup::app` joins it with the admin API and the dashboard.
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/hooks/{source}", post(hooks::receive).fallback(|| async { ApiError::MethodNotAllowed }))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(crate::admin::router())
-        .merge(crate::ui::router())
-        .fallback(|| async { ApiError::NotFound })
-        .with_state(state)
-        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
-        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
 }

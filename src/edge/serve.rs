@@ -8,7 +8,6 @@
 //! `max_connections_per_ip` of them, so a single flooder cannot fill the table; connections beyond that
 //! are closed at once.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::guard::ConnectionsPerClient;
-
-/// The peer of the connection a request arrived on (only logged with `log_client_ip = true`).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+use crate::guard::{ClientAddr, ConnectionsPerClient};
 
 /// Limits of the accept loop.
 #[derive(Debug, Clone, Copy)]

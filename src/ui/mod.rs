@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::edge::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 const INDEX: &str = include_str!("index.html");
 

@@ -6,8 +6,6 @@
 //! them back to the queue without using up an attempt.
 
 pub mod backoff;
-pub mod breaker;
-pub mod health;
 pub mod maintenance;
 
 use std::collections::HashMap;
@@ -19,11 +17,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{AttemptResult, Outcome, Runner};
+use crate::live::breaker::Allowance;
 use crate::live::{Live, LiveHandle};
 use crate::metrics::{DELIVERY_LATENCY, JOBS_TOTAL, JOB_DURATION};
 use crate::route::EventContext;
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
-use breaker::Allowance;
 
 /// Claims that may wait for their commit at once.
 const CLAIMS_IN_FLIGHT: usize = 2;

@@ -62,6 +62,29 @@ fn check_names_the_bad_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_and_serve_both_refuse_a_broken_template_with_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}/h.db\"\n\
+             [[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\n\
+             [[routes]]\nname = \"r\"\nsource = \"g\"\n\
+             action = {{ type = \"command\", argv = [\"echo\", \"{{{{ body.ref \"] }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    for command in ["check", "serve"] {
+        let (code, _, err) = run(&[command, "-c", path.to_str().unwrap()], None, &[]);
+        assert_eq!(code, 64, "{command}: {err}");
+        assert!(err.contains("routes[0].action.argv[1]"), "{command}: {err}");
+    }
+    assert!(!dir.path().join("h.db").exists(), "serve opened the store before the configuration compiled");
+}
+
+#[test]
 fn sign_prints_headers_that_match_githubs_documented_vector() {
     let (code, out, err) =
         run(&["sign", "--provider", "github", "--secret", GITHUB_SECRET], Some("Hello, World!"), &[]);

@@ -185,6 +185,15 @@ async fn on_a_full_disk_readyz_answers_503_until_a_write_commits_again() {
     assert_eq!(body["code"], "store_write_failed", "{body}");
     // Nothing about the failure is guessable from outside beyond the code; the reason is in the log.
     assert!(server.log_text().contains("a store write failed"), "{}", server.log_text());
+    // Each refused webhook is logged once, at the HTTP boundary, with the cause an operator can act on.
+    let log = server.log_text();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failed.len(), refused, "{log}");
+    assert!(
+        failed.iter().all(|l| l.contains("code=\"store_unavailable\"") && l.contains("source=github")),
+        "{failed:?}"
+    );
+    assert!(failed.iter().all(|l| l.to_ascii_lowercase().contains("disk")), "no cause in {failed:?}");
 
     // Space again: the probe write commits and the store is ready; deliveries are accepted.
     let lifted = Command::new("prlimit")

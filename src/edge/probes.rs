@@ -7,8 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::AppState;
 use crate::metrics::QUEUE_DEPTH;
+use crate::state::AppState;
 use crate::store::{JobStatus, NotReady};
 
 pub async fn healthz() -> impl IntoResponse {

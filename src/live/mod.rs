@@ -1,4 +1,8 @@
-//! live: the current configuration with its compiled routes and rate limiters, swappable on reload.
+//! live: what is running now — the configuration with its compiled routes and rate limiters, swappable on
+//! reload, and the per-route health (circuit breakers, routes a peer disabled) that outlives reloads.
+
+pub mod breaker;
+pub mod route_health;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -8,7 +12,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 
 use crate::config::{Config, ConfigError, RateLimit};
 use crate::route::Routes;
-use crate::worker::health::RouteHealth;
+use route_health::RouteHealth;
 
 /// A configuration ready to serve: validated, routes compiled, one limiter per rate-limited source.
 pub struct Live {

@@ -1,11 +1,12 @@
-//! guard: what one client, or all of them together, may hold before a signature verifies — connections
-//! per address, request bytes in memory, and failed verifications per address.
+//! guard: what one client, or all of them together, may hold before it is trusted — connections per
+//! address, request bytes in memory, and failed verifications (or admin logins) per address.
 //!
 //! Each limit protects the signed senders from the rest: junk from one address cannot fill the
-//! connection table, the memory, or a source's rate limit that the real sender needs.
+//! connection table, the memory, or a source's rate limit that the real sender needs. The webhook edge
+//! and the admin API both apply these, so they live beside both rather than inside either.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,11 @@ use governor::DefaultKeyedRateLimiter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{RateLimit, Server};
+
+/// The peer of the connection a request arrived on, set by the accept loop (only logged with
+/// `log_client_ip = true`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// A client as the limits count it: an IPv4 address, or an IPv6 /64 (one subscriber's whole prefix, which
 /// a single host can draw addresses from at will).

@@ -1,0 +1,22 @@
+//! state: what every HTTP handler shares — the webhook edge, the admin API and the dashboard alike.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+
+use crate::guard::EdgeGuards;
+use crate::live::LiveHandle;
+use crate::store::DynStore;
+
+/// The application state handed to every router.
+#[derive(Clone)]
+pub struct AppState {
+    pub live: LiveHandle,
+    pub store: DynStore,
+    /// Wakes the worker when new jobs were committed.
+    pub wake: Arc<Notify>,
+    pub metrics: PrometheusHandle,
+    /// Limits on what clients hold before they verify (memory, failed verifications per address).
+    pub guards: Arc<EdgeGuards>,
+}
