@@ -192,6 +192,7 @@ pub mod raw {
         pub max_attempts: Option<u32>,
         pub initial: Option<String>,
         pub max: Option<String>,
+        pub throttle_floor: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -289,18 +290,7 @@ pub struct Source {
     pub disabled_reason: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub max_attempts: u32,
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry { max_attempts: 5, initial: Duration::from_secs(1), max: Duration::from_secs(600) }
-    }
-}
+pub use crate::retry::Retry;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Breaker {
@@ -639,6 +629,11 @@ fn validate_route(
                 max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
                 initial: opt_duration(&key("retry.initial"), r.initial.as_deref(), d.initial)?,
                 max: opt_duration(&key("retry.max"), r.max.as_deref(), d.max)?,
+                throttle_floor: opt_duration(
+                    &key("retry.throttle_floor"),
+                    r.throttle_floor.as_deref(),
+                    d.throttle_floor,
+                )?,
             };
             if retry.max_attempts == 0 {
                 return Err(invalid(key("retry.max_attempts"), "must be at least 1"));

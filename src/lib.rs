@@ -10,6 +10,7 @@ pub mod error;
 pub mod guard;
 pub mod live;
 pub mod metrics;
+pub mod retry;
 pub mod route;
 pub mod sign;
 pub mod startup;

@@ -137,7 +137,7 @@ pub struct Claim {
     pub routes: Vec<String>,
     /// The routes' retry policies, for settling jobs whose lease expired (see [`Claim::after_lost`]); a route
     /// missing here gets the default policy.
-    pub retry: HashMap<String, crate::config::Retry>,
+    pub retry: HashMap<String, crate::retry::Retry>,
 }
 
 /// The error of an attempt whose runner stopped before it reported: its lease expired.
@@ -153,7 +153,7 @@ impl Claim {
         let (next, outcome) = if attempt >= policy.max_attempts {
             (NextState::Dead, "dead")
         } else {
-            let pause = crate::worker::backoff::delay(&policy, attempt, None);
+            let pause = crate::retry::delay(&policy, attempt, crate::retry::Hint::default());
             (NextState::Retry { at: self.now + pause.as_millis() as i64 }, "retry")
         };
         tracing::warn!(route, job, attempt, outcome, "{LEASE_EXPIRED}");

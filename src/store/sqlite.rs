@@ -1551,7 +1551,7 @@ mod tests {
         let queued = job("fetch", Some("k"));
         store_one(&store, "d2", vec![queued.clone()]).await;
         let mut next = claim("v", &["fetch"], 10);
-        let no_pause = crate::config::Retry { initial: Duration::ZERO, ..Default::default() };
+        let no_pause = crate::retry::Retry { initial: Duration::ZERO, ..Default::default() };
         next.retry.insert("fetch".into(), no_pause);
         let claimed = store.claim_jobs(next).await.unwrap();
         assert_eq!(claimed.len(), 1);

@@ -5,7 +5,6 @@
 //! worker stops claiming, lets running jobs finish within the grace period, then stops them and gives
 //! them back to the queue without using up an attempt.
 
-pub mod backoff;
 pub mod maintenance;
 
 use std::collections::HashMap;
@@ -296,7 +295,8 @@ impl Worker {
         let (next, label) = match &result.outcome {
             Outcome::Success => (NextState::Succeeded, "succeeded"),
             Outcome::Retryable { retry_after } if job.attempt < retry.max_attempts => {
-                let pause = backoff::delay(retry, job.attempt, *retry_after);
+                let hint = crate::retry::Hint { retry_after: *retry_after, throttled: false };
+                let pause = crate::retry::delay(retry, job.attempt, hint);
                 (NextState::Retry { at: finished_ms + pause.as_millis() as i64 }, "retry")
             }
             Outcome::Retryable { .. } | Outcome::Failed => (NextState::Dead, "dead"),

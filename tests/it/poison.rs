@@ -37,7 +37,7 @@ async fn store_job(store: &DynStore, route: &str) -> (String, String) {
 store_test! {
     async fn a_job_whose_runner_keeps_dying_is_dead_after_max_attempts(backend) {
         let (_dir, store) = fresh_store(&backend).await;
-        let policy = Retry { max_attempts: 2, initial: Duration::ZERO, max: Duration::ZERO };
+        let policy = Retry { max_attempts: 2, initial: Duration::ZERO, max: Duration::ZERO, ..Retry::default() };
         let (delivery, job) = store_job(&store, "poison").await;
 
         // Each runner dies holding the job: its lease is already over when the next claim comes.
@@ -69,7 +69,7 @@ store_test! {
 store_test! {
     async fn a_lost_attempt_that_is_not_the_last_waits_out_its_backoff(backend) {
         let (_dir, store) = fresh_store(&backend).await;
-        let policy = Retry { max_attempts: 5, initial: Duration::from_secs(3600), max: Duration::from_secs(7200) };
+        let policy = Retry { max_attempts: 5, initial: Duration::from_secs(3600), max: Duration::from_secs(7200), ..Retry::default() };
         let (delivery, job) = store_job(&store, "slow").await;
         // A live lease is left alone.
         assert_eq!(store.claim_jobs(claim("runner-1", "slow", &policy, 200)).await.unwrap().len(), 1);
