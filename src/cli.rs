@@ -42,6 +42,15 @@ enum Command {
     /// Inspect and retry jobs (admin API).
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the reference configuration: every key with its default, commented.
+    Example,
 }
 
 #[derive(Args)]
@@ -213,6 +222,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Send(a) => send(a).await,
         Command::Deliveries(c) => deliveries(c).await,
         Command::Jobs(c) => jobs(c).await,
+        Command::Config(ConfigCommand::Example) => {
+            print!("{}", config::REFERENCE);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,9 @@ use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret,
 /// The file used when neither `--config` nor `HOOKGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "hookgate.toml";
 
+/// Every key with its default and a comment (`hookgate config example`); a test holds it to the parser.
+pub const REFERENCE: &str = include_str!("../config.default.toml");
+
 /// A configuration error, always naming the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -22,6 +25,39 @@ pub enum ConfigError {
     Parse(String),
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+}
+
+/// The value of every key left out, in one place; `config.default.toml` shows them and a test holds the two
+/// together. (An action kind's defaults live with the kind, in `actions/`.)
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const MAX_BODY: usize = 1 << 20;
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+    pub const MAX_BUFFERED: usize = 256 << 20;
+    pub const UNVERIFIED_RATE_LIMIT: &str = "60/m";
+
+    pub const STORE_URL: &str = "sqlite://hookgate.db";
+    pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+    pub const PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+    pub const ADMIN_TOKEN: &str = "env:HOOKGATE_ADMIN_TOKEN";
+    pub const ADMIN_AUTH_FAILURE_LIMIT: &str = "10/m";
+
+    pub const WORKER_CONCURRENCY: usize = 32;
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub const OUTPUT_CAP: usize = 16 << 10;
+    pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+
+    pub const TOLERANCE: Duration = Duration::from_secs(300);
+
+    pub const BREAKER_WINDOW: Duration = Duration::from_secs(120);
+    pub const BREAKER_MAX_FAILURES: u32 = 5;
+    pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(60);
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -48,7 +84,7 @@ impl Env for BTreeMap<String, String> {
     }
 }
 
-/// The file as written; see `config.default.toml` for every key.
+/// The file as written; [`REFERENCE`] (`config.default.toml`) lists every key.
 pub mod raw {
     use serde::Deserialize;
     use std::collections::BTreeMap;
@@ -384,26 +420,22 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
     let mut warnings = literal_secrets(&file, env);
-    let listen_text = env.var("HOOKGATE_LISTEN").or(file.server.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen_text = env.var("HOOKGATE_LISTEN").or(file.server.listen).unwrap_or_else(|| defaults::LISTEN.into());
     let listen: SocketAddr = listen_text
         .parse()
         .map_err(|_| invalid("server.listen", format!("`{listen_text}` is not an address like 127.0.0.1:8080")))?;
-    let max_body = opt_size("server.max_body", file.server.max_body.as_deref(), 1 << 20)?;
+    let max_body = opt_size("server.max_body", file.server.max_body.as_deref(), defaults::MAX_BODY)?;
     let server = Server {
         listen,
         max_body,
         log_client_ip: file.server.log_client_ip.unwrap_or(false),
-        read_timeout: opt_duration(
-            "server.read_timeout",
-            file.server.read_timeout.as_deref(),
-            Duration::from_secs(30),
-        )?,
-        max_connections: file.server.max_connections.unwrap_or(10_000),
-        max_connections_per_ip: file.server.max_connections_per_ip.unwrap_or(256),
-        max_buffered: opt_size("server.max_buffered", file.server.max_buffered.as_deref(), 256 << 20)?,
+        read_timeout: opt_duration("server.read_timeout", file.server.read_timeout.as_deref(), defaults::READ_TIMEOUT)?,
+        max_connections: file.server.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        max_connections_per_ip: file.server.max_connections_per_ip.unwrap_or(defaults::MAX_CONNECTIONS_PER_IP),
+        max_buffered: opt_size("server.max_buffered", file.server.max_buffered.as_deref(), defaults::MAX_BUFFERED)?,
         unverified_rate_limit: parse_rate(
             "server.unverified_rate_limit",
-            file.server.unverified_rate_limit.as_deref().unwrap_or("60/m"),
+            file.server.unverified_rate_limit.as_deref().unwrap_or(defaults::UNVERIFIED_RATE_LIMIT),
         )?,
     };
     if server.max_connections == 0 {
@@ -414,12 +446,12 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
     }
 
     let store = StoreConfig {
-        url: env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| "sqlite://hookgate.db".into()),
-        retention: opt_duration("store.retention", file.store.retention.as_deref(), Duration::from_secs(7 * 86400))?,
+        url: env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| defaults::STORE_URL.into()),
+        retention: opt_duration("store.retention", file.store.retention.as_deref(), defaults::RETENTION)?,
         purge_interval: opt_duration(
             "store.purge_interval",
             file.store.purge_interval.as_deref(),
-            Duration::from_secs(3600),
+            defaults::PURGE_INTERVAL,
         )?,
     };
     if store.purge_interval < Duration::from_secs(1) {
@@ -431,32 +463,30 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         crate::store::postgres_tls::connect_options(&store.url).map_err(|e| invalid("store.url", e.to_string()))?;
     }
 
-    let admin_token_ref = file.admin.token.unwrap_or_else(|| "env:HOOKGATE_ADMIN_TOKEN".into());
+    let admin_token_ref = file.admin.token.unwrap_or_else(|| defaults::ADMIN_TOKEN.into());
     let admin_token = resolve_secret("admin.token", &admin_token_ref, base, env)?;
-    let admin_auth_failure_limit =
-        parse_rate("admin.auth_failure_limit", file.admin.auth_failure_limit.as_deref().unwrap_or("10/m"))?;
+    let admin_auth_failure_limit = parse_rate(
+        "admin.auth_failure_limit",
+        file.admin.auth_failure_limit.as_deref().unwrap_or(defaults::ADMIN_AUTH_FAILURE_LIMIT),
+    )?;
     if admin_token.as_ref().is_some_and(|t| String::from_utf8_lossy(t.expose()).chars().count() < 16) {
         warnings.push(ConfigWarning::ShortAdminToken);
     }
 
     let worker = WorkerConfig {
-        concurrency: file.worker.concurrency.unwrap_or(32),
+        concurrency: file.worker.concurrency.unwrap_or(defaults::WORKER_CONCURRENCY),
         poll_interval: opt_duration(
             "worker.poll_interval",
             file.worker.poll_interval.as_deref(),
-            Duration::from_secs(1),
+            defaults::POLL_INTERVAL,
         )?,
         shutdown_grace: opt_duration(
             "worker.shutdown_grace",
             file.worker.shutdown_grace.as_deref(),
-            Duration::from_secs(30),
+            defaults::SHUTDOWN_GRACE,
         )?,
-        output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), 16 << 10)?,
-        lease_margin: opt_duration(
-            "worker.lease_margin",
-            file.worker.lease_margin.as_deref(),
-            Duration::from_secs(10),
-        )?,
+        output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), defaults::OUTPUT_CAP)?,
+        lease_margin: opt_duration("worker.lease_margin", file.worker.lease_margin.as_deref(), defaults::LEASE_MARGIN)?,
     };
     if worker.concurrency == 0 {
         return Err(invalid("worker.concurrency", "must be at least 1"));
@@ -572,7 +602,7 @@ fn validate_source(
             secrets.push(s);
         }
     }
-    let tolerance = opt_duration(&key("tolerance"), raw.tolerance.as_deref(), Duration::from_secs(300))?;
+    let tolerance = opt_duration(&key("tolerance"), raw.tolerance.as_deref(), defaults::TOLERANCE)?;
     let max_body = opt_size(&key("max_body"), raw.max_body.as_deref(), default_max_body)?;
     let rate_limit = raw.rate_limit.as_deref().map(|r| parse_rate(&key("rate_limit"), r)).transpose()?;
     let mut enabled = raw.enabled.unwrap_or(true);
@@ -648,12 +678,12 @@ fn validate_route(
         .circuit_breaker
         .map(|b| -> Result<Breaker, ConfigError> {
             Ok(Breaker {
-                window: opt_duration(&key("circuit_breaker.window"), b.window.as_deref(), Duration::from_secs(120))?,
-                max_failures: b.max_failures.unwrap_or(5).max(1),
+                window: opt_duration(&key("circuit_breaker.window"), b.window.as_deref(), defaults::BREAKER_WINDOW)?,
+                max_failures: b.max_failures.unwrap_or(defaults::BREAKER_MAX_FAILURES).max(1),
                 open_for: opt_duration(
                     &key("circuit_breaker.open_for"),
                     b.open_for.as_deref(),
-                    Duration::from_secs(60),
+                    defaults::BREAKER_OPEN_FOR,
                 )?,
             })
         })
@@ -980,6 +1010,9 @@ pub fn parse_rate(key: &str, v: &str) -> Result<RateLimit, ConfigError> {
     }
     Ok(RateLimit { count, per })
 }
+
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {

@@ -85,6 +85,20 @@ fn check_and_serve_both_refuse_a_broken_template_with_exit_64_naming_the_key() {
 }
 
 #[test]
+fn config_example_prints_a_reference_that_check_accepts() {
+    let (code, reference, _) = run(&["config", "example"], None, &[]);
+    assert_eq!(code, 0);
+    assert!(reference.contains("[server]") && reference.contains("throttle_floor"), "{reference}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.toml");
+    std::fs::write(&path, &reference).unwrap();
+    // As printed, with no secrets set: it checks, and says which sources are off for want of one.
+    let (code, out, err) = run(&["check", "-c", path.to_str().unwrap()], None, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("3 sources, 2 routes") && err.contains("sources `github` is off"), "{out}{err}");
+}
+
+#[test]
 fn sign_prints_headers_that_match_githubs_documented_vector() {
     let (code, out, err) =
         run(&["sign", "--provider", "github", "--secret", GITHUB_SECRET], Some("Hello, World!"), &[]);
@@ -107,6 +121,7 @@ fn every_command_has_help() {
         vec!["deliveries", "list", "--help"],
         vec!["jobs", "list", "--help"],
         vec!["jobs", "retry", "--help"],
+        vec!["config", "example", "--help"],
     ] {
         let (code, out, _) = run(&args, None, &[]);
         assert_eq!(code, 0, "{args:?}");

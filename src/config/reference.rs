@@ -1,0 +1,165 @@
+//! The reference configuration (`config.default.toml`, `hookgate config example`) held to the parser: every
+//! key of the file format appears in it, every key in it parses, and every value it shows is the default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::{self, Deserialize, Visitor};
+
+use super::{parse, raw, Config, REFERENCE};
+
+/// The field names of a serde struct, read from its `Deserialize` impl (which hands them to the deserializer).
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Capture(&'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for &mut Capture {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("captured"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut capture = Capture(&[]);
+    let _ = T::deserialize(&mut capture);
+    capture.0
+}
+
+/// Whether `text` sets `key` somewhere: `key =` as a whole word, written out or commented, or a table
+/// `[….key]`.
+fn mentions_key(text: &str, key: &str) -> bool {
+    let assigned = text
+        .match_indices(&format!("{key} ="))
+        .any(|(at, _)| text[..at].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_')));
+    assigned || text.contains(&format!(".{key}]"))
+}
+
+/// The reference with its commented-out keys and tables written out.
+fn uncommented() -> String {
+    REFERENCE
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn is_key(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+}
+
+fn env() -> BTreeMap<String, String> {
+    [
+        ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("PARTNER_SECRET", "partner"),
+        ("APP_TOKEN", "app"),
+        ("PARTNER_SIGNING_SECRET", "signing"),
+        ("HOOKGATE_ADMIN_TOKEN", "a-long-enough-admin-token"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn load(text: &str) -> Config {
+    parse(text, Path::new(""), &env()).unwrap_or_else(|e| panic!("{e}\n---\n{text}"))
+}
+
+#[test]
+fn the_reference_lists_every_key_of_the_file_format() {
+    let sections: [(&str, &[&str]); 10] = [
+        ("server", fields_of::<raw::Server>()),
+        ("store", fields_of::<raw::Store>()),
+        ("admin", fields_of::<raw::Admin>()),
+        ("worker", fields_of::<raw::Worker>()),
+        ("sources", fields_of::<raw::Source>()),
+        ("routes", fields_of::<raw::Route>()),
+        ("routes.action", fields_of::<raw::Action>()),
+        ("routes.action.sign", fields_of::<raw::Sign>()),
+        ("routes.retry", fields_of::<raw::Retry>()),
+        ("routes.circuit_breaker", fields_of::<raw::Breaker>()),
+    ];
+    for (section, fields) in sections {
+        assert!(!fields.is_empty(), "{section}: no fields read");
+        for field in fields {
+            assert!(mentions_key(REFERENCE, field), "config.default.toml does not show {section}.{field}");
+        }
+    }
+}
+
+#[test]
+fn the_reference_parses_as_written_and_with_every_commented_key() {
+    let written = load(REFERENCE);
+    assert_eq!(written.sources.len(), 3);
+    assert_eq!(written.routes.len(), 2);
+    let full = load(&uncommented());
+    assert!(full.sources[0].rate_limit.is_some() && full.routes[1].circuit_breaker.is_some());
+    assert!(full.routes[0].filter.is_some() && full.routes[0].schedule.is_some());
+}
+
+#[test]
+fn every_value_the_reference_shows_is_the_default() {
+    let minimal = r#"
+        [[sources]]
+        name = "github"
+        provider = "github"
+        secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+
+        [[sources]]
+        name = "partner"
+        provider = "hmac"
+        secrets = ["env:PARTNER_SECRET"]
+        signature_header = "X-Webhook-Signature"
+
+        [[sources]]
+        name = "app"
+        provider = "token"
+        secrets = ["env:APP_TOKEN"]
+
+        [[routes]]
+        name = "fetch"
+        source = "github"
+        action = { type = "command", argv = ["git", "-C", "/srv/repos/{{ body.repository.name }}", "fetch", "--prune"] }
+
+        [[routes]]
+        name = "notify"
+        source = "app"
+        action = { type = "http", url = "https://partner.example/hooks" }
+    "#;
+    let (shown, defaults) = (load(REFERENCE), load(minimal));
+    let same = |what: &str, a: String, b: String| assert_eq!(a, b, "{what}: the reference differs from the default");
+    same("server", format!("{:?}", shown.server), format!("{:?}", defaults.server));
+    same("store", format!("{:?}", shown.store), format!("{:?}", defaults.store));
+    same("worker", format!("{:?}", shown.worker), format!("{:?}", defaults.worker));
+    same(
+        "admin",
+        format!("{:?} {:?}", shown.admin_token.is_some(), shown.admin_auth_failure_limit),
+        format!("{:?} {:?}", defaults.admin_token.is_some(), defaults.admin_auth_failure_limit),
+    );
+    for (a, b) in shown.sources.iter().zip(&defaults.sources) {
+        same(&format!("sources `{}`", a.name), format!("{a:?}"), format!("{b:?}"));
+    }
+    for (a, b) in shown.routes.iter().zip(&defaults.routes) {
+        same(&format!("routes `{}`", a.name), format!("{a:?}"), format!("{b:?}"));
+    }
+    // A circuit breaker's keys, once it is set, default to what the reference's comment shows.
+    let full = load(&uncommented());
+    let set = load(&minimal.replace("name = \"notify\"", "name = \"notify\"\ncircuit_breaker = {}"));
+    same(
+        "circuit_breaker",
+        format!("{:?}", full.routes[1].circuit_breaker),
+        format!("{:?}", set.routes[1].circuit_breaker),
+    );
+}
