@@ -9,21 +9,8 @@ const UNLISTED: &str = "unlisted-value-of-the-operator";
 const PASSED: &str = "eu-north-7";
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[store]
-url = "sqlite://{dir}/hookgate.db"
-
-[admin]
-token = "env:HOOKGATE_ADMIN_TOKEN"
-
-[worker]
-poll_interval = "100ms"
-output_cap = "1MiB"   # the whole environment, however large, so nothing could hide past the cap
-
+    // The whole environment is kept, however large, so nothing could hide past the output cap.
+    let rest = r#"
 [[sources]]
 name = "github"
 provider = "github"
@@ -33,18 +20,14 @@ secrets = ["env:GITHUB_WEBHOOK_SECRET"]
 name = "print-env"
 source = "github"
 env_pass = ["DEPLOY_REGION"]
-action = {{ type = "command", argv = ["env"], env = {{ FROM_ROUTE = "route-value" }} }}
+action = { type = "command", argv = ["env"], env = { FROM_ROUTE = "route-value" } }
 
 [[routes]]
 name = "path-works"
 source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "ls / > /dev/null && echo path-works"], env_pass = ["UNSET_BUT_LISTED"] }}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+action = { type = "command", argv = ["sh", "-c", "ls / > /dev/null && echo path-works"], env_pass = ["UNSET_BUT_LISTED"] }
+"#;
+    binary_config(dir, "output_cap = \"1MiB\"", rest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

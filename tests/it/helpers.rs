@@ -406,3 +406,17 @@ pub async fn spawn_app_with_server(backend: &Backend, server: &str, body: &str) 
     let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp { addr, dir, client: reqwest::Client::new(), store, shutdown, handle: Some(handle) }
 }
+
+/// A configuration file for the real binary, written into `dir`: loopback on port 0, SQLite in `dir`, the
+/// admin token from `HOOKGATE_ADMIN_TOKEN`, a 100 ms worker poll plus `worker` (more `[worker]` keys), then
+/// `rest` (sources and routes). Returns its path.
+pub fn binary_config(dir: &std::path::Path, worker: &str, rest: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://{}/hookgate.db\"\n\n\
+         [admin]\ntoken = \"env:HOOKGATE_ADMIN_TOKEN\"\n\n[worker]\npoll_interval = \"100ms\"\n{worker}\n{rest}",
+        dir.display()
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -18,43 +18,24 @@ fn unshare_works() -> bool {
 }
 
 fn config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-
-[store]
-url = "sqlite://{dir}/hookgate.db"
-
-[admin]
-token = "env:HOOKGATE_ADMIN_TOKEN"
-
-[worker]
-poll_interval = "100ms"
-
-{GITHUB_SOURCE}
-
+    let routes = r#"
 [[routes]]
 name = "orphans"
 source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "sleep 0.2 & sleep 0.1 & echo started"] }}
+action = { type = "command", argv = ["sh", "-c", "sleep 0.2 & sleep 0.1 & echo started"] }
 
 [[routes]]
 name = "exit-3"
 source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "sleep 0.05 & exit 3"] }}
-retry = {{ max_attempts = 1 }}
+action = { type = "command", argv = ["sh", "-c", "sleep 0.05 & exit 3"] }
+retry = { max_attempts = 1 }
 
 [[routes]]
 name = "exit-0"
 source = "github"
-action = {{ type = "command", argv = ["true"] }}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+action = { type = "command", argv = ["true"] }
+"#;
+    binary_config(dir, "", &format!("{GITHUB_SOURCE}{routes}"))
 }
 
 /// (state, parent pid) from `/proc/PID/stat`.
@@ -137,27 +118,16 @@ async fn as_pid_1_orphans_of_commands_are_reaped_and_exit_codes_still_reach_thei
 async fn outside_a_container_orphans_of_commands_come_back_to_hookgate_and_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("background.pid");
-    let text = format!(
+    let route = format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-[store]
-url = "sqlite://{dir}/hookgate.db"
-[admin]
-token = "env:HOOKGATE_ADMIN_TOKEN"
-[worker]
-poll_interval = "100ms"
-{GITHUB_SOURCE}
 [[routes]]
 name = "background"
 source = "github"
-action = {{ type = "command", argv = ["sh", "-c", "sleep 2 > /dev/null 2>&1 & echo $! > '{pid_file}'"] }}
+action = {{ type = "command", argv = ["sh", "-c", "sleep 2 > /dev/null 2>&1 & echo $! > '{}'"] }}
 "#,
-        dir = dir.path().display(),
-        pid_file = pid_file.display()
+        pid_file.display()
     );
-    let config = dir.path().join("hookgate.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = binary_config(dir.path(), "", &format!("{GITHUB_SOURCE}{route}"));
     let server = BinaryServer::start(&config, &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let hookgate = server.child.id();
 
