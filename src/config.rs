@@ -60,7 +60,7 @@ pub mod defaults {
     pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(60);
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
@@ -87,7 +87,6 @@ impl Env for BTreeMap<String, String> {
 /// The file as written; [`REFERENCE`] (`config.default.toml`) lists every key.
 pub mod raw {
     use serde::Deserialize;
-    use std::collections::BTreeMap;
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -179,47 +178,13 @@ pub mod raw {
         pub filter: Option<String>,
         pub coalesce: Option<String>,
         pub coalesce_window: Option<String>,
-        pub action: Option<Action>,
+        pub action: Option<crate::actions::RawAction>,
         pub retry: Option<Retry>,
         pub circuit_breaker: Option<Breaker>,
         pub concurrency: Option<usize>,
         pub enabled: Option<bool>,
         pub schedule: Option<String>,
         pub env_pass: Option<Vec<String>>,
-    }
-
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Action {
-        #[serde(rename = "type")]
-        pub kind: Option<String>,
-        pub argv: Option<Vec<String>>,
-        pub env: Option<BTreeMap<String, String>>,
-        pub env_pass: Option<Vec<String>>,
-        pub cwd: Option<String>,
-        pub timeout: Option<String>,
-        pub url: Option<String>,
-        pub method: Option<String>,
-        pub headers: Option<BTreeMap<String, String>>,
-        pub body: Option<String>,
-        pub sign: Option<Sign>,
-        pub allowed_hosts: Option<Vec<String>>,
-    }
-
-    #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Sign {
-        pub scheme: Option<String>,
-        pub secret: Option<String>,
-        pub signature_header: Option<String>,
-        pub algorithm: Option<String>,
-        pub encoding: Option<String>,
-        pub prefix: Option<String>,
-        pub timestamp_header: Option<String>,
-        pub timestamp_unit: Option<String>,
-        pub content: Option<String>,
-        pub id_header: Option<String>,
-        pub event_header: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -335,36 +300,8 @@ pub struct Breaker {
     pub open_for: Duration,
 }
 
-#[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // one per route, built once
-pub enum Action {
-    Command {
-        argv: Vec<String>,
-        env: Vec<(String, String)>,
-        /// Variables the command gets from hookgate's own environment (it starts with a clean one).
-        env_pass: Vec<String>,
-        cwd: Option<String>,
-        timeout: Duration,
-    },
-    Http {
-        url: String,
-        method: http::Method,
-        headers: Vec<(String, String)>,
-        body: Option<String>,
-        timeout: Duration,
-        sign: Option<crate::actions::SignSpec>,
-        /// Hosts a template value may choose in `url` (`*.domain` for subdomains); none by default.
-        allowed_hosts: Vec<String>,
-    },
-}
-
-impl Action {
-    pub fn timeout(&self) -> Duration {
-        match self {
-            Action::Command { timeout, .. } | Action::Http { timeout, .. } => *timeout,
-        }
-    }
-}
+/// A route's action: each kind's options live in `crate::actions`.
+pub use crate::actions::Action;
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -643,13 +580,13 @@ fn validate_route(
     }
     let action = raw.action.ok_or_else(|| invalid(key("action"), "missing"))?;
     let route_env_pass = validate_env_pass(&key("env_pass"), raw.env_pass)?;
-    let mut action = validate_action(&key("action"), action, base, env)?;
+    let mut action = crate::actions::validate(&key("action"), action, base, env)?;
     match &mut action {
-        Action::Command { env_pass, .. } => env_pass.extend(route_env_pass),
-        Action::Http { .. } if !route_env_pass.is_empty() => {
+        Action::Command(command) => command.env_pass.extend(route_env_pass),
+        _ if !route_env_pass.is_empty() => {
             return Err(invalid(key("env_pass"), "env_pass belongs to command actions"));
         }
-        Action::Http { .. } => {}
+        _ => {}
     }
     let retry = match raw.retry {
         None => Retry::default(),
@@ -715,116 +652,8 @@ fn validate_route(
     })
 }
 
-fn validate_action(key: &str, raw: raw::Action, base: &Path, env: &dyn Env) -> Result<Action, ConfigError> {
-    let k = |s: &str| format!("{key}.{s}");
-    let kind = raw.kind.ok_or_else(|| invalid(k("type"), "missing (\"command\" or \"http\")"))?;
-    match kind.as_str() {
-        "command" => {
-            let argv = raw.argv.ok_or_else(|| invalid(k("argv"), "missing"))?;
-            if argv.is_empty() || argv[0].trim().is_empty() {
-                return Err(invalid(k("argv"), "needs at least the program"));
-            }
-            if raw.url.is_some() || raw.sign.is_some() || raw.body.is_some() {
-                return Err(invalid(k("url"), "url, body and sign belong to type = \"http\""));
-            }
-            Ok(Action::Command {
-                argv,
-                env: raw.env.unwrap_or_default().into_iter().collect(),
-                env_pass: validate_env_pass(&k("env_pass"), raw.env_pass)?,
-                cwd: raw.cwd,
-                timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(60))?,
-            })
-        }
-        "http" => {
-            let url = raw.url.ok_or_else(|| invalid(k("url"), "missing"))?;
-            if !url.contains("{{") && url::Url::parse(&url).is_err() {
-                return Err(invalid(k("url"), format!("`{url}` is not a URL")));
-            }
-            if raw.argv.is_some() {
-                return Err(invalid(k("argv"), "argv belongs to type = \"command\""));
-            }
-            if raw.env_pass.is_some() {
-                return Err(invalid(k("env_pass"), "env_pass belongs to type = \"command\""));
-            }
-            let method_text = raw.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
-            let method = http::Method::from_bytes(method_text.as_bytes())
-                .map_err(|_| invalid(k("method"), format!("`{method_text}` is not an HTTP method")))?;
-            let mut headers = Vec::new();
-            for (name, value) in raw.headers.unwrap_or_default() {
-                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(invalid(k(&format!("headers.{name}")), "not a valid header name"));
-                }
-                headers.push((name, value));
-            }
-            let sign = raw.sign.map(|s| validate_sign(&k("sign"), s, base, env)).transpose()?;
-            let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
-            if let Some((i, _)) = allowed_hosts.iter().enumerate().find(|(_, h)| !is_host_pattern(h)) {
-                return Err(invalid(k(&format!("allowed_hosts[{i}]")), "not a host name or `*.domain`"));
-            }
-            Ok(Action::Http {
-                url,
-                method,
-                headers,
-                body: raw.body,
-                timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(10))?,
-                sign,
-                allowed_hosts,
-            })
-        }
-        other => Err(invalid(k("type"), format!("unknown action type `{other}` (command, http)"))),
-    }
-}
-
-/// A host name or IP address, or `*.` and a domain.
-fn is_host_pattern(pattern: &str) -> bool {
-    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    !name.is_empty() && url::Host::parse(name).is_ok() && !name.contains(['/', ':', '@', '*'])
-}
-
-fn validate_sign(
-    key: &str,
-    raw: raw::Sign,
-    base: &Path,
-    env: &dyn Env,
-) -> Result<crate::actions::SignSpec, ConfigError> {
-    let k = |s: &str| format!("{key}.{s}");
-    let secret_ref = raw.secret.ok_or_else(|| invalid(k("secret"), "missing"))?;
-    let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
-        .ok_or_else(|| invalid(k("secret"), "resolves to nothing (is the variable or file set?)"))?;
-    let scheme_name = raw.scheme.unwrap_or_else(|| "standard".into());
-    let scheme = match scheme_name.as_str() {
-        "standard" => Scheme::Standard,
-        "github" => Scheme::Github { allow_sha1: false },
-        "hmac" => Scheme::Hmac(HmacOptions {
-            signature_header: raw.signature_header.unwrap_or_else(|| "X-Webhook-Signature".into()),
-            algorithm: parse_algorithm(&k("algorithm"), raw.algorithm.as_deref())?,
-            encoding: parse_encoding(&k("encoding"), raw.encoding.as_deref())?,
-            prefix: raw.prefix.unwrap_or_default(),
-            timestamp_header: raw.timestamp_header,
-            timestamp_unit: parse_unit(&k("timestamp_unit"), raw.timestamp_unit.as_deref())?,
-            content: validate_content(&k("content"), raw.content)?,
-            id_header: raw.id_header,
-            event: raw.event_header.map(EventFrom::Header).unwrap_or(EventFrom::None),
-        }),
-        other => return Err(invalid(k("scheme"), format!("unknown scheme `{other}` (standard, github, hmac)"))),
-    };
-    if let Scheme::Hmac(o) = &scheme {
-        check_placeholders(&k("content"), o)?;
-    }
-    if scheme == Scheme::Standard {
-        let text = String::from_utf8_lossy(secret.expose()).to_string();
-        if let Some(b64) = text.strip_prefix("whsec_") {
-            use base64::Engine;
-            if base64::engine::general_purpose::STANDARD.decode(b64).is_err() {
-                return Err(invalid(k("secret"), "a whsec_ secret must be base64 after the prefix"));
-            }
-        }
-    }
-    Ok(crate::actions::SignSpec { scheme, secret })
-}
-
 /// `{timestamp}` and `{id}` in signed content need the headers that carry them.
-fn check_placeholders(key: &str, o: &HmacOptions) -> Result<(), ConfigError> {
+pub(crate) fn check_placeholders(key: &str, o: &HmacOptions) -> Result<(), ConfigError> {
     if o.content.contains("{timestamp}") && o.timestamp_header.is_none() {
         return Err(invalid(key, "uses {timestamp} but no timestamp_header is set"));
     }
@@ -834,7 +663,7 @@ fn check_placeholders(key: &str, o: &HmacOptions) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn validate_content(key: &str, content: Option<String>) -> Result<String, ConfigError> {
+pub(crate) fn validate_content(key: &str, content: Option<String>) -> Result<String, ConfigError> {
     let content = content.unwrap_or_else(|| "{body}".into());
     let mut rest = content.as_str();
     while let Some(start) = rest.find('{') {
@@ -889,7 +718,7 @@ pub fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
 }
 
 /// Names of variables a command may take from hookgate's environment: names only, no patterns.
-fn validate_env_pass(key: &str, names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+pub(crate) fn validate_env_pass(key: &str, names: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let names = names.unwrap_or_default();
     for (j, name) in names.iter().enumerate() {
         let mut chars = name.chars();
@@ -936,8 +765,8 @@ fn literal_secrets(file: &raw::File, env: &dyn Env) -> Vec<ConfigWarning> {
         }
     }
     for (i, r) in file.routes.iter().enumerate() {
-        if let Some(secret) = r.action.as_ref().and_then(|a| a.sign.as_ref()).and_then(|s| s.secret.as_deref()) {
-            refs.push((format!("routes[{i}].action.sign.secret"), secret));
+        for (name, secret) in r.action.iter().flat_map(crate::actions::secret_refs) {
+            refs.push((format!("routes[{i}].action.{name}"), secret));
         }
     }
     refs.into_iter().filter(|(_, r)| is_literal(r, env)).map(|(key, _)| ConfigWarning::LiteralSecret { key }).collect()
@@ -960,7 +789,7 @@ pub fn resolve_secret(key: &str, reference: &str, base: &Path, env: &dyn Env) ->
     Ok(value.filter(|v| !v.is_empty()).map(Secret::new))
 }
 
-fn opt_duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+pub(crate) fn opt_duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
     v.map(|v| parse_duration(key, v)).transpose().map(|d| d.unwrap_or(default))
 }
 
@@ -1071,28 +900,6 @@ mod tests {
         let zero = format!("[server]\nmax_connections_per_ip = 0\n{MINIMAL}");
         let err = parse(&zero, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
         assert!(err.starts_with("server.max_connections_per_ip"), "{err}");
-    }
-
-    #[test]
-    fn allowed_hosts_take_host_names_and_wildcard_domains_only() {
-        let route = |hosts: &str| {
-            MINIMAL.replace(
-                r#"action = { type = "command", argv = ["true"] }"#,
-                &format!(
-                    r#"action = {{ type = "http", url = "http://{{{{ body.host }}}}/x", allowed_hosts = {hosts} }}"#
-                ),
-            )
-        };
-        let ok = parse(
-            &route(r#"["scanner.internal", "*.agents.internal", "10.0.0.7"]"#),
-            Path::new(""),
-            &env(&[("GH_SECRET", "s")]),
-        );
-        assert!(ok.is_ok(), "{ok:?}");
-        for bad in [r#"["http://x"]"#, r#"["a/b"]"#, r#"["*"]"#, r#"[""]"#, r#"["x:80"]"#] {
-            let err = parse(&route(bad), Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
-            assert!(err.starts_with("routes[0].action.allowed_hosts[0]"), "{bad}: {err}");
-        }
     }
 
     #[test]
@@ -1249,8 +1056,8 @@ mod tests {
     fn env_pass_takes_variable_names_only() {
         let text = MINIMAL.replace("source = \"github\"", "source = \"github\"\nenv_pass = [\"KUBECONFIG\", \"_X1\"]");
         let cfg = parse(&text, Path::new(""), &env(&[])).unwrap();
-        let Action::Command { env_pass, .. } = &cfg.routes[0].action else { panic!("a command") };
-        assert_eq!(env_pass, &["KUBECONFIG", "_X1"]);
+        let Action::Command(command) = &cfg.routes[0].action else { panic!("a command") };
+        assert_eq!(command.env_pass, ["KUBECONFIG", "_X1"]);
         for bad in ["LC_*", "1ABC", "A-B", "", "A=B"] {
             let text = text.replace("\"_X1\"", &format!("{bad:?}"));
             let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();

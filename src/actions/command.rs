@@ -1,4 +1,8 @@
-//! The `command` action: run argv directly (never through a shell) in its own process group, capped output.
+//! The `command` action: argv run directly (never through a shell) in its own process group, capped output.
+//!
+//! Config: `argv` (every element a template), `env`, `env_pass`, `cwd`, `timeout` (default 60s). Rendering
+//! refuses a template value that would start an option, climb out of a directory (`..`) or hold a control
+//! character (see `route::template`).
 //!
 //! Output: stdout and stderr are merged in arrival order (like `2>&1`, chunk by chunk) into one buffer of at
 //! most `output_cap` bytes; the rest is read and discarded so a chatty child never blocks on a full pipe.
@@ -12,20 +16,126 @@
 //! alone unless they keep stdout/stderr open for longer than [`PIPE_GRACE`]; then the group is killed too,
 //! so a stray background job cannot hold the attempt open.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use minijinja::Environment;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptResult, CommandSpec, Outcome};
+use super::{AttemptResult, JobContext, Outcome};
+use crate::config::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
+use crate::route::{RenderError, Text};
+
+/// The `type` that selects this kind.
+pub(super) const TYPE: &str = "command";
+
+/// The options as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    argv: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+    env_pass: Option<Vec<String>>,
+    cwd: Option<String>,
+    timeout: Option<String>,
+}
+
+/// A command action. `T` is a template: its text after validation, a compiled [`Text`] in routes.
+#[derive(Debug, Clone)]
+pub struct Command<T = String> {
+    pub argv: Vec<T>,
+    pub env: Vec<(String, T)>,
+    /// Variables the command gets from hookgate's own environment (it starts with a clean one).
+    pub env_pass: Vec<String>,
+    pub cwd: Option<T>,
+    pub timeout: Duration,
+}
+
+/// A command to run: argv[0] is the program, looked up in PATH; no shell ever sees these strings.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub argv: Vec<String>,
+    /// Set on top of the clean environment a command starts with.
+    pub env: Vec<(String, String)>,
+    /// Names taken from hookgate's own environment.
+    pub env_pass: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Bytes of stdout+stderr kept on the attempt.
+    pub output_cap: usize,
+}
+
+pub(super) fn validate(key: &str, raw: Raw, _base: &Path, _env: &dyn Env) -> Result<Command, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    let argv = raw.argv.ok_or_else(|| invalid(k("argv"), "missing"))?;
+    if argv.is_empty() || argv[0].trim().is_empty() {
+        return Err(invalid(k("argv"), "needs at least the program"));
+    }
+    Ok(Command {
+        argv,
+        env: raw.env.unwrap_or_default().into_iter().collect(),
+        env_pass: validate_env_pass(&k("env_pass"), raw.env_pass)?,
+        cwd: raw.cwd,
+        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(60))?,
+    })
+}
+
+impl Command {
+    pub(super) fn compile(&self, env: &mut Environment<'static>, key: &str) -> Result<Command<Text>, ConfigError> {
+        Ok(Command {
+            argv: self
+                .argv
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Text::compile(env, format!("{key}.argv[{i}]"), a))
+                .collect::<Result<_, _>>()?,
+            env: self
+                .env
+                .iter()
+                .map(|(name, v)| Ok((name.clone(), Text::compile(env, format!("{key}.env.{name}"), v)?)))
+                .collect::<Result<_, ConfigError>>()?,
+            env_pass: self.env_pass.clone(),
+            cwd: self.cwd.as_deref().map(|c| Text::compile(env, format!("{key}.cwd"), c)).transpose()?,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl Command<Text> {
+    pub(super) fn render(&self, job: &JobContext<'_>) -> Result<CommandSpec, RenderError> {
+        let (templates, vars) = (job.templates, job.vars);
+        let mut argv = Vec::with_capacity(self.argv.len());
+        for (i, arg) in self.argv.iter().enumerate() {
+            // argv[0] is the program: a value must not pick an option there either.
+            argv.push(arg.render_guarded(templates, vars, i > 0 || arg.is_template())?);
+        }
+        let env = self
+            .env
+            .iter()
+            .map(|(name, v)| Ok((name.clone(), v.render_guarded(templates, vars, false)?)))
+            .collect::<Result<_, RenderError>>()?;
+        let cwd = self.cwd.as_ref().map(|c| c.render_guarded(templates, vars, false)).transpose()?;
+        Ok(CommandSpec {
+            argv,
+            env,
+            env_pass: self.env_pass.clone(),
+            cwd: cwd.map(Into::into),
+            timeout: self.timeout,
+            output_cap: job.output_cap,
+        })
+    }
+}
 
 /// Time between SIGTERM and SIGKILL.
 pub(super) const KILL_GRACE: Duration = Duration::from_secs(2);
@@ -50,7 +160,7 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
         }
     }
 
-    let mut command = Command::new(program);
+    let mut command = tokio::process::Command::new(program);
     command
         .args(args)
         .env_clear()
@@ -317,6 +427,113 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
+    use crate::actions::ActionSpec;
+    use crate::route::{EventContext, Routes};
+
+    /// A route's config, compiled, rendered for one event: the path a job takes from the file to its spec.
+    #[test]
+    fn a_configured_command_renders_to_its_spec() {
+        let text = r#"
+            [[sources]]
+            name = "github"
+            provider = "github"
+            secrets = ["s"]
+
+            [[routes]]
+            name = "refresh"
+            source = "github"
+            env_pass = ["KUBECONFIG"]
+            action = { type = "command", argv = ["git", "-C", "/srv/{{ body.repository.name }}", "fetch", "--prune"], env = { REPO = "{{ body.repository.full_name }}", JOB = "{{ job }}" }, env_pass = ["SSH_AUTH_SOCK"], cwd = "/srv/{{ body.repository.name }}", timeout = "2m" }
+        "#;
+        let cfg = crate::config::parse(text, Path::new(""), &BTreeMap::<String, String>::new()).unwrap();
+        assert_eq!(cfg.routes[0].action.timeout(), Duration::from_secs(120));
+        let routes = Routes::compile(&cfg).unwrap();
+        let body = serde_json::json!({ "repository": { "name": "r", "full_name": "o/r" } });
+        let ctx = EventContext::new("github", "push", "d-1", "id-1", body, vec![]);
+        let ActionSpec::Command(spec) =
+            routes.render_action(routes.get("refresh").unwrap(), &ctx, "job-1", 100).unwrap()
+        else {
+            panic!("a command spec")
+        };
+        assert_eq!(spec.argv, ["git", "-C", "/srv/r", "fetch", "--prune"]);
+        assert_eq!(spec.env, [("JOB".to_string(), "job-1".to_string()), ("REPO".to_string(), "o/r".to_string())]);
+        assert_eq!(spec.env_pass, ["SSH_AUTH_SOCK", "KUBECONFIG"]);
+        assert_eq!(spec.cwd.as_deref(), Some(Path::new("/srv/r")));
+        assert_eq!(spec.timeout, Duration::from_secs(120));
+        assert_eq!(spec.output_cap, 100);
+    }
+
+    #[test]
+    fn a_command_times_out_after_a_minute_by_default() {
+        let raw = Raw { argv: Some(vec!["true".into()]), env: None, env_pass: None, cwd: None, timeout: None };
+        let command = validate("a", raw, Path::new(""), &BTreeMap::<String, String>::new()).unwrap();
+        assert_eq!(command.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_argv_without_a_program_names_the_key() {
+        for argv in [Some(vec![]), Some(vec![" ".to_string()]), None] {
+            let raw = Raw { argv, env: None, env_pass: None, cwd: None, timeout: None };
+            let err = validate("routes[0].action", raw, Path::new(""), &BTreeMap::<String, String>::new());
+            assert!(err.unwrap_err().to_string().starts_with("routes[0].action.argv: "));
+        }
+    }
+
+    fn render_argv(template: &str, body: serde_json::Value) -> Result<Vec<String>, RenderError> {
+        let mut env = crate::route::environment();
+        let action = Command {
+            argv: vec!["git".into(), "fetch".into(), template.into()],
+            env: vec![],
+            env_pass: vec![],
+            cwd: None,
+            timeout: Duration::from_secs(1),
+        };
+        let compiled = action.compile(&mut env, "a").unwrap();
+        let ctx = EventContext::new("s", "push", "d", "i", body, vec![]);
+        let vars = ctx.to_value();
+        let job = JobContext { templates: &env, vars: &vars, event: &ctx, job_id: "job", output_cap: 10 };
+        compiled.render(&job).map(|spec| spec.argv)
+    }
+
+    #[test]
+    fn shell_metacharacters_stay_one_literal_argument() {
+        for hostile in ["; rm -rf /", "$(touch /tmp/pwned)", "`id`", "a && b | c > /etc/x"] {
+            let argv = render_argv("{{ body.x }}", serde_json::json!({ "x": hostile })).unwrap();
+            assert_eq!(argv[2], hostile);
+            assert_eq!(argv.len(), 3);
+        }
+    }
+
+    #[test]
+    fn a_value_that_would_become_an_option_is_refused() {
+        let err =
+            render_argv("{{ body.x }}", serde_json::json!({ "x": "--upload-pack=touch /tmp/pwned" })).unwrap_err();
+        assert!(matches!(err, RenderError::OptionInjection { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_option_written_in_the_config_is_kept() {
+        let argv = render_argv("--depth={{ body.n }}", serde_json::json!({ "n": 1 })).unwrap();
+        assert_eq!(argv[2], "--depth=1");
+    }
+
+    #[test]
+    fn a_value_that_climbs_out_of_a_directory_is_refused() {
+        let err = render_argv("/srv/{{ body.x }}", serde_json::json!({ "x": "../../etc" })).unwrap_err();
+        assert!(matches!(err, RenderError::PathTraversal { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_value_with_a_newline_is_refused() {
+        let err = render_argv("{{ body.x }}", serde_json::json!({ "x": "a\nb" })).unwrap_err();
+        assert!(matches!(err, RenderError::ControlCharacter { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_missing_value_is_an_error_not_an_empty_string() {
+        let err = render_argv("/srv/{{ body.repository.name }}", serde_json::json!({})).unwrap_err();
+        assert!(matches!(err, RenderError::Template { .. }), "{err}");
+    }
 
     fn spec(argv: &[&str]) -> CommandSpec {
         CommandSpec {

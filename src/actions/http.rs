@@ -1,18 +1,232 @@
 //! The `http` action: one request with the shared client, optionally signed, classified for the retry policy.
 //!
+//! Config: `url` (a template; values are encoded for the part of the URL they land in, and may choose the
+//! host only within `allowed_hosts`), `method`, `headers`, `body` (default: the original body), `timeout`
+//! (default 10s) and `sign` (`standard`, `github`, or `hmac` with the inbound `hmac` provider's keys).
+//!
 //! Errors recorded on the attempt are short and built from status codes and transport error kinds only:
 //! never from header values, the URL (its query may hold a token) or the secret.
 
+use std::collections::BTreeMap;
 use std::error::Error as _;
 use std::io;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use minijinja::Environment;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::command::human;
-use super::{AttemptResult, HttpSpec, Outcome};
+use super::{table_as, AttemptResult, JobContext, Outcome};
+use crate::config::{
+    check_placeholders, invalid, opt_duration, parse_algorithm, parse_encoding, parse_unit, resolve_secret,
+    validate_content, ConfigError, Env,
+};
+use crate::route::{RenderError, Text};
 use crate::sign::{self, Message};
+use crate::verify::{EventFrom, HmacOptions, Scheme, Secret};
+
+/// The `type` that selects this kind.
+pub(super) const TYPE: &str = "http";
+
+/// The options as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Raw {
+    url: Option<String>,
+    method: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    body: Option<String>,
+    timeout: Option<String>,
+    /// Read as [`RawSign`] once its key path is known.
+    sign: Option<toml::Table>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+/// `sign = { … }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSign {
+    scheme: Option<String>,
+    secret: Option<String>,
+    signature_header: Option<String>,
+    algorithm: Option<String>,
+    encoding: Option<String>,
+    prefix: Option<String>,
+    timestamp_header: Option<String>,
+    timestamp_unit: Option<String>,
+    content: Option<String>,
+    id_header: Option<String>,
+    event_header: Option<String>,
+}
+
+/// An HTTP action. `T` is a template: its text after validation, a compiled [`Text`] in routes.
+#[derive(Debug, Clone)]
+pub struct Http<T = String> {
+    pub url: T,
+    pub method: http::Method,
+    pub headers: Vec<(String, T)>,
+    /// None: the original body is sent.
+    pub body: Option<T>,
+    pub timeout: Duration,
+    pub sign: Option<SignSpec>,
+    /// Hosts a template value may choose in `url` (`*.domain` for subdomains); none by default.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// How an outbound request is signed.
+#[derive(Debug, Clone)]
+pub struct SignSpec {
+    pub scheme: Scheme,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    pub url: String,
+    pub method: http::Method,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub timeout: Duration,
+    pub sign: Option<SignSpec>,
+    /// Stable across retries of one job (the job id); used as the signed message id.
+    pub message_id: String,
+    pub event: String,
+    /// Bytes of the response body kept on the attempt.
+    pub output_cap: usize,
+}
+
+pub(super) fn validate(key: &str, raw: Raw, base: &Path, env: &dyn Env) -> Result<Http, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    let url = raw.url.ok_or_else(|| invalid(k("url"), "missing"))?;
+    if !url.contains("{{") && url::Url::parse(&url).is_err() {
+        return Err(invalid(k("url"), format!("`{url}` is not a URL")));
+    }
+    let method_text = raw.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+    let method = http::Method::from_bytes(method_text.as_bytes())
+        .map_err(|_| invalid(k("method"), format!("`{method_text}` is not an HTTP method")))?;
+    let mut headers = Vec::new();
+    for (name, value) in raw.headers.unwrap_or_default() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(k(&format!("headers.{name}")), "not a valid header name"));
+        }
+        headers.push((name, value));
+    }
+    let sign = raw.sign.map(|s| validate_sign(&k("sign"), table_as(&k("sign"), s)?, base, env)).transpose()?;
+    let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+    if let Some((i, _)) = allowed_hosts.iter().enumerate().find(|(_, h)| !is_host_pattern(h)) {
+        return Err(invalid(k(&format!("allowed_hosts[{i}]")), "not a host name or `*.domain`"));
+    }
+    Ok(Http {
+        url,
+        method,
+        headers,
+        body: raw.body,
+        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(10))?,
+        sign,
+        allowed_hosts,
+    })
+}
+
+/// A host name or IP address, or `*.` and a domain.
+fn is_host_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty() && url::Host::parse(name).is_ok() && !name.contains(['/', ':', '@', '*'])
+}
+
+fn validate_sign(key: &str, raw: RawSign, base: &Path, env: &dyn Env) -> Result<SignSpec, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    let secret_ref = raw.secret.ok_or_else(|| invalid(k("secret"), "missing"))?;
+    let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
+        .ok_or_else(|| invalid(k("secret"), "resolves to nothing (is the variable or file set?)"))?;
+    let scheme_name = raw.scheme.unwrap_or_else(|| "standard".into());
+    let scheme = match scheme_name.as_str() {
+        "standard" => Scheme::Standard,
+        "github" => Scheme::Github { allow_sha1: false },
+        "hmac" => Scheme::Hmac(HmacOptions {
+            signature_header: raw.signature_header.unwrap_or_else(|| "X-Webhook-Signature".into()),
+            algorithm: parse_algorithm(&k("algorithm"), raw.algorithm.as_deref())?,
+            encoding: parse_encoding(&k("encoding"), raw.encoding.as_deref())?,
+            prefix: raw.prefix.unwrap_or_default(),
+            timestamp_header: raw.timestamp_header,
+            timestamp_unit: parse_unit(&k("timestamp_unit"), raw.timestamp_unit.as_deref())?,
+            content: validate_content(&k("content"), raw.content)?,
+            id_header: raw.id_header,
+            event: raw.event_header.map(EventFrom::Header).unwrap_or(EventFrom::None),
+        }),
+        other => return Err(invalid(k("scheme"), format!("unknown scheme `{other}` (standard, github, hmac)"))),
+    };
+    if let Scheme::Hmac(o) = &scheme {
+        check_placeholders(&k("content"), o)?;
+    }
+    if scheme == Scheme::Standard {
+        let text = String::from_utf8_lossy(secret.expose()).to_string();
+        if let Some(b64) = text.strip_prefix("whsec_") {
+            use base64::Engine;
+            if base64::engine::general_purpose::STANDARD.decode(b64).is_err() {
+                return Err(invalid(k("secret"), "a whsec_ secret must be base64 after the prefix"));
+            }
+        }
+    }
+    Ok(SignSpec { scheme, secret })
+}
+
+/// `sign.secret` as written, for the warning about literal secrets.
+pub(super) fn secret_refs(options: &toml::Table) -> Vec<(&'static str, &str)> {
+    let secret = options.get("sign").and_then(|s| s.get("secret")).and_then(toml::Value::as_str);
+    secret.map(|s| ("sign.secret", s)).into_iter().collect()
+}
+
+impl Http {
+    pub(super) fn compile(&self, env: &mut Environment<'static>, key: &str) -> Result<Http<Text>, ConfigError> {
+        Ok(Http {
+            // The `.url` suffix has the environment's formatter mark values for `route::url`.
+            url: Text::compile(env, format!("{key}.url"), &self.url)?,
+            method: self.method.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, v)| Ok((name.clone(), Text::compile(env, format!("{key}.headers.{name}"), v)?)))
+                .collect::<Result<_, ConfigError>>()?,
+            body: self.body.as_deref().map(|b| Text::compile(env, format!("{key}.body"), b)).transpose()?,
+            timeout: self.timeout,
+            sign: self.sign.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
+        })
+    }
+}
+
+impl Http<Text> {
+    pub(super) fn render(&self, job: &JobContext<'_>) -> Result<HttpSpec, RenderError> {
+        let (templates, vars) = (job.templates, job.vars);
+        // Values are encoded for the part of the URL they land in.
+        let marked = self.url.render(templates, vars)?;
+        let url = crate::route::url::finish(self.url.key(), &marked, &self.allowed_hosts)?.to_string();
+        let headers = self
+            .headers
+            .iter()
+            .map(|(name, v)| Ok((name.clone(), v.render_guarded(templates, vars, false)?)))
+            .collect::<Result<_, RenderError>>()?;
+        let body = match &self.body {
+            Some(b) => Bytes::from(b.render(templates, vars)?),
+            None => job.event.raw_body.clone(),
+        };
+        Ok(HttpSpec {
+            url,
+            method: self.method.clone(),
+            headers,
+            body,
+            timeout: self.timeout,
+            sign: self.sign.clone(),
+            message_id: job.job_id.to_string(),
+            event: job.event.event.clone(),
+            output_cap: job.output_cap,
+        })
+    }
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer cannot park a job for longer than this with `Retry-After`.
@@ -195,14 +409,120 @@ mod tests {
     use axum::routing::any;
     use axum::Router;
     use base64::Engine as _;
-    use bytes::Bytes;
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::actions::SignSpec;
-    use crate::verify::{Scheme, Secret};
+    use crate::actions::ActionSpec;
+    use crate::route::{EventContext, Routes};
+
+    fn config(action: &str) -> Result<crate::config::Config, ConfigError> {
+        let text = format!(
+            "[[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"env:GH_SECRET\"]\n\
+             [[routes]]\nname = \"scan\"\nsource = \"github\"\naction = {action}\n"
+        );
+        let env: BTreeMap<String, String> = [("SCAN_SECRET".to_string(), "whsec_c2VjcmV0".to_string())].into();
+        crate::config::parse(&text, Path::new(""), &env)
+    }
+
+    /// A route's config, compiled, rendered for one event: the path a job takes from the file to its spec.
+    #[test]
+    fn a_configured_request_renders_to_its_spec() {
+        let cfg = config(
+            r#"{ type = "http", url = "https://{{ body.agent }}/scan/{{ body.repository.full_name | segments }}?ref={{ body.ref }}", method = "put", headers = { "X-Repo" = "{{ body.repository.full_name }}" }, body = '{"job": "{{ job }}"}', timeout = "30s", sign = { scheme = "standard", secret = "env:SCAN_SECRET" }, allowed_hosts = ["*.agents.internal"] }"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.routes[0].action.timeout(), Duration::from_secs(30));
+        let routes = Routes::compile(&cfg).unwrap();
+        let body = serde_json::json!({
+            "agent": "scan-1.agents.internal",
+            "ref": "refs/heads/main&x=1",
+            "repository": { "full_name": "octo/repo" },
+        });
+        let ctx = EventContext::new("github", "push", "d-1", "id-1", body, vec![]);
+        let ActionSpec::Http(spec) = routes.render_action(routes.get("scan").unwrap(), &ctx, "job-1", 100).unwrap()
+        else {
+            panic!("an http spec")
+        };
+        assert_eq!(spec.url, "https://scan-1.agents.internal/scan/octo/repo?ref=refs%2Fheads%2Fmain%26x%3D1");
+        assert_eq!(spec.method, http::Method::PUT);
+        assert_eq!(spec.headers, [("X-Repo".to_string(), "octo/repo".to_string())]);
+        assert_eq!(&spec.body[..], br#"{"job": "job-1"}"#);
+        assert_eq!(spec.timeout, Duration::from_secs(30));
+        let sign = spec.sign.expect("signed");
+        assert_eq!((sign.scheme, sign.secret.expose()), (Scheme::Standard, &b"whsec_c2VjcmV0"[..]));
+        assert_eq!((spec.message_id.as_str(), spec.event.as_str(), spec.output_cap), ("job-1", "push", 100));
+
+        let elsewhere =
+            serde_json::json!({ "agent": "evil.example", "ref": "r", "repository": { "full_name": "o/r" } });
+        let ctx = EventContext::new("github", "push", "d-2", "id-2", elsewhere, vec![]);
+        let err = routes.render_action(routes.get("scan").unwrap(), &ctx, "job-2", 100).unwrap_err();
+        assert!(matches!(err, RenderError::HostNotAllowed { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_request_posts_the_original_body_within_ten_seconds_by_default() {
+        let cfg = config(r#"{ type = "http", url = "http://agent.internal/hook" }"#).unwrap();
+        let routes = Routes::compile(&cfg).unwrap();
+        let ctx = EventContext::new("github", "push", "d", "i", serde_json::json!({ "a": 1 }), vec![]);
+        let ActionSpec::Http(spec) = routes.render_action(routes.get("scan").unwrap(), &ctx, "job", 10).unwrap() else {
+            panic!("an http spec")
+        };
+        assert_eq!((spec.method, spec.timeout), (http::Method::POST, Duration::from_secs(10)));
+        assert_eq!(spec.body, ctx.raw_body);
+        assert!(spec.sign.is_none());
+    }
+
+    #[test]
+    fn a_header_value_with_a_newline_is_refused() {
+        let cfg = config(r#"{ type = "http", url = "http://a/", headers = { "X-A" = "{{ body.x }}" } }"#).unwrap();
+        let routes = Routes::compile(&cfg).unwrap();
+        let ctx = EventContext::new("github", "push", "d", "i", serde_json::json!({ "x": "a\r\nInjected: 1" }), vec![]);
+        let err = routes.render_action(routes.get("scan").unwrap(), &ctx, "job", 10).unwrap_err();
+        assert!(matches!(err, RenderError::ControlCharacter { .. }), "{err}");
+    }
+
+    #[test]
+    fn allowed_hosts_take_host_names_and_wildcard_domains_only() {
+        let action = |hosts: &str| {
+            format!(r#"{{ type = "http", url = "http://{{{{ body.host }}}}/x", allowed_hosts = {hosts} }}"#)
+        };
+        let ok = config(&action(r#"["scanner.internal", "*.agents.internal", "10.0.0.7"]"#));
+        assert!(ok.is_ok(), "{ok:?}");
+        for bad in [r#"["http://x"]"#, r#"["a/b"]"#, r#"["*"]"#, r#"[""]"#, r#"["x:80"]"#] {
+            let err = config(&action(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("routes[0].action.allowed_hosts[0]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn sign_options_are_checked_with_their_key_paths() {
+        let cases = [
+            (r#"{ scheme = "hmac", secret = "s", bogus = 1 }"#, "routes[0].action.sign: unknown field `bogus`"),
+            (r#"{ scheme = "rsa", secret = "s" }"#, "routes[0].action.sign.scheme: unknown scheme `rsa`"),
+            (r#"{ scheme = "standard" }"#, "routes[0].action.sign.secret: missing"),
+            (r#"{ secret = "env:UNSET" }"#, "routes[0].action.sign.secret: resolves to nothing"),
+            (r#"{ secret = "whsec_!!" }"#, "routes[0].action.sign.secret: a whsec_ secret must be base64"),
+            (
+                r#"{ scheme = "hmac", secret = "s", content = "{timestamp}.{body}" }"#,
+                "routes[0].action.sign.content: uses {timestamp}",
+            ),
+        ];
+        for (sign, expected) in cases {
+            let err = config(&format!(r#"{{ type = "http", url = "http://a/", sign = {sign} }}"#)).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{sign}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_literal_signing_secret_is_warned_about() {
+        let cfg = config(r#"{ type = "http", url = "http://a/", sign = { secret = "literal-signing-key" } }"#).unwrap();
+        let key = "routes[0].action.sign.secret".to_string();
+        assert_eq!(cfg.warnings, [crate::config::ConfigWarning::LiteralSecret { key }]);
+        let from_env = config(r#"{ type = "http", url = "http://a/", sign = { secret = "env:SCAN_SECRET" } }"#);
+        assert!(from_env.unwrap().warnings.is_empty());
+    }
 
     /// What the test server saw.
     #[derive(Debug)]

@@ -1,62 +1,183 @@
-//! actions: run one attempt of a job's action — a command (argv, never a shell) or an HTTP call (optionally signed).
+//! actions: what a route does for a job — a command (argv, never a shell) or an HTTP call (optionally signed).
 //!
-//! Specs arrive fully rendered: templates were already evaluated by `route`. One call is one attempt;
-//! retry timing belongs to the worker, which gets the classification (and any `Retry-After`) from here.
+//! Each kind owns its whole life in one file: the options as written, their validation into a typed config
+//! (errors name the key path), compiling its templates once, rendering one job's spec with the guards of
+//! `route::template`, and running one attempt. This module lists the kinds and holds what they share: the
+//! outcome of an attempt and the `Runner`. Retry timing belongs to the worker, which gets the classification
+//! (and any `Retry-After`) from here.
+//!
+//! Adding a kind `foo` touches these files:
+//! - `src/actions/foo.rs` (new): `TYPE`, `Raw` (its options, `deny_unknown_fields`), `Foo<T = String>` (the
+//!   validated config; `T` is a template), `validate`, `Foo::compile`, `Foo<Text>::render` to a `FooSpec`,
+//!   `run`, and its tests — `command.rs` is the example to copy;
+//! - `src/actions/mod.rs` (this file): `mod foo;`, one line in `kinds`, `Action`, `ActionSpec`, and one arm in
+//!   `validate`, `Action::timeout`, `Action::compile`, `Action::render` and `Runner::run` (and in
+//!   `secret_refs` if its options hold secrets);
+//! - `README.md` and `examples/` for the options users write.
 
 mod command;
 mod http;
 pub(crate) mod reaper;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
+use minijinja::Environment;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::verify::{Scheme, Secret};
+use crate::config::{invalid, ConfigError, Env};
+use crate::route::{EventContext, RenderError, Text};
 
-/// A command to run: argv[0] is the program, looked up in PATH; no shell ever sees these strings.
-#[derive(Debug, Clone)]
-pub struct CommandSpec {
-    pub argv: Vec<String>,
-    /// Set on top of the clean environment a command starts with.
-    pub env: Vec<(String, String)>,
-    /// Names taken from hookgate's own environment.
-    pub env_pass: Vec<String>,
-    pub cwd: Option<PathBuf>,
-    pub timeout: Duration,
-    /// Bytes of stdout+stderr kept on the attempt.
-    pub output_cap: usize,
+pub use command::{Command, CommandSpec};
+pub use http::{Http, HttpSpec, SignSpec};
+
+/// Every kind: its `type` and the option keys it reads (so a key of another kind is named as such).
+fn kinds() -> [(&'static str, &'static [&'static str]); 2] {
+    [(command::TYPE, fields::<command::Raw>()), (http::TYPE, fields::<http::Raw>())]
 }
 
-/// How an outbound request is signed.
-#[derive(Debug, Clone)]
-pub struct SignSpec {
-    pub scheme: Scheme,
-    pub secret: Secret,
+/// An action as written: its `type` and the options of that kind. The options are read once the kind is
+/// known, so that errors name the key path and tell a key of another kind from a typo.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAction {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
+/// A validated action. `T` is a template: the text written in the configuration, or the compiled [`Text`]
+/// that `route` keeps per route.
 #[derive(Debug, Clone)]
-pub struct HttpSpec {
-    pub url: String,
-    pub method: ::http::Method,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-    pub timeout: Duration,
-    pub sign: Option<SignSpec>,
-    /// Stable across retries of one job (the job id); used as the signed message id.
-    pub message_id: String,
-    pub event: String,
-    /// Bytes of the response body kept on the attempt.
-    pub output_cap: usize,
+#[allow(clippy::large_enum_variant)] // one per route, built once
+pub enum Action<T = String> {
+    Command(Command<T>),
+    Http(Http<T>),
 }
 
+/// One job's rendered action, ready to run.
 // One spec is built per attempt and moved once; boxing the larger variant would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ActionSpec {
     Command(CommandSpec),
     Http(HttpSpec),
+}
+
+/// Validate the action at `key` (`routes[0].action`); `file:` secrets resolve against `base`.
+pub fn validate(key: &str, raw: RawAction, base: &Path, env: &dyn Env) -> Result<Action, ConfigError> {
+    let names: Vec<&str> = kinds().iter().map(|(name, _)| *name).collect();
+    let Some(kind) = raw.kind else {
+        let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        return Err(invalid(format!("{key}.type"), format!("missing ({})", quoted.join(" or "))));
+    };
+    match kind.as_str() {
+        command::TYPE => command::validate(key, options(key, raw.options)?, base, env).map(Action::Command),
+        http::TYPE => http::validate(key, options(key, raw.options)?, base, env).map(Action::Http),
+        other => Err(invalid(format!("{key}.type"), format!("unknown action type `{other}` ({})", names.join(", ")))),
+    }
+}
+
+/// The secret references written in an action (`sign.secret`), read before validation for the warning
+/// about literal secrets: `(key below the action, reference)`.
+pub fn secret_refs(raw: &RawAction) -> Vec<(&'static str, &str)> {
+    match raw.kind.as_deref() {
+        Some(http::TYPE) => http::secret_refs(&raw.options),
+        _ => Vec::new(),
+    }
+}
+
+/// Read a kind's options from their table; a key that another kind reads is named as belonging to it.
+fn options<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, ConfigError> {
+    let own = fields::<T>();
+    for name in table.keys().filter(|name| !own.contains(&name.as_str())) {
+        if let Some((other, _)) = kinds().into_iter().find(|(_, keys)| keys.contains(&name.as_str())) {
+            return Err(invalid(format!("{key}.{name}"), format!("{name} belongs to type = \"{other}\"")));
+        }
+    }
+    table_as(key, table)
+}
+
+/// Deserialize a table of options (`deny_unknown_fields` names a key no kind reads).
+fn table_as<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, ConfigError> {
+    T::deserialize(toml::Value::Table(table)).map_err(|e| invalid(key, e.message().trim()))
+}
+
+/// The keys a struct's `Deserialize` reads, as serde's derive declares them.
+fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    use std::cell::Cell;
+
+    /// A deserializer that only asks a struct for its field names.
+    struct Probe<'a>(&'a Cell<&'static [&'static str]>);
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(de::Error::custom("fields probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let fields = Cell::new(&[][..]);
+    let _ = T::deserialize(Probe(&fields));
+    fields.get()
+}
+
+/// What rendering one job's action sees.
+pub struct JobContext<'a> {
+    /// The environment holding the compiled templates.
+    pub templates: &'a Environment<'static>,
+    /// The template variables: the event's, and `job`.
+    pub vars: &'a minijinja::Value,
+    pub event: &'a EventContext,
+    /// The job id: stable across retries, so it is also an outbound message id.
+    pub job_id: &'a str,
+    /// Bytes of output kept on the attempt.
+    pub output_cap: usize,
+}
+
+impl<T> Action<T> {
+    /// How long one attempt may take (the worker's lease covers it).
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Action::Command(c) => c.timeout,
+            Action::Http(h) => h.timeout,
+        }
+    }
+}
+
+impl Action {
+    /// Compile every template of the action into `env`, named by key paths below `key`.
+    pub(crate) fn compile(&self, env: &mut Environment<'static>, key: &str) -> Result<Action<Text>, ConfigError> {
+        Ok(match self {
+            Action::Command(c) => Action::Command(c.compile(env, key)?),
+            Action::Http(h) => Action::Http(h.compile(env, key)?),
+        })
+    }
+}
+
+impl Action<Text> {
+    /// One job's spec: every template evaluated, hostile values refused.
+    pub(crate) fn render(&self, job: &JobContext<'_>) -> Result<ActionSpec, RenderError> {
+        Ok(match self {
+            Action::Command(c) => ActionSpec::Command(c.render(job)?),
+            Action::Http(h) => ActionSpec::Http(h.render(job)?),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,5 +226,96 @@ impl Runner {
 impl Default for Runner {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn error(action: &str) -> String {
+        let text = format!(
+            "[[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\n\
+             [[routes]]\nname = \"r\"\nsource = \"g\"\naction = {action}\n"
+        );
+        crate::config::parse(&text, Path::new(""), &BTreeMap::<String, String>::new()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_type_is_required_and_must_name_a_kind() {
+        assert_eq!(error(r#"{ argv = ["true"] }"#), r#"routes[0].action.type: missing ("command" or "http")"#);
+        assert_eq!(
+            error(r#"{ type = "shell" }"#),
+            "routes[0].action.type: unknown action type `shell` (command, http)"
+        );
+    }
+
+    #[test]
+    fn a_key_of_the_other_kind_is_named_as_such() {
+        let cases = [
+            (
+                r#"{ type = "http", url = "http://a/", argv = ["x"] }"#,
+                r#"routes[0].action.argv: argv belongs to type = "command""#,
+            ),
+            (
+                r#"{ type = "http", url = "http://a/", env_pass = ["X"] }"#,
+                r#"routes[0].action.env_pass: env_pass belongs to type = "command""#,
+            ),
+            (
+                r#"{ type = "http", url = "http://a/", cwd = "/" }"#,
+                r#"routes[0].action.cwd: cwd belongs to type = "command""#,
+            ),
+            (
+                r#"{ type = "command", argv = ["x"], url = "http://a/" }"#,
+                r#"routes[0].action.url: url belongs to type = "http""#,
+            ),
+            (
+                r#"{ type = "command", argv = ["x"], body = "b" }"#,
+                r#"routes[0].action.body: body belongs to type = "http""#,
+            ),
+            (
+                r#"{ type = "command", argv = ["x"], sign = { secret = "s" } }"#,
+                r#"routes[0].action.sign: sign belongs to type = "http""#,
+            ),
+            (
+                r#"{ type = "command", argv = ["x"], headers = { A = "b" } }"#,
+                r#"routes[0].action.headers: headers belongs to type = "http""#,
+            ),
+        ];
+        for (action, expected) in cases {
+            assert_eq!(error(action), expected, "{action}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        for action in
+            [r#"{ type = "command", argv = ["x"], argz = 1 }"#, r#"{ type = "http", url = "http://a/", argz = 1 }"#]
+        {
+            let err = error(action);
+            assert!(err.starts_with("routes[0].action: unknown field `argz`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_route_level_env_pass_needs_a_command() {
+        let text = "[[sources]]\nname = \"g\"\nprovider = \"github\"\nsecrets = [\"s\"]\n\
+                    [[routes]]\nname = \"r\"\nsource = \"g\"\nenv_pass = [\"X\"]\n\
+                    action = { type = \"http\", url = \"http://a/\" }\n";
+        let err = crate::config::parse(text, Path::new(""), &BTreeMap::<String, String>::new()).unwrap_err();
+        assert_eq!(err.to_string(), "routes[0].env_pass: env_pass belongs to command actions");
+    }
+
+    #[test]
+    fn each_kind_lists_the_keys_it_reads() {
+        assert_eq!(
+            kinds(),
+            [
+                ("command", &["argv", "env", "env_pass", "cwd", "timeout"][..]),
+                ("http", &["url", "method", "headers", "body", "timeout", "sign", "allowed_hosts"][..]),
+            ]
+        );
     }
 }

@@ -1,21 +1,22 @@
 //! route: filter expressions and templates (one language, minijinja), fan-out to jobs, and action rendering.
 //!
 //! Everything is compiled once at start-up so a bad expression is a configuration error, not a runtime one.
+//! Each action kind compiles and renders its own options (`crate::actions`) with `template` and `url`.
 
 mod context;
 mod lazy;
-mod render;
-mod url;
+mod template;
+pub(crate) mod url;
 
 pub use context::{context_for_request, parse_body, BodyError, EventContext};
-pub use render::RenderError;
+pub use template::{RenderError, Text};
 
 use std::collections::HashMap;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-use crate::actions::ActionSpec;
-use crate::config::{Action, Config, ConfigError, Route};
+use crate::actions::{Action, ActionSpec, JobContext};
+use crate::config::{Config, ConfigError, Route};
 use crate::store::{new_id, Millis, NewJob};
 
 /// One route, with the names of its compiled templates in the shared environment.
@@ -24,7 +25,7 @@ pub struct CompiledRoute {
     pub config: Route,
     filter: Option<String>,
     coalesce: Option<String>,
-    action: render::ActionTemplates,
+    action: Action<Text>,
 }
 
 /// All routes of a configuration, compiled.
@@ -75,7 +76,7 @@ impl Routes {
                 }
                 None => None,
             };
-            let action = render::ActionTemplates::compile(&mut env, &key("action"), &route.action)?;
+            let action = route.action.compile(&mut env, &key("action"))?;
             by_source.entry(route.source.clone()).or_default().push(routes.len());
             routes.push(CompiledRoute { config: route.clone(), filter, coalesce, action });
         }
@@ -154,8 +155,8 @@ impl Routes {
         if let Some(e) = &ctx.body_error {
             return Err(RenderError::Body { message: e.to_string() });
         }
-        let value = minijinja::context! { job => job_id, ..ctx.to_value() };
-        route.action.render(&self.env, &value, ctx, job_id, output_cap)
+        let vars = minijinja::context! { job => job_id, ..ctx.to_value() };
+        route.action.render(&JobContext { templates: &self.env, vars: &vars, event: ctx, job_id, output_cap })
     }
 }
 
@@ -169,10 +170,6 @@ fn add(env: &mut Environment<'static>, name: &str, source: String) -> Result<(),
 impl CompiledRoute {
     pub fn name(&self) -> &str {
         &self.config.name
-    }
-
-    pub fn is_command(&self) -> bool {
-        matches!(self.config.action, Action::Command { .. })
     }
 }
 

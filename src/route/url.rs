@@ -84,7 +84,7 @@ impl Part {
 
 /// Turn a rendered URL template (values marked) into the URL to call; `allowed_hosts` are the hosts a
 /// template value may choose. `key` names the template in errors.
-pub(super) fn finish(key: &str, marked: &str, allowed_hosts: &[String]) -> Result<url::Url, RenderError> {
+pub(crate) fn finish(key: &str, marked: &str, allowed_hosts: &[String]) -> Result<url::Url, RenderError> {
     let invalid = || RenderError::InvalidUrl { key: key.to_string() };
     let mut url = String::with_capacity(marked.len());
     let mut part = Part::Authority;
