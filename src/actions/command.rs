@@ -76,6 +76,7 @@ pub struct CommandSpec {
     pub output_cap: usize,
 }
 
+/// Every kind validates with the same inputs; a command reads no secrets or files, so `base` and `env` go unused.
 pub(super) fn validate(key: &str, raw: Raw, _base: &Path, _env: &dyn Env) -> Result<Command, ConfigError> {
     let k = |s: &str| format!("{key}.{s}");
     let argv = raw.argv.ok_or_else(|| invalid(k("argv"), "missing"))?;
