@@ -49,7 +49,7 @@ pub(super) struct Raw {
 /// `sign = { … }` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSign {
+pub(crate) struct RawSign {
     scheme: Option<String>,
     secret: Option<String>,
     signature_header: Option<String>,

@@ -27,15 +27,17 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{invalid, ConfigError, Env};
+use crate::config::{field_names, invalid, ConfigError, Env};
 use crate::route::{EventContext, RenderError, Text};
 
 pub use command::{Command, CommandSpec};
+#[cfg(test)]
+pub(crate) use http::RawSign;
 pub use http::{Http, HttpSpec, SignSpec};
 
 /// Every kind: its `type` and the option keys it reads (so a key of another kind is named as such).
-fn kinds() -> [(&'static str, &'static [&'static str]); 2] {
-    [(command::TYPE, fields::<command::Raw>()), (http::TYPE, fields::<http::Raw>())]
+pub(crate) fn kinds() -> [(&'static str, &'static [&'static str]); 2] {
+    [(command::TYPE, field_names::<command::Raw>()), (http::TYPE, field_names::<http::Raw>())]
 }
 
 /// An action as written: its `type` and the options of that kind. The options are read once the kind is
@@ -91,7 +93,7 @@ pub fn secret_refs(raw: &RawAction) -> Vec<(&'static str, &str)> {
 
 /// Read a kind's options from their table; a key that another kind reads is named as belonging to it.
 fn options<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, ConfigError> {
-    let own = fields::<T>();
+    let own = field_names::<T>();
     for name in table.keys().filter(|name| !own.contains(&name.as_str())) {
         if let Some((other, _)) = kinds().into_iter().find(|(_, keys)| keys.contains(&name.as_str())) {
             return Err(invalid(format!("{key}.{name}"), format!("{name} belongs to type = \"{other}\"")));
@@ -103,38 +105,6 @@ fn options<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, Conf
 /// Deserialize a table of options (`deny_unknown_fields` names a key no kind reads).
 fn table_as<T: DeserializeOwned>(key: &str, table: toml::Table) -> Result<T, ConfigError> {
     T::deserialize(toml::Value::Table(table)).map_err(|e| invalid(key, e.message().trim()))
-}
-
-/// The keys a struct's `Deserialize` reads, as serde's derive declares them.
-fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
-    use serde::de::{self, Visitor};
-    use std::cell::Cell;
-
-    /// A deserializer that only asks a struct for its field names.
-    struct Probe<'a>(&'a Cell<&'static [&'static str]>);
-    impl<'de> de::Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            self.0.set(fields);
-            Err(de::Error::custom("fields probed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-        }
-    }
-
-    let fields = Cell::new(&[][..]);
-    let _ = T::deserialize(Probe(&fields));
-    fields.get()
 }
 
 /// What rendering one job's action sees.
