@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptResult, JobContext, Outcome};
+use super::{AttemptResult, Hint, JobContext, Outcome};
 use crate::config::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
 use crate::route::{RenderError, Text};
 
@@ -196,6 +196,7 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
 
     // Some once the reader task has been joined (a JoinHandle must not be polled after completion).
     let mut joined: Option<Option<Captured>> = None;
+    let timed_out = matches!(ended, Ended::TimedOut);
     let status = match ended {
         Ended::Exited(status) => {
             match tokio::time::timeout(PIPE_GRACE, &mut reader).await {
@@ -234,8 +235,9 @@ pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> Attemp
 
     let (outcome, error) = match status {
         Ok(status) if status.success() => (Outcome::Success, None),
-        Ok(status) => (Outcome::Retryable { retry_after: None }, Some(describe(status))),
-        Err(error) => (Outcome::Retryable { retry_after: None }, Some(error)),
+        Ok(status) => (Outcome::Retryable(Hint::default()), Some(describe(status))),
+        // A command that ran out of time (a slow remote, a busy cluster) gets the throttle floor's pause.
+        Err(error) => (Outcome::Retryable(Hint { retry_after: None, throttled: timed_out }), Some(error)),
     };
     AttemptResult { outcome, error, output, status_code: None }
 }
@@ -275,7 +277,7 @@ fn spawn_error(program: &str, e: &io::Error) -> AttemptResult {
     let error = format!("cannot start `{program}`: {reason}");
     if transient {
         AttemptResult {
-            outcome: Outcome::Retryable { retry_after: None },
+            outcome: Outcome::Retryable(Hint::default()),
             error: Some(error),
             output: None,
             status_code: None,
@@ -595,7 +597,7 @@ mod tests {
     #[tokio::test]
     async fn a_non_zero_exit_is_retryable() {
         let result = run_spec(spec(&["sh", "-c", "echo failing; exit 3"])).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("exit status 3"));
         assert_eq!(result.output.as_deref(), Some("failing\n"));
     }
@@ -603,7 +605,7 @@ mod tests {
     #[tokio::test]
     async fn a_command_killed_by_a_signal_says_which() {
         let result = run_spec(spec(&["sh", "-c", "kill -9 $$"])).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("killed by signal SIGKILL"));
     }
 
@@ -665,7 +667,7 @@ mod tests {
         let started = Instant::now();
         let result = run_spec(s).await;
         assert!(started.elapsed() < Duration::from_secs(1) + KILL_GRACE, "took {:?}", started.elapsed());
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint { retry_after: None, throttled: true }));
         assert_eq!(result.error.as_deref(), Some("timed out after 1s"));
         let grandchild = read_pid_file(&pid_file).await;
         assert!(!process_is_alive(&grandchild), "background process {} survived", grandchild.trim());
@@ -703,7 +705,7 @@ mod tests {
         let started = Instant::now();
         let result = run(s, &cancel).await;
         assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("cancelled"));
         assert!(!process_is_alive(&read_pid_file(&pid_file).await));
     }

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::command::human;
-use super::{table_as, AttemptResult, JobContext, Outcome};
+use super::{table_as, AttemptResult, Hint, JobContext, Outcome};
 use crate::config::{
     check_placeholders, invalid, opt_duration, parse_algorithm, parse_encoding, parse_unit, resolve_secret,
     validate_content, ConfigError, Env,
@@ -250,7 +250,7 @@ pub(super) async fn run(client: &reqwest::Client, spec: HttpSpec, cancel: &Cance
     };
     tokio::select! {
         result = send(client, request, &spec) => result,
-        () = cancel.cancelled() => result(retry(None), Some("cancelled".into()), None, None),
+        () = cancel.cancelled() => result(retry(None, false), Some("cancelled".into()), None, None),
     }
 }
 
@@ -293,7 +293,10 @@ fn build(client: &reqwest::Client, spec: &HttpSpec) -> Result<reqwest::Request, 
 async fn send(client: &reqwest::Client, request: reqwest::Request, spec: &HttpSpec) -> AttemptResult {
     let mut response = match client.execute(request).await {
         Ok(response) => response,
-        Err(e) => return result(retry(None), Some(transport_error(&e, spec.timeout)), None, None),
+        Err(e) => {
+            let hint = Hint { retry_after: None, throttled: timed_out(&e) };
+            return result(Outcome::Retryable(hint), Some(transport_error(&e, spec.timeout)), None, None);
+        }
     };
     let status = response.status();
     let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| parse_retry_after(v, SystemTime::now()));
@@ -302,7 +305,9 @@ async fn send(client: &reqwest::Client, request: reqwest::Request, spec: &HttpSp
     let (outcome, error) = match status.as_u16() {
         200..=299 => (Outcome::Success, None),
         410 => (Outcome::Gone, Some(format!("HTTP {}", status.as_u16()))),
-        408 | 429 | 500..=599 => (retry(retry_after), Some(format!("HTTP {}", status.as_u16()))),
+        // 408 and 429: the peer is slow or throttling us, so the next attempt waits at least the floor.
+        408 | 429 => (retry(retry_after, true), Some(format!("HTTP {}", status.as_u16()))),
+        500..=599 => (retry(retry_after, false), Some(format!("HTTP {}", status.as_u16()))),
         300..=399 => (Outcome::Failed, Some(format!("HTTP {} (redirects are not followed)", status.as_u16()))),
         _ => (Outcome::Failed, Some(format!("HTTP {}", status.as_u16()))),
     };
@@ -313,8 +318,8 @@ fn result(outcome: Outcome, error: Option<String>, output: Option<String>, statu
     AttemptResult { outcome, error, output, status_code }
 }
 
-fn retry(retry_after: Option<Duration>) -> Outcome {
-    Outcome::Retryable { retry_after }
+fn retry(retry_after: Option<Duration>, throttled: bool) -> Outcome {
+    Outcome::Retryable(Hint { retry_after, throttled })
 }
 
 fn now_ms() -> i64 {
@@ -364,6 +369,18 @@ fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
 }
 
 /// A short description of a transport failure; reqwest's own message would include the URL.
+/// The request or the connection ran out of time (as opposed to being refused or reset).
+fn timed_out(e: &reqwest::Error) -> bool {
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = cause.source();
+    }
+    e.is_timeout()
+}
+
 fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("timed out after {}", human(timeout));
@@ -609,7 +626,7 @@ mod tests {
     async fn a_500_is_retryable() {
         let url = answering(500, &[], "boom").await;
         let result = run_spec(spec(url)).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.status_code, Some(500));
         assert_eq!(result.error.as_deref(), Some("HTTP 500"));
         assert_eq!(result.output.as_deref(), Some("boom"));
@@ -619,18 +636,21 @@ mod tests {
     async fn a_429_with_retry_after_is_retryable_after_that_delay() {
         let url = answering(429, &[("retry-after", "7")], "").await;
         let result = run_spec(spec(url)).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            result.outcome,
+            Outcome::Retryable(Hint { retry_after: Some(Duration::from_secs(7)), throttled: true })
+        );
         assert_eq!(result.status_code, Some(429));
         assert_eq!(result.error.as_deref(), Some("HTTP 429"));
         assert_eq!(result.output, None);
     }
 
     #[tokio::test]
-    async fn a_408_and_a_503_are_retryable() {
-        for status in [408, 503] {
+    async fn a_408_and_a_503_are_retryable_and_only_the_408_is_throttling() {
+        for (status, throttled) in [(408, true), (503, false)] {
             let url = answering(status, &[], "").await;
             let result = run_spec(spec(url)).await;
-            assert_eq!(result.outcome, Outcome::Retryable { retry_after: None }, "{status}");
+            assert_eq!(result.outcome, Outcome::Retryable(Hint { retry_after: None, throttled }), "{status}");
         }
     }
 
@@ -669,7 +689,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let result = run_spec(spec(format!("http://{addr}/hook?token=s3cr3t"))).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.status_code, None);
         assert_eq!(result.error.as_deref(), Some("connection refused"));
     }
@@ -680,7 +700,7 @@ mod tests {
         let mut s = spec("http://hookgate-test.invalid/hook?token=s3cr3t");
         s.timeout = Duration::from_secs(3);
         let result = run_spec(s).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         let error = result.error.unwrap();
         assert!(!error.contains("s3cr3t") && !error.contains("hookgate-test"), "{error}");
     }
@@ -697,7 +717,7 @@ mod tests {
         let started = Instant::now();
         let result = run_spec(s).await;
         assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint { retry_after: None, throttled: true }));
         assert_eq!(result.error.as_deref(), Some("timed out after 300ms"));
     }
 
@@ -715,7 +735,7 @@ mod tests {
             trigger.cancel();
         });
         let result = run(&client(), spec(url), &cancel).await;
-        assert_eq!(result.outcome, Outcome::Retryable { retry_after: None });
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("cancelled"));
     }
 

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{field_names, invalid, ConfigError, Env};
 use crate::route::{EventContext, RenderError, Text};
 
+pub use crate::retry::Hint;
 pub use command::{Command, CommandSpec};
 #[cfg(test)]
 pub(crate) use http::RawSign;
@@ -153,10 +154,9 @@ impl Action<Text> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// Worth another attempt (timeouts, connection errors, 408/429/5xx, non-zero exit).
-    Retryable {
-        retry_after: Option<Duration>,
-    },
+    /// Worth another attempt (timeouts, connection errors, 408/429/5xx, non-zero exit); the hint says
+    /// whether the peer asked for a pause (`Retry-After`) or was throttling or slow (429, timeouts).
+    Retryable(Hint),
     /// Will not succeed by retrying (other 4xx, a program that cannot start).
     Failed,
     /// The peer answered 410 Gone: the route should be disabled.

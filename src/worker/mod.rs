@@ -294,16 +294,15 @@ impl Worker {
         let retry = &route.config.retry;
         let (next, label) = match &result.outcome {
             Outcome::Success => (NextState::Succeeded, "succeeded"),
-            Outcome::Retryable { retry_after } if job.attempt < retry.max_attempts => {
-                let hint = crate::retry::Hint { retry_after: *retry_after, throttled: false };
-                let pause = crate::retry::delay(retry, job.attempt, hint);
+            Outcome::Retryable(hint) if job.attempt < retry.max_attempts => {
+                let pause = crate::retry::delay(retry, job.attempt, *hint);
                 (NextState::Retry { at: finished_ms + pause.as_millis() as i64 }, "retry")
             }
-            Outcome::Retryable { .. } | Outcome::Failed => (NextState::Dead, "dead"),
+            Outcome::Retryable(_) | Outcome::Failed => (NextState::Dead, "dead"),
             Outcome::Gone => (NextState::Dead, "gone"),
         };
         // Only a peer that did not answer properly counts against the circuit; a 4xx is an answer.
-        self.live.health.record(&route.config, !matches!(result.outcome, Outcome::Retryable { .. }));
+        self.live.health.record(&route.config, !matches!(result.outcome, Outcome::Retryable(_)));
         let mut result = result;
         if result.outcome == Outcome::Gone {
             let reason = "the peer answered 410 Gone; route disabled until enabled again".to_string();

@@ -561,7 +561,9 @@ store_test! {
 store_test! {
     async fn a_peers_retry_after_is_honoured(backend) {
         let peer = Peer::start(vec![Reply::RetryAfter(429, 2)], Reply::Status(200)).await;
-        let app = spawn_app(&backend, &http_route(&peer, "retry = { max_attempts = 3, initial = \"100ms\", max = \"30s\" }")).await;
+        // A Retry-After longer than the throttle floor wins over it.
+        let retry = "retry = { max_attempts = 3, initial = \"100ms\", max = \"30s\", throttle_floor = \"1s\" }";
+        let app = spawn_app(&backend, &http_route(&peer, retry)).await;
         let id = publish(&app.addr, APP_TOKEN, r#"{"n":1}"#).await["id"].as_str().unwrap().to_string();
         let jobs = terminal_jobs(&app, &id).await;
         assert_eq!(jobs[0]["status"], "succeeded");
@@ -569,5 +571,29 @@ store_test! {
         let pause = received[1].at.duration_since(received[0].at);
         assert!(pause >= Duration::from_millis(1900), "retried after {pause:?}, before Retry-After: 2");
         assert!(pause < Duration::from_secs(10));
+    }
+}
+
+store_test! {
+    async fn after_a_429_or_a_timeout_the_next_attempt_waits_the_throttle_floor_but_not_after_a_500(backend) {
+        let peer = Peer::start(
+            vec![Reply::Status(429), Reply::Status(500), Reply::Hang(Duration::from_secs(2))],
+            Reply::Status(200),
+        )
+        .await;
+        let retry = "retry = { max_attempts = 5, initial = \"50ms\", max = \"10s\", throttle_floor = \"1500ms\" }";
+        let app = spawn_app(&backend, &http_route(&peer, retry)).await;
+        let id = publish(&app.addr, APP_TOKEN, r#"{"n":1}"#).await["id"].as_str().unwrap().to_string();
+        let jobs = terminal_jobs(&app, &id).await;
+        assert_eq!(jobs[0]["status"], "succeeded");
+        assert_eq!(jobs[0]["attempts"], 4, "429, 500, timeout, then 200");
+        let at: Vec<Instant> = peer.received().iter().map(|r| r.at).collect();
+        let after_429 = at[1].duration_since(at[0]);
+        let after_500 = at[2].duration_since(at[1]);
+        // The hanging request is abandoned at the action's 500 ms timeout; the floor counts from then.
+        let after_timeout = at[3].duration_since(at[2]);
+        assert!(after_429 >= Duration::from_millis(1500), "retried {after_429:?} after a 429");
+        assert!(after_500 < Duration::from_millis(1000), "waited {after_500:?} after a 500: the floor is for throttling");
+        assert!(after_timeout >= Duration::from_millis(2000), "retried {after_timeout:?} after a timeout");
     }
 }
