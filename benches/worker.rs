@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use hookgate::startup::Application;
-use hookgate::store::{new_id, now_ms, NewDelivery, NewJob};
+use hookgate::store::{new_id, now_ms, Delivery, NewJob};
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
@@ -93,7 +93,7 @@ async fn worker(jobs: usize, concurrency: usize) {
         let (store, next) = (store.clone(), next.clone());
         writers.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < jobs as u64 {
-                let delivery = NewDelivery {
+                let delivery = Delivery {
                     id: new_id(),
                     source: "github".into(),
                     event: "push".into(),

@@ -277,19 +277,13 @@ pub struct Server {
     pub unverified_rate_limit: RateLimit,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub url: String,
+    /// Which store, and where; its Debug and Display hide a PostgreSQL password.
+    pub url: crate::store::StoreUrl,
     pub retention: Duration,
     /// How often deliveries past `retention` are purged (in small batches that let writes through).
     pub purge_interval: Duration,
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = crate::store::postgres_tls::redacted(&self.url);
-        f.debug_struct("StoreConfig").field("url", &url).field("retention", &self.retention).finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -414,8 +408,10 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         return Err(invalid("server.max_connections_per_ip", "must be at least 1"));
     }
 
+    let url_text = env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| defaults::STORE_URL.into());
+    let url = crate::store::StoreUrl::parse(&url_text).map_err(|e| invalid("store.url", e.to_string()))?;
     let store = StoreConfig {
-        url: env.var("HOOKGATE_STORE_URL").or(file.store.url).unwrap_or_else(|| defaults::STORE_URL.into()),
+        url: url.relative_to(base),
         retention: opt_duration("store.retention", file.store.retention.as_deref(), defaults::RETENTION)?,
         purge_interval: opt_duration(
             "store.purge_interval",
@@ -426,10 +422,9 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
     if store.purge_interval < Duration::from_secs(1) {
         return Err(invalid("store.purge_interval", "must be at least 1s"));
     }
-    let store = StoreConfig { url: resolve_store_url(&store.url, base), ..store };
-    if store.url.starts_with("postgres://") || store.url.starts_with("postgresql://") {
+    if let crate::store::StoreUrl::Postgres(url) = &store.url {
         // sslmode and the certificate files are checked now, not at the first connection.
-        crate::store::postgres_tls::connect_options(&store.url).map_err(|e| invalid("store.url", e.to_string()))?;
+        crate::store::postgres_tls::connect_options(url).map_err(|e| invalid("store.url", e.to_string()))?;
     }
 
     let admin_token_ref = file.admin.token.unwrap_or_else(|| defaults::ADMIN_TOKEN.into());
@@ -492,17 +487,6 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
     }
 
     Ok(Config { server, store, admin_token, admin_auth_failure_limit, worker, sources, routes, warnings })
-}
-
-fn resolve_store_url(url: &str, base: &Path) -> String {
-    // A relative SQLite path is relative to the config file, like `file:` secrets.
-    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
-    match path {
-        Some(p) if !p.is_empty() && Path::new(p).is_relative() && base != Path::new("") => {
-            format!("sqlite://{}", base.join(p).display())
-        }
-        _ => url.to_string(),
-    }
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -909,7 +893,7 @@ mod tests {
         let cfg = parse(MINIMAL, Path::new(""), &env(&[("GH_SECRET", "s3cret")])).unwrap();
         assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(cfg.server.max_body, 1 << 20);
-        assert_eq!(cfg.store.url, "sqlite://hookgate.db");
+        assert_eq!(cfg.store.url.to_string(), "sqlite://hookgate.db");
         assert_eq!(cfg.store.retention, Duration::from_secs(7 * 86400));
         assert_eq!(cfg.store.purge_interval, Duration::from_secs(3600));
         assert!(cfg.sources[0].enabled);
@@ -943,7 +927,7 @@ mod tests {
         ]);
         let cfg = parse(MINIMAL, Path::new(""), &e).unwrap();
         assert_eq!(cfg.server.listen.port(), 0);
-        assert_eq!(cfg.store.url, "sqlite:///tmp/x.db");
+        assert_eq!(cfg.store.url.to_string(), "sqlite:///tmp/x.db");
     }
 
     #[test]
@@ -1042,7 +1026,19 @@ mod tests {
     fn a_relative_sqlite_path_is_relative_to_the_config_file() {
         let text = format!("[store]\nurl = \"sqlite://data/h.db\"\n{MINIMAL}");
         let cfg = parse(&text, Path::new("/etc/hookgate"), &env(&[])).unwrap();
-        assert_eq!(cfg.store.url, "sqlite:///etc/hookgate/data/h.db");
+        assert_eq!(cfg.store.url.to_string(), "sqlite:///etc/hookgate/data/h.db");
+    }
+
+    #[test]
+    fn a_store_url_of_an_unknown_scheme_is_refused_naming_store_url() {
+        for url in ["mysql://app@db/h", "hookgate.db"] {
+            let text = format!("[store]\nurl = \"{url}\"\n{MINIMAL}");
+            let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+            assert!(err.starts_with("store.url: "), "{err}");
+            // The environment's URL is checked the same way.
+            let err = parse(MINIMAL, Path::new(""), &env(&[("HOOKGATE_STORE_URL", url)])).unwrap_err().to_string();
+            assert!(err.starts_with("store.url: "), "{err}");
+        }
     }
 
     #[test]

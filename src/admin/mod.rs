@@ -20,7 +20,7 @@ use crate::guard::ClientAddr;
 use crate::route::EventContext;
 use crate::state::AppState;
 use crate::store::{
-    now_ms, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis, StoredDelivery,
+    now_ms, Delivery, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis,
 };
 
 pub fn router() -> Router<AppState> {
@@ -96,7 +96,7 @@ fn redacted_headers(headers: &[(String, String)]) -> Value {
     Value::Object(map)
 }
 
-fn body_json(d: &StoredDelivery) -> Value {
+fn body_json(d: &Delivery) -> Value {
     match serde_json::from_slice::<Value>(&d.body) {
         Ok(v) => v,
         Err(_) if d.body.is_empty() => Value::Null,

@@ -18,7 +18,7 @@ use crate::guard::{BodyBytes, ClientAddr};
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
 use crate::route::context_for_request;
 use crate::state::AppState;
-use crate::store::{new_id, now_ms, Insert, NewDelivery};
+use crate::store::{new_id, now_ms, Delivery, Insert};
 use crate::verify::{Inbound, Scheme, VerifyError};
 
 pub async fn receive(
@@ -143,7 +143,7 @@ async fn handle(
     let stored = state
         .store
         .insert_delivery(
-            NewDelivery {
+            Delivery {
                 id: id.clone(),
                 source: source.name.clone(),
                 event: event.clone(),

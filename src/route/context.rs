@@ -6,7 +6,7 @@ use minijinja::Value;
 
 use super::lazy::{self, JsonDoc};
 
-use crate::store::StoredDelivery;
+use crate::store::Delivery;
 
 /// One event as expressions and templates see it.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl EventContext {
 
     /// Rebuild the context of a stored delivery (in the worker). A body that no longer parses is null, and
     /// remembered as `body_error`.
-    pub fn from_stored(d: &StoredDelivery) -> Self {
+    pub fn from_stored(d: &Delivery) -> Self {
         let content_type = d.headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
         let (body, body_error) = match parse_body(content_type, &d.body) {
             Ok(body) => (body, None),

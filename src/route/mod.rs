@@ -277,7 +277,7 @@ mod tests {
         let r = routes(
             "[[routes]]\nname = \"fwd\"\nsource = \"github\"\naction = { type = \"command\", argv = [\"echo\", \"{{ body.data | tojson }}\"] }",
         );
-        let stored = crate::store::StoredDelivery {
+        let stored = crate::store::Delivery {
             id: "i".into(),
             source: "github".into(),
             event: "push".into(),
@@ -285,6 +285,7 @@ mod tests {
             received_at: 0,
             headers: vec![("content-type".into(), "application/json".into())],
             body: bytes::Bytes::from(format!(r#"{{"data": {}}}"#, lazy::nested(20_000))),
+            replay_key: None,
         };
         let ctx = EventContext::from_stored(&stored);
         let err = r.render_action(r.get("fwd").unwrap(), &ctx, "job", 100).unwrap_err();

@@ -1,13 +1,19 @@
-//! store: the durable record of deliveries, jobs and attempts behind one trait (SQLite now, PostgreSQL next).
+//! store: the durable record of deliveries, jobs and attempts behind one trait, kept in SQLite or PostgreSQL.
 //!
 //! Every method that changes state returns only after the change is committed to disk, so a caller may
 //! acknowledge what it wrote. Times are Unix milliseconds (`Millis`), ids are UUIDv7 strings (time-ordered).
 
 pub mod codec;
+#[cfg(test)]
+mod contract;
 pub mod postgres;
 pub mod postgres_tls;
+mod row;
 pub mod sqlite;
+mod url;
 pub mod watched;
+
+pub use url::{StoreUrl, StoreUrlError};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,9 +45,37 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// A verified webhook about to be committed.
+/// An error with its whole `source()` chain on one line. The cause an operator needs is usually in a source,
+/// not in the error's own text: tokio-postgres says only "db error" or "error performing TLS handshake",
+/// with the SQLSTATE, a refused connection or an unknown issuer below it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    error_chain_with(e, |_| None)
+}
+
+/// [`error_chain`], where `describe` may word a link itself (PostgreSQL's server errors carry their SQLSTATE
+/// code apart from their text); links it passes over are shown as they display.
+pub fn error_chain_with(
+    e: &(dyn std::error::Error + 'static),
+    describe: impl Fn(&(dyn std::error::Error + 'static)) -> Option<String>,
+) -> String {
+    let text_of = |link: &(dyn std::error::Error + 'static)| describe(link).unwrap_or_else(|| link.to_string());
+    let mut text = text_of(e);
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = text_of(cause);
+        // Some wrappers (deadpool's, rusqlite's) already print their source.
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A verified webhook: what `insert_delivery` commits, and what reads give back.
 #[derive(Debug, Clone)]
-pub struct NewDelivery {
+pub struct Delivery {
     pub id: String,
     pub source: String,
     pub event: String,
@@ -102,18 +136,6 @@ impl JobStatus {
     }
 }
 
-/// The delivery a claimed job acts on.
-#[derive(Debug, Clone)]
-pub struct StoredDelivery {
-    pub id: String,
-    pub source: String,
-    pub event: String,
-    pub delivery: String,
-    pub received_at: Millis,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
-
 /// A job this worker now holds a lease on.
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -123,7 +145,8 @@ pub struct ClaimedJob {
     /// The number of this attempt, starting at 1.
     pub attempt: u32,
     pub created_at: Millis,
-    pub delivery: StoredDelivery,
+    /// The delivery it acts on.
+    pub delivery: Delivery,
 }
 
 /// What to claim: due jobs of these routes, at most `limit`, leased to `owner` until `lease_until`.
@@ -247,7 +270,7 @@ pub struct JobDetail {
 
 #[derive(Debug, Clone)]
 pub struct DeliveryDetail {
-    pub delivery: StoredDelivery,
+    pub delivery: Delivery,
     pub jobs: Vec<JobDetail>,
 }
 
@@ -314,7 +337,7 @@ pub trait Store: Send + Sync + 'static {
     /// exists, write nothing and return `Duplicate`. A job with a `coalesce_key` for which a *queued* job of
     /// the same route and key exists is merged into it: the queued job now points at this (newer) delivery
     /// and `merged` grows.
-    async fn insert_delivery(&self, delivery: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError>;
+    async fn insert_delivery(&self, delivery: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError>;
 
     /// Add jobs to a stored delivery (replay, schedules); coalescing applies. Returns jobs created or merged.
     async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError>;
@@ -358,15 +381,12 @@ pub trait Store: Send + Sync + 'static {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Open the store named by a URL: `sqlite://PATH` (or a bare path) or `postgres://…`; migrations run here.
-/// The store comes watched: its readiness reflects the outcome of the last write (see [`watched`]).
-pub async fn open(url: &str) -> Result<DynStore, StoreError> {
-    let store: DynStore = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        Arc::new(sqlite::SqliteStore::open(path).await?)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Arc::new(postgres::PostgresStore::open(url).await?)
-    } else {
-        Arc::new(sqlite::SqliteStore::open(url).await?)
+/// Open the store a URL names; migrations run here. The store comes watched: its readiness reflects the
+/// outcome of the last write (see [`watched`]). A new backend is one file and one arm here (and in [`StoreUrl`]).
+pub async fn open(url: &StoreUrl) -> Result<DynStore, StoreError> {
+    let store: DynStore = match url {
+        StoreUrl::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        StoreUrl::Postgres(url) => Arc::new(postgres::PostgresStore::open(url).await?),
     };
     Ok(Arc::new(watched::Watched::new(store)))
 }

@@ -5,14 +5,15 @@
 //! requests. A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as
 //! the URL's `sslmode` asks, the way libpq reads it (`postgres_tls`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 
-use super::postgres_tls::{connect_options, error_chain};
+use super::postgres_tls::connect_options;
+use super::row::{self, headers_from_text, headers_to_text, page, page_limit, JobRow, JOB_COLUMNS};
 use super::*;
 
 /// Versioned schema steps; a step never changes once released.
@@ -33,7 +34,7 @@ pub struct PostgresStore {
 }
 
 fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(error_chain(&e))
+    StoreError::Unavailable(describe(&e))
 }
 
 /// Settle the claimed routes' jobs whose lease expired as failed attempts (see [`Claim::after_lost`]). They
@@ -154,18 +155,34 @@ async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) ->
 }
 
 fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    let text = describe(&e);
     match e.code() {
         // Data errors and bugs are ours; connection, resource and shutdown classes mean "try later".
         Some(code) => {
             let class = &code.code()[..2];
             if matches!(class, "08" | "53" | "57" | "58" | "40") {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(text)
             } else {
-                StoreError::Internal(e.to_string())
+                StoreError::Internal(text)
             }
         }
-        None => StoreError::Unavailable(error_chain(&e)),
+        None => StoreError::Unavailable(text),
     }
+}
+
+/// An error and its causes, with a server error in the server's words and its SQLSTATE code
+/// (`db error: ERROR 53100 could not extend file "base/…": No space left on device`); tokio-postgres' own
+/// text is only "db error". Its DETAIL is left out: for a failed constraint it repeats the whole row, and a
+/// delivery row holds the webhook's headers and body.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    error_chain_with(e, |link| {
+        let db = link.downcast_ref::<tokio_postgres::error::DbError>()?;
+        let mut text = format!("{} {} {}", db.severity(), db.code().code(), db.message());
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+        Some(text)
+    })
 }
 
 impl PostgresStore {
@@ -229,47 +246,35 @@ impl PostgresStore {
     }
 }
 
-fn headers_to_text(headers: &[(String, String)]) -> String {
-    serde_json::to_string(headers).unwrap_or_else(|_| "[]".into())
-}
-
-fn headers_from_text(text: &str) -> Vec<(String, String)> {
-    serde_json::from_str(text).unwrap_or_default()
-}
-
-fn status_of(text: &str) -> Result<JobStatus, StoreError> {
-    JobStatus::parse(text).ok_or_else(|| StoreError::Internal(format!("unknown job status `{text}`")))
-}
-
-const JOB_COLUMNS: &str =
-    "id, delivery_id, route, status, attempts, last_error, run_at, created_at, updated_at, merged";
-
 fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
-    let status = status_of(row.get::<_, &str>("status"))?;
-    Ok(JobSummary {
+    JobRow {
         id: row.get("id"),
         delivery_id: row.get("delivery_id"),
         route: row.get("route"),
-        status,
+        status: row.get("status"),
         attempts: row.get::<_, i32>("attempts") as u32,
         last_error: row.get("last_error"),
-        next_attempt_at: (status == JobStatus::Queued).then(|| row.get("run_at")),
+        run_at: row.get("run_at"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         merged: row.get::<_, i32>("merged") as u32,
-    })
+    }
+    .into_summary()
 }
 
-fn stored_delivery(row: &Row) -> StoredDelivery {
-    StoredDelivery {
+const DELIVERY_COLUMNS: &str = "id, source, event, delivery, received_at, headers, body, replay_key";
+
+fn stored_delivery(row: &Row) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
         id: row.get("id"),
         source: row.get("source"),
         event: row.get("event"),
         delivery: row.get("delivery"),
         received_at: row.get("received_at"),
-        headers: headers_from_text(row.get("headers")),
+        headers: headers_from_text(row.get("headers"))?,
         body: Bytes::from(row.get::<_, Vec<u8>>("body")),
-    }
+        replay_key: row.get("replay_key"),
+    })
 }
 
 /// Insert jobs for a delivery inside `tx`, merging keyed jobs into a queued one of the same route and key.
@@ -323,13 +328,8 @@ async fn insert_jobs_tx(
 
 /// The id hookgate gave the first copy of a delivery that arrived again: same (source, delivery), else same
 /// (source, replay_key).
-async fn existing_delivery_id(
-    client: &impl tokio_postgres::GenericClient,
-    d: &NewDelivery,
-) -> Result<String, StoreError> {
-    let mut lookups = vec![("delivery", d.delivery.as_str())];
-    lookups.extend(d.replay_key.as_deref().map(|key| ("replay_key", key)));
-    for (column, value) in lookups {
+async fn existing_delivery_id(client: &impl tokio_postgres::GenericClient, d: &Delivery) -> Result<String, StoreError> {
+    for (column, value) in row::dedup_keys(d) {
         let row = client
             .query_opt(&format!("SELECT id FROM deliveries WHERE source = $1 AND {column} = $2"), &[&d.source, &value])
             .await
@@ -338,8 +338,7 @@ async fn existing_delivery_id(
             return Ok(row.get(0));
         }
     }
-    // Only the primary key is left to clash: a bug in the caller, never a duplicate.
-    Err(StoreError::Internal(format!("delivery id {} is already taken", d.id)))
+    Err(row::id_taken(d))
 }
 
 /// A delivery and its jobs in one statement (one round trip, its own transaction), for the common case of
@@ -358,14 +357,14 @@ const INSERT_UNKEYED: &str = "WITH d AS (
 
 async fn insert_unkeyed(
     client: &deadpool_postgres::Object,
-    d: NewDelivery,
+    d: Delivery,
     jobs: &[NewJob],
 ) -> Result<Insert, StoreError> {
     let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
     let routes: Vec<&str> = jobs.iter().map(|j| j.route.as_str()).collect();
     let run_at: Vec<Millis> = jobs.iter().map(|j| j.run_at).collect();
     let statement = client.prepare_cached(INSERT_UNKEYED).await.map_err(pg_error)?;
-    let headers = headers_to_text(&d.headers);
+    let headers = headers_to_text(&d.headers)?;
     let row = client
         .query_one(
             &statement,
@@ -412,7 +411,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn insert_delivery(&self, d: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
+    async fn insert_delivery(&self, d: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         let mut client = self.client().await?;
         if jobs.iter().all(|j| j.coalesce_key.is_none()) {
             return insert_unkeyed(&client, d, &jobs).await;
@@ -433,7 +432,7 @@ impl Store for PostgresStore {
                     &d.event,
                     &d.delivery,
                     &d.received_at,
-                    &headers_to_text(&d.headers),
+                    &headers_to_text(&d.headers)?,
                     &&d.body[..],
                     &d.replay_key,
                 ],
@@ -496,15 +495,14 @@ impl Store for PostgresStore {
             .map_err(pg_error)?;
         let delivery_ids: Vec<String> = rows.iter().map(|r| r.get("delivery_id")).collect();
         let deliveries = tx
-            .query(
-                "SELECT id, source, event, delivery, received_at, headers, body FROM deliveries WHERE id = ANY($1)",
-                &[&delivery_ids],
-            )
+            .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1)"), &[&delivery_ids])
             .await
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
-        let by_id: std::collections::HashMap<String, StoredDelivery> =
-            deliveries.iter().map(|r| (r.get::<_, String>("id"), stored_delivery(r))).collect();
+        let by_id = deliveries
+            .iter()
+            .map(|r| Ok((r.get::<_, String>("id"), stored_delivery(r)?)))
+            .collect::<Result<HashMap<String, Delivery>, StoreError>>()?;
         let mut claimed: Vec<ClaimedJob> = rows
             .iter()
             .filter_map(|r| {
@@ -519,7 +517,9 @@ impl Store for PostgresStore {
                 })
             })
             .collect();
-        claimed.sort_by_key(|j| j.created_at);
+        // In queue order, as `pick_candidates` chose them (and as SQLite answers).
+        let order: HashMap<&str, usize> = picked.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        claimed.sort_by_key(|j| order.get(j.id.as_str()).copied());
         Ok(claimed)
     }
 
@@ -570,16 +570,13 @@ impl Store for PostgresStore {
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, StoreError> {
         let client = self.client().await?;
         let Some(row) = client
-            .query_opt(
-                "SELECT id, source, event, delivery, received_at, headers, body FROM deliveries WHERE id = $1",
-                &[&id],
-            )
+            .query_opt(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"), &[&id])
             .await
             .map_err(pg_error)?
         else {
             return Ok(None);
         };
-        let delivery = stored_delivery(&row);
+        let delivery = stored_delivery(&row)?;
         let job_rows = client
             .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = $1 ORDER BY created_at, id"), &[&id])
             .await
@@ -615,7 +612,7 @@ impl Store for PostgresStore {
     }
 
     async fn list_deliveries(&self, q: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
-        let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) } as i64;
+        let limit = page_limit(q.limit);
         let client = self.client().await?;
         let rows = client
             .query(
@@ -631,7 +628,7 @@ impl Store for PostgresStore {
                  LEFT JOIN jobs j ON j.delivery_id = d.id
                  GROUP BY d.id, d.source, d.event, d.delivery, d.received_at
                  ORDER BY d.id DESC",
-                &[&q.source, &q.event, &q.before, &limit],
+                &[&q.source, &q.event, &q.before, &(limit as i64)],
             )
             .await
             .map_err(pg_error)?;
@@ -651,12 +648,11 @@ impl Store for PostgresStore {
                 },
             })
             .collect();
-        let next = (items.len() as i64 == limit).then(|| items.last().map(|d| d.id.clone())).flatten();
-        Ok(Page { items, next })
+        Ok(page(items, limit, |d| &d.id))
     }
 
     async fn list_jobs(&self, q: JobQuery) -> Result<Page<JobSummary>, StoreError> {
-        let limit = if q.limit == 0 { 50 } else { q.limit.min(1000) } as i64;
+        let limit = page_limit(q.limit);
         let status = q.status.map(|s| s.as_str().to_string());
         let client = self.client().await?;
         let rows = client
@@ -667,13 +663,12 @@ impl Store for PostgresStore {
                        AND ($3::text IS NULL OR id < $3)
                      ORDER BY id DESC LIMIT $4"
                 ),
-                &[&status, &q.route, &q.before, &limit],
+                &[&status, &q.route, &q.before, &(limit as i64)],
             )
             .await
             .map_err(pg_error)?;
         let items = rows.iter().map(job_summary).collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() as i64 == limit).then(|| items.last().map(|j| j.id.clone())).flatten();
-        Ok(Page { items, next })
+        Ok(page(items, limit, |j| &j.id))
     }
 
     /// Each batch is its own short transaction. Rows another transaction holds (another instance's purge) are
@@ -711,17 +706,7 @@ impl Store for PostgresStore {
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
         let client = self.client().await?;
         let rows = client.query(JOB_COUNTS, &[]).await.map_err(pg_error)?;
-        let mut counts = JobCounts::default();
-        for row in rows {
-            let n = row.get::<_, i64>(1).max(0) as u64;
-            match status_of(row.get::<_, &str>(0))? {
-                JobStatus::Queued => counts.queued = n,
-                JobStatus::Running => counts.running = n,
-                JobStatus::Succeeded => counts.succeeded = n,
-                JobStatus::Dead => counts.dead = n,
-            }
-        }
-        Ok(counts)
+        row::job_counts(rows.iter().map(|r| (r.get::<_, &str>(0), r.get::<_, i64>(1))))
     }
 }
 
@@ -769,31 +754,40 @@ pub async fn fresh_schema_url(base_url: &str) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::contract::{delivery, job};
 
-    async fn store() -> Option<PostgresStore> {
+    /// A store on a fresh schema of the test server (several test runs share its database).
+    struct Fixture {
+        store: PostgresStore,
+    }
+
+    #[async_trait]
+    impl crate::store::contract::Fixture for Fixture {
+        fn store(&self) -> &dyn Store {
+            &self.store
+        }
+
+        async fn rows(&self, table: &str) -> i64 {
+            let client = self.store.client().await.unwrap();
+            client.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[]).await.unwrap().get(0)
+        }
+    }
+
+    async fn fixture() -> Option<Fixture> {
         let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
             eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
             return None;
         };
         let url = fresh_schema_url(&base).await.expect("PostgreSQL reachable");
-        Some(PostgresStore::open(&url).await.expect("store opens"))
+        Some(Fixture { store: PostgresStore::open(&url).await.expect("store opens") })
     }
 
-    fn delivery(source: &str, delivery: &str) -> NewDelivery {
-        NewDelivery {
-            id: new_id(),
-            source: source.into(),
-            event: "push".into(),
-            delivery: delivery.into(),
-            received_at: now_ms(),
-            headers: vec![("x-a".into(), "1".into())],
-            body: Bytes::from_static(b"{}"),
-            replay_key: None,
-        }
+    async fn store() -> Option<PostgresStore> {
+        fixture().await.map(|f| f.store)
     }
 
-    fn job(route: &str, key: Option<&str>) -> NewJob {
-        NewJob { id: new_id(), route: route.into(), coalesce_key: key.map(Into::into), run_at: now_ms() }
+    mod contract {
+        crate::store::contract::contract_suite!(super::fixture);
     }
 
     #[tokio::test]
@@ -859,111 +853,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_delivery_round_trips_and_duplicates_write_nothing() {
-        let Some(store) = store().await else { return };
-        let d = delivery("github", "d1");
-        assert_eq!(
-            store.insert_delivery(d.clone(), vec![job("r", None)]).await.unwrap(),
-            Insert::Stored { id: d.id.clone(), jobs: 1 }
-        );
-        let again = delivery("github", "d1");
-        assert_eq!(
-            store.insert_delivery(again, vec![job("r", None)]).await.unwrap(),
-            Insert::Duplicate { id: d.id.clone() }
-        );
-        let detail = store.get_delivery(&d.id).await.unwrap().unwrap();
-        assert_eq!(detail.delivery.headers, d.headers);
-        assert_eq!(detail.jobs.len(), 1);
-        assert_eq!(store.job_counts().await.unwrap().queued, 1);
+    async fn a_url_to_a_closed_port_is_unavailable_and_the_error_names_the_refused_connection() {
+        // A port that was just free: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("postgres://hookgate@127.0.0.1:{port}/hookgate?sslmode=disable&connect_timeout=5");
+        let Err(StoreError::Unavailable(text)) = PostgresStore::open(&url).await else {
+            panic!("a closed port must make the store unavailable");
+        };
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
     }
 
     #[tokio::test]
-    async fn claims_lease_retry_and_finish() {
-        let Some(store) = store().await else { return };
-        let d = delivery("github", "d2");
-        let j = job("r", Some("k"));
-        store.insert_delivery(d.clone(), vec![j.clone()]).await.unwrap();
-        // Coalesces into the queued job.
-        store.insert_delivery(delivery("github", "d3"), vec![job("r", Some("k"))]).await.unwrap();
-        let claim = |owner: &str, lease_until| Claim {
-            owner: owner.into(),
-            limit: 10,
-            now: now_ms(),
-            lease_until,
-            routes: vec!["r".into()],
-            retry: Default::default(),
+    async fn a_statement_error_names_its_sqlstate_and_the_servers_message() {
+        let Some(fixture) = fixture().await else { return };
+        let client = fixture.store.client().await.unwrap();
+        client.batch_execute("DROP TABLE deliveries CASCADE").await.unwrap();
+        let Err(StoreError::Internal(text)) = fixture.store.insert_delivery(delivery("github", "d1"), vec![]).await
+        else {
+            panic!("a missing table is a bug, not an outage");
         };
-        let claimed = store.claim_jobs(claim("a", now_ms() + 60_000)).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].attempt, 1);
-        assert!(store.claim_jobs(claim("b", now_ms() + 60_000)).await.unwrap().is_empty());
-        let record = AttemptRecord {
-            attempt: 1,
-            started_at: now_ms(),
-            finished_at: now_ms(),
-            ok: false,
-            error: Some("boom".into()),
-            output: None,
-            status_code: None,
-        };
-        assert!(!store.finish_job(&claimed[0].id, "b", record.clone(), NextState::Dead).await.unwrap());
-        assert!(store.finish_job(&claimed[0].id, "a", record, NextState::Retry { at: 0 }).await.unwrap());
-        let again = store.claim_jobs(claim("b", now_ms() - 1)).await.unwrap();
-        assert_eq!(again[0].attempt, 2);
-        // Its lease already ran out: the next claim records the lost attempt, and the job waits out its backoff.
-        assert!(store.claim_jobs(claim("c", now_ms() + 60_000)).await.unwrap().is_empty());
-        let job = store.list_jobs(JobQuery::default()).await.unwrap().items.remove(0);
-        assert_eq!((job.status, job.attempts, job.last_error.as_deref()), (JobStatus::Queued, 2, Some(LEASE_EXPIRED)));
-        let mut later = claim("c", now_ms() + 60_000);
-        later.now = job.next_attempt_at.unwrap();
-        let taken = store.claim_jobs(later).await.unwrap();
-        assert_eq!(taken[0].attempt, 3);
-        assert!(store.release_job(&taken[0].id, "c", now_ms()).await.unwrap());
-        let page = store.list_jobs(JobQuery { status: Some(JobStatus::Queued), ..Default::default() }).await.unwrap();
-        assert_eq!(page.items[0].merged, 1);
-    }
-
-    #[tokio::test]
-    async fn concurrent_claimers_never_receive_the_same_job() {
-        let Some(store) = store().await else { return };
-        let store = std::sync::Arc::new(store);
-        for i in 0..200 {
-            let key = (i % 10 == 0).then(|| format!("k{}", i % 3));
-            store.insert_delivery(delivery("github", &format!("c{i}")), vec![job("r", key.as_deref())]).await.unwrap();
-        }
-        let mut claimers = Vec::new();
-        for owner in 0..4 {
-            let store = store.clone();
-            claimers.push(tokio::spawn(async move {
-                let mut mine = Vec::new();
-                loop {
-                    let claim = Claim {
-                        owner: format!("o{owner}"),
-                        limit: 7,
-                        now: now_ms(),
-                        lease_until: now_ms() + 60_000,
-                        routes: vec!["r".into()],
-                        retry: Default::default(),
-                    };
-                    let got = store.claim_jobs(claim).await.unwrap();
-                    if got.is_empty() {
-                        return mine;
-                    }
-                    mine.extend(got.into_iter().map(|j| (j.id, j.coalesce_key)));
-                }
-            }));
-        }
-        let mut all = Vec::new();
-        for c in claimers {
-            all.extend(c.await.unwrap());
-        }
-        let unique: std::collections::HashSet<_> = all.iter().map(|(id, _)| id.clone()).collect();
-        assert_eq!(unique.len(), all.len(), "a job was handed out twice");
-        // Keyed jobs merged while queued: 20 keyed deliveries over 3 keys leave 3 jobs, so 180 + 3 in all;
-        // and no two running jobs share a key.
-        assert_eq!(all.len(), 183);
-        let keys: Vec<_> = all.iter().filter_map(|(_, k)| k.clone()).collect();
-        let unique_keys: std::collections::HashSet<_> = keys.iter().collect();
-        assert_eq!(keys.len(), unique_keys.len());
+        assert!(text.contains("42P01") && text.contains(r#"relation "deliveries" does not exist"#), "{text}");
+        // A cancelled statement is an outage class (57): try later.
+        client.batch_execute("SET statement_timeout = '10ms'").await.unwrap();
+        let cancelled = pg_error(client.query("SELECT pg_sleep(1)", &[]).await.unwrap_err());
+        let StoreError::Unavailable(text) = cancelled else { panic!("{cancelled:?}") };
+        assert!(text.contains("57014") && text.contains("statement timeout"), "{text}");
     }
 }

@@ -24,6 +24,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::error_chain;
+
 /// libpq's `sslmode`, less `allow` (plaintext first), which tokio-postgres cannot do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -152,23 +154,6 @@ pub fn redacted(url: &str) -> String {
         out.push_str(&pairs.join("&"));
     }
     out
-}
-
-/// An error with its causes: tokio-postgres' own message for a failed handshake or connection is only
-/// "error performing TLS handshake", the reason (an unknown issuer, a name mismatch) is in its source.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        // Some wrappers (deadpool's) already print their source.
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// The TLS parameters as written in the query (last one wins, as in libpq).

@@ -105,7 +105,7 @@ impl Store for Watched {
         }
     }
 
-    async fn insert_delivery(&self, delivery: NewDelivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
+    async fn insert_delivery(&self, delivery: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         let result = self.inner.insert_delivery(delivery, jobs).await;
         self.observe(result, |i| matches!(i, Insert::Stored { .. }))
     }

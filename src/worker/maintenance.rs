@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::LiveHandle;
 use crate::route::EventContext;
-use crate::store::{new_id, now_ms, DynStore, Insert, NewDelivery};
+use crate::store::{new_id, now_ms, Delivery, DynStore, Insert};
 
 /// Fire due schedules once a second and purge old deliveries every `store.purge_interval`, until `shutdown`.
 pub async fn run(store: DynStore, live: LiveHandle, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -74,7 +74,7 @@ pub async fn fire_schedules(store: &DynStore, live: &LiveHandle, last_slot: &mut
         let Some(job) = live.routes.scheduled_job(route.name(), &ctx, now) else { continue };
         let result = store
             .insert_delivery(
-                NewDelivery {
+                Delivery {
                     id,
                     source: route.config.source.clone(),
                     event: "schedule".into(),

@@ -191,7 +191,7 @@ store_test! {
             assert_eq!(code, 0, "{out}{err}");
             assert!(out.contains("current schema"), "{out}");
         }
-        let store = hookgate::store::open(&url).await.unwrap();
+        let store = hookgate::store::open(&url.parse().unwrap()).await.unwrap();
         assert_eq!(store.job_counts().await.unwrap().queued, 0);
     }
 }

@@ -101,8 +101,8 @@ pub async fn build_app(backend: &Backend, body: &str) -> (hookgate::startup::App
     (hookgate::startup::Application::build(config).await.unwrap(), dir)
 }
 
-pub fn new_delivery(source: &str, delivery: &str) -> hookgate::store::NewDelivery {
-    hookgate::store::NewDelivery {
+pub fn new_delivery(source: &str, delivery: &str) -> hookgate::store::Delivery {
+    hookgate::store::Delivery {
         id: hookgate::store::new_id(),
         source: source.into(),
         event: "push".into(),

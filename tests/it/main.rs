@@ -50,4 +50,5 @@ mod replay;
 mod roundtrip;
 mod scenarios;
 mod secret_sync;
+mod store_url;
 mod worker;

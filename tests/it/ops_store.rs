@@ -18,7 +18,7 @@ const HOUR: i64 = 3_600_000;
 async fn fresh_store(backend: &Backend) -> (tempfile::TempDir, String, DynStore) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.fresh_url(dir.path()).await;
-    let store = hookgate::store::open(&url).await.unwrap();
+    let store = hookgate::store::open(&url.parse().unwrap()).await.unwrap();
     (dir, url, store)
 }
 
@@ -439,7 +439,7 @@ store_test! {
         // PostgreSQL: a second instance on the same database. SQLite has one process per file.
         let second = match &backend {
             Backend::Sqlite => first.clone(),
-            Backend::Postgres(_) => hookgate::store::open(&url).await.unwrap(),
+            Backend::Postgres(_) => hookgate::store::open(&url.parse().unwrap()).await.unwrap(),
         };
         let mut tasks = tokio::task::JoinSet::new();
         for (n, store) in [first.clone(), second.clone()].into_iter().enumerate() {

@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 async fn fresh_store(backend: &Backend) -> (tempfile::TempDir, DynStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = hookgate::store::open(&backend.fresh_url(dir.path()).await).await.unwrap();
+    let store = hookgate::store::open(&backend.fresh_url(dir.path()).await.parse().unwrap()).await.unwrap();
     (dir, store)
 }
 

@@ -69,7 +69,8 @@ impl TlsServer {
 
     /// Open a store on `url` (migrations run), use it, and report its connections as the server sees them.
     async fn open_and_inspect(&self, url: &str, name: &str) -> Result<Vec<(bool, Option<String>)>, String> {
-        let store = hookgate::store::open(url).await.map_err(|e| e.to_string())?;
+        let url = hookgate::store::StoreUrl::parse(url).map_err(|e| e.to_string())?;
+        let store = hookgate::store::open(&url).await.map_err(|e| e.to_string())?;
         store.job_counts().await.map_err(|e| e.to_string())?;
         let seen = self.connections(name).await;
         drop(store);

@@ -1,0 +1,621 @@
+//! contract: the behaviour every store backend shares, written once; each backend runs the whole suite.
+//!
+//! A backend's test module calls [`contract_suite!`] with a function that makes a fresh, empty store (a
+//! temporary SQLite file, a new PostgreSQL schema); every test below then runs against it under its own
+//! name. What only one backend has (group commit, WAL, advisory locks, TLS) is tested in that backend.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+
+/// A fresh, empty store of one backend, for one test.
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    fn store(&self) -> &dyn Store;
+    /// The rows of `table`, counted past the store: for what the trait does not show, such as the attempts
+    /// of purged jobs.
+    async fn rows(&self, table: &str) -> i64;
+}
+
+/// Run every contract test against `$fixture`: an `async fn() -> Option<impl Fixture>` that returns `None`
+/// (after saying why on stderr) when its backend is not available here.
+macro_rules! contract_suite {
+    ($fixture:path) => {
+        $crate::store::contract::contract_suite!(@each $fixture;
+            a_delivery_round_trips_with_its_headers_body_and_jobs,
+            a_duplicate_delivery_returns_the_first_id_and_writes_nothing,
+            a_replay_under_a_new_delivery_id_is_a_duplicate_of_the_first_copy,
+            a_delivery_whose_id_is_taken_is_an_internal_error_and_writes_nothing,
+            a_large_body_round_trips_as_received,
+            a_keyed_job_merges_into_a_queued_job_but_not_a_running_one,
+            claims_respect_run_at_routes_and_limit,
+            claims_never_hand_out_two_jobs_of_one_key_at_once,
+            one_claim_takes_at_most_one_job_per_key,
+            concurrent_claimers_never_receive_the_same_job,
+            claims_lease_retry_and_finish,
+            an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish,
+            a_failing_job_retries_then_dies_with_an_attempt_row_each_time,
+            releasing_a_job_does_not_use_up_an_attempt,
+            a_dead_job_can_be_retried_and_a_queued_one_cannot,
+            replayed_jobs_attach_to_a_stored_delivery_and_coalesce,
+            deliveries_page_newest_first_with_a_cursor_and_filters,
+            jobs_list_newest_first_filtered_by_status_and_route,
+            purge_keeps_recent_deliveries_and_those_with_unfinished_jobs,
+            a_purge_in_batches_takes_expired_deliveries_with_their_jobs_and_attempts_and_steps_over_unfinished_ones,
+        );
+    };
+    (@each $fixture:path; $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let Some(fixture) = $fixture().await else { return };
+                $crate::store::contract::$test(&fixture).await;
+            }
+        )*
+    };
+}
+pub(crate) use contract_suite;
+
+pub const HOUR: Millis = 3_600_000;
+
+pub fn delivery(source: &str, delivery: &str) -> Delivery {
+    Delivery {
+        id: new_id(),
+        source: source.into(),
+        event: "push".into(),
+        delivery: delivery.into(),
+        received_at: now_ms(),
+        headers: vec![("x-github-event".into(), "push".into()), ("x-a".into(), "1".into())],
+        body: Bytes::from_static(b"{\"ref\":\"refs/heads/main\"}"),
+        replay_key: None,
+    }
+}
+
+/// A job that is due now.
+pub fn job(route: &str, key: Option<&str>) -> NewJob {
+    job_at(route, key, now_ms() - 1)
+}
+
+pub fn job_at(route: &str, key: Option<&str>, run_at: Millis) -> NewJob {
+    NewJob { id: new_id(), route: route.into(), coalesce_key: key.map(Into::into), run_at }
+}
+
+/// A claim of due jobs of `routes`, leased for an hour.
+pub fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
+    let now = now_ms();
+    Claim {
+        owner: owner.into(),
+        limit,
+        now,
+        lease_until: now + HOUR,
+        routes: routes.iter().map(|r| r.to_string()).collect(),
+        retry: HashMap::new(),
+    }
+}
+
+pub fn record(attempt: u32, ok: bool) -> AttemptRecord {
+    AttemptRecord {
+        attempt,
+        started_at: now_ms(),
+        finished_at: now_ms(),
+        ok,
+        error: (!ok).then(|| format!("failure {attempt}")),
+        output: Some("out".into()),
+        status_code: Some(if ok { 200 } else { 503 }),
+    }
+}
+
+/// Store a new GitHub delivery named `id` with `jobs`; returns its id.
+pub async fn store_one(store: &dyn Store, id: &str, jobs: Vec<NewJob>) -> String {
+    match store.insert_delivery(delivery("github", id), jobs).await.unwrap() {
+        Insert::Stored { id, .. } => id,
+        other => panic!("not stored: {other:?}"),
+    }
+}
+
+pub async fn job_of(store: &dyn Store, id: &str) -> JobSummary {
+    let page = store.list_jobs(JobQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    page.items.into_iter().find(|j| j.id == id).expect("job exists")
+}
+
+pub async fn a_delivery_round_trips_with_its_headers_body_and_jobs(f: &dyn Fixture) {
+    let store = f.store();
+    let d = delivery("github", "d1");
+    let j = job("r", None);
+    let stored = store.insert_delivery(d.clone(), vec![j.clone()]).await.unwrap();
+    assert_eq!(stored, Insert::Stored { id: d.id.clone(), jobs: 1 });
+    let detail = store.get_delivery(&d.id).await.unwrap().unwrap();
+    assert_eq!(detail.delivery.headers, d.headers);
+    assert_eq!(detail.delivery.body, d.body);
+    assert_eq!(detail.delivery.received_at, d.received_at);
+    assert_eq!(detail.jobs.len(), 1);
+    assert_eq!(detail.jobs[0].job.id, j.id);
+    assert_eq!(detail.jobs[0].job.status, JobStatus::Queued);
+    assert_eq!(detail.jobs[0].job.next_attempt_at, Some(j.run_at));
+    assert_eq!(detail.delivery.replay_key, None);
+    assert!(store.get_delivery("nope").await.unwrap().is_none());
+    store.ping().await.unwrap();
+    store.probe_write().await.unwrap();
+}
+
+pub async fn a_duplicate_delivery_returns_the_first_id_and_writes_nothing(f: &dyn Fixture) {
+    let store = f.store();
+    let first = store_one(store, "d1", vec![job("r", None)]).await;
+    let again = store.insert_delivery(delivery("github", "d1"), vec![job("r", None), job("s", None)]).await.unwrap();
+    assert_eq!(again, Insert::Duplicate { id: first.clone() });
+    // The same delivery id from another source is a different delivery.
+    let other = store.insert_delivery(delivery("gitlab", "d1"), vec![]).await.unwrap();
+    assert!(matches!(other, Insert::Stored { jobs: 0, .. }));
+    let page = store.list_deliveries(Default::default()).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(store.job_counts().await.unwrap().queued, 1);
+}
+
+pub async fn a_keyed_job_merges_into_a_queued_job_but_not_a_running_one(f: &dyn Fixture) {
+    let store = f.store();
+    let first = job("fetch", Some("octo/a"));
+    let d1 = store_one(store, "d1", vec![first.clone()]).await;
+    // Same key merges; another key and another route do not.
+    let d2 = store
+        .insert_delivery(
+            delivery("github", "d2"),
+            vec![job("fetch", Some("octo/a")), job("fetch", Some("octo/b")), job("other", Some("octo/a"))],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(d2, Insert::Stored { jobs: 3, .. }));
+    let merged = job_of(store, &first.id).await;
+    assert_eq!(merged.merged, 1);
+    assert_ne!(merged.delivery_id, d1);
+    // The older delivery stays stored, now without jobs.
+    let old = store.get_delivery(&d1).await.unwrap().unwrap();
+    assert!(old.jobs.is_empty());
+    assert_eq!(store.job_counts().await.unwrap().queued, 3);
+
+    let claimed = store.claim_jobs(claim("w", &["fetch"], 10)).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let running = claimed.iter().find(|c| c.id == first.id).unwrap();
+    assert_eq!(running.delivery.delivery, "d2");
+    // Now running: a new delivery with the key gets a job of its own.
+    let newer = job("fetch", Some("octo/a"));
+    store_one(store, "d3", vec![newer.clone()]).await;
+    assert_eq!(job_of(store, &newer.id).await.status, JobStatus::Queued);
+    assert_eq!(job_of(store, &first.id).await.merged, 1);
+}
+
+pub async fn claims_respect_run_at_routes_and_limit(f: &dyn Fixture) {
+    let store = f.store();
+    let later = job_at("a", None, now_ms() + HOUR);
+    let a1 = job_at("a", None, now_ms() - 30);
+    let a2 = job_at("a", None, now_ms() - 20);
+    let a3 = job_at("a", None, now_ms() - 10);
+    let b1 = job_at("b", None, now_ms() - 40);
+    store_one(store, "d1", vec![later.clone(), a1.clone(), a2.clone(), a3.clone(), b1.clone()]).await;
+
+    let first = store.claim_jobs(claim("w", &["a"], 2)).await.unwrap();
+    let ids: Vec<_> = first.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(ids, [a1.id.clone(), a2.id.clone()], "oldest run_at first");
+    assert!(first.iter().all(|c| c.attempt == 1));
+    let rest = store.claim_jobs(claim("w", &["a"], 10)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, a3.id);
+    assert!(store.claim_jobs(claim("w", &["a"], 10)).await.unwrap().is_empty());
+    assert!(store.claim_jobs(claim("w", &[], 10)).await.unwrap().is_empty());
+    assert!(store.claim_jobs(claim("w", &["b"], 0)).await.unwrap().is_empty());
+    let b = store.claim_jobs(claim("w", &["b", "c"], 10)).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].id, b1.id);
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.running), (1, 4));
+    let running = job_of(store, &a1.id).await;
+    assert_eq!(running.status, JobStatus::Running);
+    assert_eq!(running.attempts, 1);
+    assert_eq!(running.next_attempt_at, None);
+}
+
+pub async fn claims_never_hand_out_two_jobs_of_one_key_at_once(f: &dyn Fixture) {
+    let store = f.store();
+    let k1 = job("fetch", Some("k"));
+    store_one(store, "d1", vec![k1.clone()]).await;
+    let claimed = store.claim_jobs(claim("w", &["fetch"], 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    // A second job of the key is queued while the first runs: it waits.
+    let k2 = job("fetch", Some("k"));
+    let other = job("fetch", Some("other"));
+    store_one(store, "d2", vec![k2.clone(), other.clone()]).await;
+    let next = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, other.id);
+    assert!(store.finish_job(&k1.id, "w", record(1, true), NextState::Succeeded).await.unwrap());
+    let now_free = store.claim_jobs(claim("v", &["fetch"], 10)).await.unwrap();
+    assert_eq!(now_free.len(), 1);
+    assert_eq!(now_free[0].id, k2.id);
+}
+
+pub async fn one_claim_takes_at_most_one_job_per_key(f: &dyn Fixture) {
+    let store = f.store();
+    let expired = job("fetch", Some("k"));
+    store_one(store, "d1", vec![expired.clone()]).await;
+    let mut short = claim("w", &["fetch"], 10);
+    short.lease_until = short.now - 1;
+    assert_eq!(store.claim_jobs(short).await.unwrap().len(), 1);
+    // One job of the key has an expired lease and another is queued. Without a pause before a retry, the
+    // expired one is due again at once: both are candidates, one is claimed.
+    let queued = job("fetch", Some("k"));
+    store_one(store, "d2", vec![queued.clone()]).await;
+    let mut next = claim("v", &["fetch"], 10);
+    let no_pause = crate::retry::Retry { initial: Duration::ZERO, ..Default::default() };
+    next.retry.insert("fetch".into(), no_pause);
+    let claimed = store.claim_jobs(next).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(job_of(store, &expired.id).await.attempts, 1, "{claimed:?}");
+}
+
+pub async fn an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", Some("k"));
+    store_one(store, "d1", vec![j.clone()]).await;
+    let mut first = claim("a", &["r"], 1);
+    first.lease_until = first.now + 50;
+    assert_eq!(store.claim_jobs(first).await.unwrap().len(), 1);
+    // Still leased: nobody else gets it.
+    assert!(store.claim_jobs(claim("b", &["r"], 1)).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Expired: the lost attempt is recorded and the job waits out its backoff (1 s by default).
+    assert!(store.claim_jobs(claim("b", &["r"], 1)).await.unwrap().is_empty());
+    let summary = job_of(store, &j.id).await;
+    assert_eq!(summary.status, JobStatus::Queued);
+    assert_eq!(summary.last_error.as_deref(), Some(LEASE_EXPIRED));
+    assert!(!store.finish_job(&j.id, "a", record(1, true), NextState::Succeeded).await.unwrap());
+    assert!(!store.release_job(&j.id, "a", now_ms()).await.unwrap());
+    let mut later = claim("b", &["r"], 1);
+    later.now = summary.next_attempt_at.unwrap();
+    let taken = store.claim_jobs(later).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].attempt, 2);
+    assert!(store.finish_job(&j.id, "b", record(2, true), NextState::Succeeded).await.unwrap());
+    let detail = store.get_delivery(&summary.delivery_id).await.unwrap().unwrap();
+    let attempts: Vec<_> = detail.jobs[0].attempts.iter().map(|a| (a.attempt, a.ok, a.error.clone())).collect();
+    assert_eq!(attempts, [(1, false, Some(LEASE_EXPIRED.to_string())), (2, true, None)]);
+    assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
+}
+
+pub async fn a_failing_job_retries_then_dies_with_an_attempt_row_each_time(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", None);
+    let other = job("r2", None);
+    let d = store_one(store, "d1", vec![j.clone(), other.clone()]).await;
+    let c1 = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    assert_eq!(c1[0].attempt, 1);
+    assert_eq!(c1[0].delivery.id, d);
+    assert_eq!(c1[0].delivery.headers[0].0, "x-github-event");
+    let retry_at = now_ms() + HOUR;
+    assert!(store.finish_job(&j.id, "w", record(1, false), NextState::Retry { at: retry_at }).await.unwrap());
+    let queued = job_of(store, &j.id).await;
+    assert_eq!(queued.status, JobStatus::Queued);
+    assert_eq!(queued.next_attempt_at, Some(retry_at));
+    assert_eq!(queued.last_error.as_deref(), Some("failure 1"));
+    // Not due yet.
+    assert!(store.claim_jobs(claim("w", &["r"], 1)).await.unwrap().is_empty());
+    assert!(store.release_job(&j.id, "w", 0).await.map(|owned| !owned).unwrap());
+    let mut later = claim("w", &["r"], 1);
+    later.now = retry_at;
+    later.lease_until = retry_at + HOUR;
+    let c2 = store.claim_jobs(later).await.unwrap();
+    assert_eq!(c2[0].attempt, 2);
+    assert!(store.finish_job(&j.id, "w", record(2, false), NextState::Dead).await.unwrap());
+    assert!(!store.finish_job(&j.id, "w", record(3, false), NextState::Dead).await.unwrap());
+
+    let detail = store.get_delivery(&d).await.unwrap().unwrap();
+    let ids: Vec<_> = detail.jobs.iter().map(|j| j.job.id.clone()).collect();
+    assert_eq!(ids, [j.id.clone(), other.id.clone()], "created order");
+    let dead = &detail.jobs[0];
+    assert_eq!(dead.job.status, JobStatus::Dead);
+    assert_eq!(dead.job.attempts, 2);
+    assert_eq!(dead.job.next_attempt_at, None);
+    assert_eq!(dead.job.last_error.as_deref(), Some("failure 2"));
+    let numbers: Vec<_> = dead.attempts.iter().map(|a| a.attempt).collect();
+    assert_eq!(numbers, [1, 2]);
+    assert_eq!(dead.attempts[0].status_code, Some(503));
+    assert_eq!(dead.attempts[0].output.as_deref(), Some("out"));
+    assert!(!dead.attempts[1].ok);
+    let list = store.list_deliveries(Default::default()).await.unwrap();
+    assert_eq!(list.items[0].jobs.dead, 1);
+    assert_eq!(list.items[0].jobs.queued, 1);
+}
+
+pub async fn releasing_a_job_does_not_use_up_an_attempt(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", Some("k"));
+    store_one(store, "d1", vec![j.clone()]).await;
+    let c1 = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    assert_eq!(c1[0].attempt, 1);
+    assert!(!store.release_job(&j.id, "someone else", 0).await.unwrap());
+    assert!(store.release_job(&j.id, "w", now_ms() - 1).await.unwrap());
+    let released = job_of(store, &j.id).await;
+    assert_eq!(released.status, JobStatus::Queued);
+    assert_eq!(released.attempts, 0);
+    let c2 = store.claim_jobs(claim("v", &["r"], 1)).await.unwrap();
+    assert_eq!(c2[0].attempt, 1);
+    assert!(!store.release_job(&j.id, "w", 0).await.unwrap());
+}
+
+pub async fn a_dead_job_can_be_retried_and_a_queued_one_cannot(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", None);
+    store_one(store, "d1", vec![j.clone()]).await;
+    assert!(!store.retry_job(&j.id, now_ms()).await.unwrap(), "queued");
+    assert!(!store.retry_job("unknown", now_ms()).await.unwrap());
+    store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    assert!(!store.retry_job(&j.id, now_ms()).await.unwrap(), "running");
+    store.finish_job(&j.id, "w", record(1, false), NextState::Dead).await.unwrap();
+    let now = now_ms();
+    assert!(store.retry_job(&j.id, now).await.unwrap());
+    let retried = job_of(store, &j.id).await;
+    assert_eq!(retried.status, JobStatus::Queued);
+    assert_eq!(retried.attempts, 0);
+    assert_eq!(retried.next_attempt_at, Some(now));
+    assert_eq!(retried.last_error, None);
+    let again = store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    assert_eq!(again[0].attempt, 1);
+}
+
+pub async fn replayed_jobs_attach_to_a_stored_delivery_and_coalesce(f: &dyn Fixture) {
+    let store = f.store();
+    let d = store_one(store, "d1", vec![]).await;
+    let added = store.insert_jobs(&d, vec![job("r", Some("k")), job("r", Some("k")), job("s", None)]).await.unwrap();
+    assert_eq!(added, 3);
+    let detail = store.get_delivery(&d).await.unwrap().unwrap();
+    assert_eq!(detail.jobs.len(), 2);
+    assert_eq!(detail.jobs[0].job.merged, 1);
+    assert_eq!(store.insert_jobs("missing", vec![job("r", None)]).await.unwrap(), 0);
+    assert_eq!(store.job_counts().await.unwrap().queued, 2);
+}
+
+pub async fn deliveries_page_newest_first_with_a_cursor_and_filters(f: &dyn Fixture) {
+    let store = f.store();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut d = delivery(if i % 2 == 0 { "github" } else { "gitlab" }, &format!("d{i}"));
+        d.event = if i < 3 { "push".into() } else { "ping".into() };
+        ids.push(d.id.clone());
+        store.insert_delivery(d, vec![job("r", None)]).await.unwrap();
+    }
+    ids.reverse();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_deliveries(DeliveryQuery { limit: 3, before: cursor.clone(), ..Default::default() })
+            .await
+            .unwrap();
+        seen.extend(page.items.iter().map(|d| d.id.clone()));
+        assert!(page.items.iter().all(|d| d.jobs.queued == 1));
+        match page.next {
+            Some(next) => {
+                assert_eq!(page.items.len(), 3);
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "newest first, every delivery once");
+
+    let github =
+        store.list_deliveries(DeliveryQuery { source: Some("github".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(github.items.len(), 4);
+    assert!(github.next.is_none());
+    let github_push = store
+        .list_deliveries(DeliveryQuery {
+            source: Some("github".into()),
+            event: Some("push".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let names: Vec<_> = github_push.items.iter().map(|d| d.delivery.clone()).collect();
+    assert_eq!(names, ["d2", "d0"]);
+    let after = store
+        .list_deliveries(DeliveryQuery { before: Some(ids[1].clone()), limit: 1000, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(after.items.len(), 5);
+    assert!(after.next.is_none());
+}
+
+pub async fn jobs_list_newest_first_filtered_by_status_and_route(f: &dyn Fixture) {
+    let store = f.store();
+    let jobs: Vec<_> = (0..5).map(|i| job(if i < 3 { "a" } else { "b" }, None)).collect();
+    store_one(store, "d1", jobs.clone()).await;
+    store.claim_jobs(claim("w", &["b"], 1)).await.unwrap();
+    let a = store.list_jobs(JobQuery { route: Some("a".into()), limit: 2, ..Default::default() }).await.unwrap();
+    let ids: Vec<_> = a.items.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(ids, [jobs[2].id.clone(), jobs[1].id.clone()]);
+    let rest = store
+        .list_jobs(JobQuery { route: Some("a".into()), limit: 2, before: a.next, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.next.is_none());
+    let running = store.list_jobs(JobQuery { status: Some(JobStatus::Running), ..Default::default() }).await.unwrap();
+    assert_eq!(running.items.len(), 1);
+    assert_eq!(running.items[0].route, "b");
+    let queued_b = store
+        .list_jobs(JobQuery { status: Some(JobStatus::Queued), route: Some("b".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(queued_b.items.len(), 1);
+}
+
+pub async fn purge_keeps_recent_deliveries_and_those_with_unfinished_jobs(f: &dyn Fixture) {
+    let store = f.store();
+    let old = now_ms() - 10 * HOUR;
+    let insert = |name: &str, received_at: Millis| {
+        let mut d = delivery("github", name);
+        d.received_at = received_at;
+        d
+    };
+    let done = insert("done", old);
+    let no_jobs = insert("no-jobs", old);
+    let pending = insert("pending", old);
+    let recent = insert("recent", now_ms());
+    let done_job = job("r", None);
+    store.insert_delivery(done.clone(), vec![done_job.clone()]).await.unwrap();
+    store.insert_delivery(no_jobs, vec![]).await.unwrap();
+    store.insert_delivery(pending.clone(), vec![job_at("later", None, now_ms() + HOUR)]).await.unwrap();
+    store.insert_delivery(recent.clone(), vec![]).await.unwrap();
+    store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    store.finish_job(&done_job.id, "w", record(1, true), NextState::Succeeded).await.unwrap();
+
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 2);
+    let left: Vec<_> =
+        store.list_deliveries(Default::default()).await.unwrap().items.into_iter().map(|d| d.delivery).collect();
+    assert_eq!(left, ["recent", "pending"]);
+    assert!(store.get_delivery(&done.id).await.unwrap().is_none());
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.succeeded), (1, 0));
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0);
+}
+
+pub async fn a_purge_in_batches_takes_expired_deliveries_with_their_jobs_and_attempts_and_steps_over_unfinished_ones(
+    f: &dyn Fixture,
+) {
+    let store = f.store();
+    let old = now_ms() - 10 * HOUR;
+    let count = PURGE_BATCH * 2 + 17;
+    for i in 0..count {
+        let mut d = delivery("github", &format!("d{i}"));
+        d.received_at = old + i as i64;
+        // Every 100th keeps a queued job: it must stay, wherever it falls in the batches.
+        let run_at = if i % 100 == 0 { now_ms() + HOUR } else { now_ms() - 1 };
+        store.insert_delivery(d, vec![job_at(if i % 100 == 0 { "later" } else { "r" }, None, run_at)]).await.unwrap();
+    }
+    let ran = store.claim_jobs(claim("w", &["r"], 2000)).await.unwrap();
+    for j in &ran {
+        store.finish_job(&j.id, "w", record(1, true), NextState::Succeeded).await.unwrap();
+    }
+    let kept = count.div_ceil(100);
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), (count - kept) as u64);
+    assert_eq!(f.rows("deliveries").await, kept as i64);
+    assert_eq!(f.rows("jobs").await, kept as i64);
+    assert_eq!(f.rows("attempts").await, 0, "attempts of purged jobs go too");
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.succeeded), (kept as u64, 0));
+}
+
+pub async fn a_replay_under_a_new_delivery_id_is_a_duplicate_of_the_first_copy(f: &dyn Fixture) {
+    let store = f.store();
+    let mut first = delivery("stripe", "evt_1");
+    first.replay_key = Some("digest-1".into());
+    assert!(matches!(store.insert_delivery(first.clone(), vec![job("r", None)]).await.unwrap(), Insert::Stored { .. }));
+    // The same signed (timestamp, body) under another delivery id is the same webhook sent again.
+    let mut replayed = delivery("stripe", "evt_2");
+    replayed.replay_key = Some("digest-1".into());
+    assert_eq!(
+        store.insert_delivery(replayed, vec![job("r", None)]).await.unwrap(),
+        Insert::Duplicate { id: first.id.clone() }
+    );
+    // The key counts per source, and another key is another delivery.
+    let mut elsewhere = delivery("github", "evt_2");
+    elsewhere.replay_key = Some("digest-1".into());
+    assert!(matches!(store.insert_delivery(elsewhere, vec![]).await.unwrap(), Insert::Stored { .. }));
+    let mut fresh = delivery("stripe", "evt_3");
+    fresh.replay_key = Some("digest-2".into());
+    assert!(matches!(store.insert_delivery(fresh, vec![]).await.unwrap(), Insert::Stored { .. }));
+    let stored = store.get_delivery(&first.id).await.unwrap().unwrap();
+    assert_eq!(stored.delivery.replay_key.as_deref(), Some("digest-1"));
+    assert_eq!(store.list_deliveries(Default::default()).await.unwrap().items.len(), 3);
+    assert_eq!(store.job_counts().await.unwrap().queued, 1);
+}
+
+pub async fn a_delivery_whose_id_is_taken_is_an_internal_error_and_writes_nothing(f: &dyn Fixture) {
+    let store = f.store();
+    let good = delivery("github", "good");
+    store.insert_delivery(good.clone(), vec![job("r", None)]).await.unwrap();
+    let mut clash = delivery("github", "clash");
+    clash.id = good.id.clone();
+    for jobs in [vec![job("r", None)], vec![job("r", Some("k"))]] {
+        let taken = store.insert_delivery(clash.clone(), jobs).await;
+        assert!(matches!(taken, Err(StoreError::Internal(_))), "{taken:?}");
+    }
+    let names: Vec<_> =
+        store.list_deliveries(Default::default()).await.unwrap().items.into_iter().map(|d| d.delivery).collect();
+    assert_eq!(names, ["good"]);
+    assert_eq!(store.job_counts().await.unwrap().queued, 1);
+}
+
+pub async fn a_large_body_round_trips_as_received(f: &dyn Fixture) {
+    let store = f.store();
+    for (name, body) in [
+        ("json", Bytes::from(std::fs::read("bench/push.json").unwrap())),
+        ("noise", codec::incompressible(64 << 10, 7)),
+    ] {
+        let mut d = delivery("github", name);
+        d.body = body;
+        store.insert_delivery(d.clone(), vec![job(name, None)]).await.unwrap();
+        assert_eq!(store.get_delivery(&d.id).await.unwrap().unwrap().delivery.body, d.body);
+        let claimed = store.claim_jobs(claim("w", &[name], 1)).await.unwrap();
+        assert_eq!(claimed[0].delivery.body, d.body, "the worker sees the body as received");
+    }
+}
+
+pub async fn claims_lease_retry_and_finish(f: &dyn Fixture) {
+    let store = f.store();
+    let d = delivery("github", "d2");
+    let j = job("r", Some("k"));
+    store.insert_delivery(d.clone(), vec![j.clone()]).await.unwrap();
+    // Coalesces into the queued job.
+    store.insert_delivery(delivery("github", "d3"), vec![job("r", Some("k"))]).await.unwrap();
+    let lease = |owner: &str, lease_until| Claim { lease_until, ..claim(owner, &["r"], 10) };
+    let claimed = store.claim_jobs(lease("a", now_ms() + 60_000)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt, 1);
+    assert!(store.claim_jobs(lease("b", now_ms() + 60_000)).await.unwrap().is_empty());
+    let failed = AttemptRecord { error: Some("boom".into()), ..record(1, false) };
+    assert!(!store.finish_job(&claimed[0].id, "b", failed.clone(), NextState::Dead).await.unwrap());
+    assert!(store.finish_job(&claimed[0].id, "a", failed, NextState::Retry { at: 0 }).await.unwrap());
+    let again = store.claim_jobs(lease("b", now_ms() - 1)).await.unwrap();
+    assert_eq!(again[0].attempt, 2);
+    // Its lease already ran out: the next claim records the lost attempt, and the job waits out its backoff.
+    assert!(store.claim_jobs(lease("c", now_ms() + 60_000)).await.unwrap().is_empty());
+    let job = store.list_jobs(JobQuery::default()).await.unwrap().items.remove(0);
+    assert_eq!((job.status, job.attempts, job.last_error.as_deref()), (JobStatus::Queued, 2, Some(LEASE_EXPIRED)));
+    let mut later = lease("c", now_ms() + 60_000);
+    later.now = job.next_attempt_at.unwrap();
+    let taken = store.claim_jobs(later).await.unwrap();
+    assert_eq!(taken[0].attempt, 3);
+    assert!(store.release_job(&taken[0].id, "c", now_ms()).await.unwrap());
+    let page = store.list_jobs(JobQuery { status: Some(JobStatus::Queued), ..Default::default() }).await.unwrap();
+    assert_eq!(page.items[0].merged, 1);
+}
+
+pub async fn concurrent_claimers_never_receive_the_same_job(f: &dyn Fixture) {
+    let store = f.store();
+    for i in 0..200 {
+        let key = (i % 10 == 0).then(|| format!("k{}", i % 3));
+        store.insert_delivery(delivery("github", &format!("c{i}")), vec![job("r", key.as_deref())]).await.unwrap();
+    }
+    let claimers = (0..4).map(|owner| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = store.claim_jobs(claim(&format!("o{owner}"), &["r"], 7)).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got.into_iter().map(|j| (j.id, j.coalesce_key)));
+        }
+    });
+    let all: Vec<_> = futures_util::future::join_all(claimers).await.into_iter().flatten().collect();
+    let unique: std::collections::HashSet<_> = all.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(unique.len(), all.len(), "a job was handed out twice");
+    // Keyed jobs merged while queued: 20 keyed deliveries over 3 keys leave 3 jobs, so 180 + 3 in all;
+    // and no two running jobs share a key.
+    assert_eq!(all.len(), 183);
+    let keys: Vec<_> = all.iter().filter_map(|(_, k)| k.clone()).collect();
+    let unique_keys: std::collections::HashSet<_> = keys.iter().collect();
+    assert_eq!(keys.len(), unique_keys.len());
+}

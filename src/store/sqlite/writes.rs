@@ -1,0 +1,317 @@
+//! The SQLite store's writes, each run on the writer thread inside the batch transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{internal, sql_error};
+use crate::store::codec::{self, BodyCodec};
+use crate::store::row::{self, headers_to_text};
+use crate::store::*;
+
+/// A delivery row as the writer stores it, encoded by the caller (off the writer's serial path). The
+/// headers and body as received are taken out of `delivery`: only their encoded forms wait for the writer.
+pub(super) struct DeliveryRow {
+    delivery: Delivery,
+    headers: String,
+    codec: BodyCodec,
+    body: Bytes,
+}
+
+impl DeliveryRow {
+    pub(super) fn encode(mut delivery: Delivery) -> Result<Self, StoreError> {
+        let headers = headers_to_text(&std::mem::take(&mut delivery.headers))?;
+        let (codec, body) = codec::encode(&std::mem::take(&mut delivery.body));
+        Ok(DeliveryRow { delivery, headers, codec, body })
+    }
+}
+
+pub(super) fn insert_delivery_tx(conn: &Connection, row: &DeliveryRow, jobs: &[NewJob]) -> Result<Insert, StoreError> {
+    let d = &row.delivery;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body, body_codec, replay_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT DO NOTHING",
+        )
+        .map_err(sql_error)?
+        .execute(params![
+            d.id,
+            d.source,
+            d.event,
+            d.delivery,
+            d.received_at,
+            row.headers,
+            &row.body[..],
+            row.codec as i64,
+            d.replay_key,
+        ])
+        .map_err(sql_error)?;
+    if inserted == 0 {
+        return Ok(Insert::Duplicate { id: first_copy(conn, d)? });
+    }
+    let count = insert_jobs_tx(conn, &d.id, jobs, d.received_at)?;
+    Ok(Insert::Stored { id: d.id.clone(), jobs: count })
+}
+
+/// The id of the stored delivery that `d` repeats: same (source, delivery), else same (source, replay_key).
+fn first_copy(conn: &Connection, d: &Delivery) -> Result<String, StoreError> {
+    for (column, value) in row::dedup_keys(d) {
+        let id: Option<String> = conn
+            .prepare_cached(&format!("SELECT id FROM deliveries WHERE source = ?1 AND {column} = ?2"))
+            .map_err(sql_error)?
+            .query_row(params![d.source, value], |r| r.get(0))
+            .optional()
+            .map_err(sql_error)?;
+        if let Some(id) = id {
+            return Ok(id);
+        }
+    }
+    Err(row::id_taken(d))
+}
+
+/// Insert jobs for a delivery, merging keyed jobs into a queued one of the same route and key.
+pub(super) fn insert_jobs_tx(
+    conn: &Connection,
+    delivery_id: &str,
+    jobs: &[NewJob],
+    now: Millis,
+) -> Result<usize, StoreError> {
+    let mut count = 0;
+    for job in jobs {
+        if let Some(key) = &job.coalesce_key {
+            let merged = conn
+                .prepare_cached(
+                    "UPDATE jobs SET delivery_id = ?1, merged = merged + 1, updated_at = ?2
+                     WHERE id = (SELECT id FROM jobs
+                                 WHERE route = ?3 AND coalesce_key = ?4 AND status = 'queued'
+                                 ORDER BY run_at, id LIMIT 1)",
+                )
+                .map_err(sql_error)?
+                .execute(params![delivery_id, now, job.route, key])
+                .map_err(sql_error)?;
+            if merged > 0 {
+                count += 1;
+                continue;
+            }
+        }
+        conn.prepare_cached(
+            "INSERT INTO jobs (id, delivery_id, route, coalesce_key, status, attempts, run_at,
+                               created_at, updated_at, merged)
+             VALUES (?1, ?2, ?3, ?4, 'queued', 0, ?5, ?6, ?6, 0)",
+        )
+        .map_err(sql_error)?
+        .execute(params![job.id, delivery_id, job.route, job.coalesce_key, job.run_at, now])
+        .map_err(sql_error)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Running jobs whose lease ran out (their runner stopped), oldest first; `updated_at` is when they were leased.
+pub(super) const CLAIM_EXPIRED: &str = "SELECT id, route, attempts, updated_at, COALESCE(lease_owner, '') FROM jobs
+     WHERE status = 'running' AND lease_until < ?2 AND route IN (SELECT value FROM json_each(?1))
+     ORDER BY run_at, id";
+
+/// Due queued jobs in queue order, straight from the `jobs_queue` index (no sort of the backlog).
+pub(super) const CLAIM_QUEUED: &str = "SELECT id, route, coalesce_key FROM jobs
+     WHERE status = 'queued' AND run_at <= ?2 AND route IN (SELECT value FROM json_each(?1))
+     ORDER BY run_at, id";
+
+/// Settle the claimed routes' jobs whose lease expired as failed attempts (see [`Claim::after_lost`]). They
+/// are few: at most the jobs that were running when an instance died.
+fn settle_expired_tx(conn: &Connection, claim: &Claim, routes: &str) -> Result<(), StoreError> {
+    let expired = conn
+        .prepare_cached(CLAIM_EXPIRED)
+        .map_err(sql_error)?
+        .query_map(params![routes, claim.now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?))
+        })
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<(String, String, u32, Millis, String)>>>()
+        .map_err(sql_error)?;
+    for (id, route, attempt, leased_at, owner) in expired {
+        let (record, next) = claim.after_lost(&id, &route, attempt, leased_at);
+        finish_tx(conn, &id, &owner, &record, next)?;
+    }
+    Ok(())
+}
+
+pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob>, StoreError> {
+    let routes = serde_json::to_string(&claim.routes).map_err(internal)?;
+    settle_expired_tx(conn, claim, &routes)?;
+    let mut picked: Vec<(String, String, Option<String>)> = Vec::new();
+    {
+        // Due queued jobs in queue order, read from the `jobs_queue` index one row at a time until the claim
+        // is full: the cost of a claim does not grow with the backlog.
+        let mut queued = conn.prepare_cached(CLAIM_QUEUED).map_err(sql_error)?;
+        let mut key_busy = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                                WHERE route = ?1 AND coalesce_key = ?2 AND id <> ?3
+                                  AND status = 'running' AND lease_until >= ?4)",
+            )
+            .map_err(sql_error)?;
+        // A key is decided once per claim: taken by an earlier candidate, or held by a live lease.
+        let mut keys_seen: HashSet<(String, String)> = HashSet::new();
+        {
+            let mut rows = queued.query(params![routes, claim.now]).map_err(sql_error)?;
+            while picked.len() < claim.limit {
+                let Some(row) = rows.next().map_err(sql_error)? else {
+                    break;
+                };
+                let id: String = row.get(0).map_err(sql_error)?;
+                let route: String = row.get(1).map_err(sql_error)?;
+                let key: Option<String> = row.get(2).map_err(sql_error)?;
+                if let Some(k) = &key {
+                    if !keys_seen.insert((route.clone(), k.clone())) {
+                        continue;
+                    }
+                    let busy: bool =
+                        key_busy.query_row(params![route, k, id, claim.now], |r| r.get(0)).map_err(sql_error)?;
+                    if busy {
+                        continue;
+                    }
+                }
+                picked.push((id, route, key));
+            }
+        }
+    }
+
+    if picked.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement leases them all.
+    let ids = serde_json::to_string(&picked.iter().map(|(id, _, _)| id).collect::<Vec<_>>()).map_err(internal)?;
+    let mut leased: HashMap<String, (u32, Millis, String)> = HashMap::with_capacity(picked.len());
+    {
+        let mut update = conn
+            .prepare_cached(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
+                                 lease_until = ?3, updated_at = ?4
+                 WHERE id IN (SELECT value FROM json_each(?1))
+                 RETURNING id, attempts, created_at, delivery_id",
+            )
+            .map_err(sql_error)?;
+        let mut rows = update.query(params![ids, claim.owner, claim.lease_until, claim.now]).map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            leased.insert(
+                row.get(0).map_err(sql_error)?,
+                (row.get(1).map_err(sql_error)?, row.get(2).map_err(sql_error)?, row.get(3).map_err(sql_error)?),
+            );
+        }
+    }
+    Ok(picked
+        .into_iter()
+        .filter_map(|(id, route, coalesce_key)| {
+            let (attempt, created_at, delivery_id) = leased.remove(&id)?;
+            Some(LeasedJob { id, route, coalesce_key, attempt, created_at, delivery_id })
+        })
+        .collect())
+}
+
+/// A job just leased by `claim_tx`; its delivery is read afterwards on a reader connection.
+pub(super) struct LeasedJob {
+    pub(super) id: String,
+    pub(super) route: String,
+    pub(super) coalesce_key: Option<String>,
+    pub(super) attempt: u32,
+    pub(super) created_at: Millis,
+    pub(super) delivery_id: String,
+}
+
+pub(super) fn finish_tx(
+    conn: &Connection,
+    job_id: &str,
+    owner: &str,
+    attempt: &AttemptRecord,
+    next: NextState,
+) -> Result<bool, StoreError> {
+    let (status, run_at) = next.row();
+    let updated = conn
+        .prepare_cached(
+            "UPDATE jobs SET status = ?3, run_at = COALESCE(?4, run_at), last_error = ?5,
+                             lease_owner = NULL, lease_until = NULL, updated_at = ?6
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+        )
+        .map_err(sql_error)?
+        .execute(params![job_id, owner, status, run_at, attempt.error, now_ms()])
+        .map_err(sql_error)?;
+    if updated == 0 {
+        return Ok(false);
+    }
+    conn.prepare_cached(
+        "INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok, error, output, status_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(sql_error)?
+    .execute(params![
+        job_id,
+        attempt.attempt,
+        attempt.started_at,
+        attempt.finished_at,
+        attempt.ok,
+        attempt.error,
+        attempt.output,
+        attempt.status_code,
+    ])
+    .map_err(sql_error)?;
+    Ok(true)
+}
+
+/// Where a purge has got to: the last delivery it looked at, in `deliveries_received_at` index order.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PurgeCursor {
+    received_at: Millis,
+    rowid: i64,
+}
+
+impl PurgeCursor {
+    /// Before the first delivery.
+    pub(super) const START: PurgeCursor = PurgeCursor { received_at: Millis::MIN, rowid: i64::MIN };
+}
+
+/// The next deliveries past `cursor` received before the cutoff, in index order, each with whether it still
+/// has unfinished jobs. A fixed number of index entries per batch, so deliveries kept back by a queued job are
+/// stepped over once per purge, not rescanned by every batch.
+pub(super) const PURGE_CANDIDATES: &str = "SELECT d.rowid, d.received_at, d.id,
+            EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))
+     FROM deliveries d
+     WHERE d.received_at < ?1 AND (d.received_at, d.rowid) > (?2, ?3)
+     ORDER BY d.received_at, d.rowid LIMIT ?4";
+
+/// One purge batch: delete what is done among the next [`PURGE_BATCH`] candidates (their jobs and attempts
+/// go by `ON DELETE CASCADE`). Returns (deleted, candidates seen, where to go on).
+pub(super) fn purge_batch_tx(
+    conn: &Connection,
+    before: Millis,
+    cursor: PurgeCursor,
+) -> Result<(u64, usize, PurgeCursor), StoreError> {
+    let mut done: Vec<String> = Vec::new();
+    let mut seen = 0;
+    let mut next = cursor;
+    {
+        let mut candidates = conn.prepare_cached(PURGE_CANDIDATES).map_err(sql_error)?;
+        let mut rows = candidates
+            .query(params![before, cursor.received_at, cursor.rowid, PURGE_BATCH as i64])
+            .map_err(sql_error)?;
+        while let Some(row) = rows.next().map_err(sql_error)? {
+            seen += 1;
+            next = PurgeCursor { rowid: row.get(0).map_err(sql_error)?, received_at: row.get(1).map_err(sql_error)? };
+            if !row.get::<_, bool>(3).map_err(sql_error)? {
+                done.push(row.get(2).map_err(sql_error)?);
+            }
+        }
+    }
+    if done.is_empty() {
+        return Ok((0, seen, next));
+    }
+    let ids = serde_json::to_string(&done).map_err(internal)?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?1))")
+        .map_err(sql_error)?
+        .execute([ids])
+        .map_err(sql_error)?;
+    Ok((deleted as u64, seen, next))
+}
