@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
 use hookgate::route::{context_for_request, EventContext, Routes};
-use hookgate::store::StoredDelivery;
+use hookgate::store::Delivery;
 use libfuzzer_sys::fuzz_target;
 
 /// Tokio's default worker stack: where the edge evaluates filters and the worker renders actions.
@@ -497,7 +497,7 @@ fn run(encoding: Encoding, body: Vec<u8>) {
                 render_everything(&ctx)
             }
             Err(_) => {
-                let stored = StoredDelivery {
+                let stored = Delivery {
                     id: "id-1".into(),
                     source: "github".into(),
                     event: "push".into(),
@@ -505,6 +505,7 @@ fn run(encoding: Encoding, body: Vec<u8>) {
                     received_at: 0,
                     headers,
                     body,
+                    replay_key: None,
                 };
                 render_everything(&EventContext::from_stored(&stored));
             }
