@@ -16,6 +16,7 @@ pub mod sign;
 pub mod startup;
 pub mod state;
 pub mod store;
+pub mod template;
 pub mod ui;
 pub mod verify;
 pub mod worker;

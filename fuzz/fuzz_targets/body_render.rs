@@ -20,7 +20,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use hookgate::route::{context_for_request, EventContext, Routes};
+use hookgate::route::Routes;
+use hookgate::template::{context_for_request, EventContext};
 use hookgate::store::Delivery;
 use libfuzzer_sys::fuzz_target;
 
@@ -472,7 +473,7 @@ fn check_round_trip(ctx: &EventContext, encoding: Encoding, body: &[u8]) {
     let Ok(expected) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
-    let rendered = hookgate::route::environment()
+    let rendered = hookgate::template::environment()
         .render_str("{{ body | tojson }}", ctx.to_value())
         .expect("an accepted body renders with tojson");
     let got: serde_json::Value = serde_json::from_str(&rendered).expect("tojson renders JSON");

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
-use hookgate::route::{context_for_request, parse_body, Routes};
+use hookgate::route::Routes;
+use hookgate::template::{context_for_request, parse_body};
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = r#"

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AttemptResult, Hint, JobContext, Outcome};
 use crate::config::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
-use crate::route::{RenderError, Text};
+use crate::template::{RenderError, Text};
 
 /// The `type` that selects this kind.
 pub(super) const TYPE: &str = "command";
@@ -431,7 +431,8 @@ mod tests {
 
     use super::*;
     use crate::actions::ActionSpec;
-    use crate::route::{EventContext, Routes};
+    use crate::route::Routes;
+    use crate::template::EventContext;
 
     /// A route's config, compiled, rendered for one event: the path a job takes from the file to its spec.
     #[test]
@@ -483,7 +484,7 @@ mod tests {
     }
 
     fn render_argv(template: &str, body: serde_json::Value) -> Result<Vec<String>, RenderError> {
-        let mut env = crate::route::environment();
+        let mut env = crate::template::environment();
         let action = Command {
             argv: vec!["git".into(), "fetch".into(), template.into()],
             env: vec![],

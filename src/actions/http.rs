@@ -25,8 +25,8 @@ use crate::config::{
     check_placeholders, invalid, opt_duration, parse_algorithm, parse_encoding, parse_unit, resolve_secret,
     validate_content, ConfigError, Env,
 };
-use crate::route::{RenderError, Text};
 use crate::sign::{self, Message};
+use crate::template::{RenderError, Text};
 use crate::verify::{EventFrom, HmacOptions, Scheme, Secret};
 
 /// The `type` that selects this kind.
@@ -204,7 +204,7 @@ impl Http<Text> {
         let (templates, vars) = (job.templates, job.vars);
         // Values are encoded for the part of the URL they land in.
         let marked = self.url.render(templates, vars)?;
-        let url = crate::route::url::finish(self.url.key(), &marked, &self.allowed_hosts)?.to_string();
+        let url = crate::template::url::finish(self.url.key(), &marked, &self.allowed_hosts)?.to_string();
         let headers = self
             .headers
             .iter()
@@ -432,7 +432,8 @@ mod tests {
 
     use super::*;
     use crate::actions::ActionSpec;
-    use crate::route::{EventContext, Routes};
+    use crate::route::Routes;
+    use crate::template::EventContext;
 
     fn config(action: &str) -> Result<crate::config::Config, ConfigError> {
         let text = format!(

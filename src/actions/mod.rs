@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{field_names, invalid, ConfigError, Env};
-use crate::route::{EventContext, RenderError, Text};
+use crate::template::{EventContext, RenderError, Text};
 
 pub use crate::retry::Hint;
 pub use command::{Command, CommandSpec};

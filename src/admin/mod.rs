@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 use crate::edge::{is_credential_header, REDACTED};
 use crate::error::ApiError;
 use crate::guard::ClientAddr;
-use crate::route::EventContext;
 use crate::state::AppState;
 use crate::store::{
     now_ms, Delivery, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis,
 };
+use crate::template::EventContext;
 
 pub fn router() -> Router<AppState> {
     Router::new()

@@ -16,9 +16,9 @@ use http_body_util::BodyExt;
 use crate::error::{ApiError, SourceLabel};
 use crate::guard::{BodyBytes, ClientAddr};
 use crate::metrics::{REQUESTS_TOTAL, REQUEST_DURATION};
-use crate::route::context_for_request;
 use crate::state::AppState;
 use crate::store::{new_id, now_ms, Delivery, Insert};
+use crate::template::context_for_request;
 use crate::verify::{Inbound, Scheme, VerifyError};
 
 pub async fn receive(

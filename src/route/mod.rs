@@ -1,23 +1,17 @@
-//! route: filter expressions and templates (one language, minijinja), fan-out to jobs, and action rendering.
+//! route: which routes an event matches (filter expressions), the jobs it fans out to (coalesce keys), and
+//! each job's rendered action.
 //!
 //! Everything is compiled once at start-up so a bad expression is a configuration error, not a runtime one.
-//! Each action kind compiles and renders its own options (`crate::actions`) with `template` and `url`.
-
-mod context;
-mod lazy;
-mod template;
-pub(crate) mod url;
-
-pub use context::{context_for_request, parse_body, BodyError, EventContext};
-pub use template::{RenderError, Text};
+//! Each action kind compiles and renders its own options (`crate::actions`) with `crate::template`.
 
 use std::collections::HashMap;
 
-use minijinja::{Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Value};
 
 use crate::actions::{Action, ActionSpec, JobContext};
 use crate::config::{Config, ConfigError, Route};
 use crate::store::{new_id, Millis, NewJob};
+use crate::template::{environment, EventContext, RenderError, Text};
 
 /// One route, with the names of its compiled templates in the shared environment.
 #[derive(Debug)]
@@ -39,17 +33,6 @@ impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Routes").field("routes", &self.routes).finish()
     }
-}
-
-/// A fresh environment with the house settings: missing values are errors, output is not escaped.
-pub fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.set_keep_trailing_newline(true);
-    env.set_formatter(url::formatter);
-    env.add_filter("segments", url::segments);
-    env
 }
 
 impl Routes {
@@ -284,7 +267,7 @@ mod tests {
             delivery: "d".into(),
             received_at: 0,
             headers: vec![("content-type".into(), "application/json".into())],
-            body: bytes::Bytes::from(format!(r#"{{"data": {}}}"#, lazy::nested(20_000))),
+            body: bytes::Bytes::from(format!(r#"{{"data": {}}}"#, crate::template::lazy::nested(20_000))),
             replay_key: None,
         };
         let ctx = EventContext::from_stored(&stored);

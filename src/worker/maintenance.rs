@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::LiveHandle;
-use crate::route::EventContext;
 use crate::store::{new_id, now_ms, Delivery, DynStore, Insert};
+use crate::template::EventContext;
 
 /// Fire due schedules once a second and purge old deliveries every `store.purge_interval`, until `shutdown`.
 pub async fn run(store: DynStore, live: LiveHandle, wake: Arc<Notify>, shutdown: CancellationToken) {

@@ -19,8 +19,8 @@ use crate::actions::{AttemptResult, Outcome, Runner};
 use crate::live::breaker::Allowance;
 use crate::live::{Live, LiveHandle};
 use crate::metrics::{DELIVERY_LATENCY, JOBS_TOTAL, JOB_DURATION};
-use crate::route::EventContext;
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
+use crate::template::EventContext;
 
 /// Claims that may wait for their commit at once.
 const CLAIMS_IN_FLIGHT: usize = 2;

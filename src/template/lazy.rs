@@ -277,7 +277,7 @@ mod tests {
     use super::*;
 
     fn render(template: &str, body: serde_json::Value) -> String {
-        let env = crate::route::environment();
+        let env = crate::template::environment();
         let doc = JsonDoc::validate(Bytes::from(serde_json::to_vec(&body).unwrap())).unwrap();
         let ctx = minijinja::context! { body => body_value(Some(&doc)) };
         env.render_str(template, ctx).unwrap()
@@ -306,7 +306,7 @@ mod tests {
     }
 
     fn render_text(template: &str, text: &'static str) -> String {
-        let env = crate::route::environment();
+        let env = crate::template::environment();
         let doc = JsonDoc::validate(Bytes::from_static(text.as_bytes())).unwrap();
         env.render_str(template, minijinja::context! { body => body_value(Some(&doc)) }).unwrap()
     }
@@ -374,7 +374,7 @@ mod tests {
             .stack_size(1 << 20)
             .spawn(|| {
                 let doc = JsonDoc::validate(Bytes::from(nested(MAX_NESTING))).unwrap();
-                let env = crate::route::environment();
+                let env = crate::template::environment();
                 let ctx = minijinja::context! { body => body_value(Some(&doc)) };
                 for template in ["{{ body | tojson }}", "{{ body }}", "{{ body == body }}", "{{ body | length }}"] {
                     env.render_str(template, &ctx).unwrap();

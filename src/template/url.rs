@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn render(template: &str, body: serde_json::Value, allowed: &[&str]) -> Result<String, RenderError> {
-        let mut env = crate::route::environment();
+        let mut env = crate::template::environment();
         env.add_template_owned("r.url".to_string(), template.to_string()).unwrap();
         let marked = env.get_template("r.url").unwrap().render(minijinja::context! { body => body }).unwrap();
         let allowed: Vec<String> = allowed.iter().map(|s| s.to_string()).collect();
