@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ProcessEnv};
-use crate::verify::{EventFrom, HmacOptions, Scheme, Secret, TokenOptions};
+use crate::verify::{Keys, Scheme, Secret, PROVIDERS};
 
 /// Exit code for a bad configuration (EX_CONFIG-like, as sysexits' EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -62,14 +62,14 @@ struct ConfigArg {
 
 #[derive(Args, Clone)]
 struct SchemeArgs {
-    /// github, gitlab, gitea, bitbucket, infisical, standard, stripe, slack, hmac, token.
-    #[arg(long)]
+    /// The provider whose headers to produce.
+    #[arg(long, value_parser = provider_names())]
     provider: String,
     /// The shared secret (or env:NAME / file:PATH).
     #[arg(long)]
     secret: String,
     /// hmac: header carrying the signature.
-    #[arg(long, default_value = "X-Webhook-Signature")]
+    #[arg(long, default_value = crate::verify::OUTBOUND_SIGNATURE_HEADER)]
     signature_header: String,
     /// hmac: sha1, sha256 or sha512.
     #[arg(long, default_value = "sha256")]
@@ -336,30 +336,46 @@ async fn watch_signals(shutdown: CancellationToken, live: crate::live::LiveHandl
     shutdown.cancel();
 }
 
+/// `--provider`'s values: every name in the provider table (aliases too), each with its one-line description.
+fn provider_names() -> clap::builder::PossibleValuesParser {
+    use clap::builder::PossibleValue;
+    let values = PROVIDERS.iter().flat_map(|p| {
+        let aliases = p.aliases.iter().map(move |alias| PossibleValue::new(*alias).help(format!("same as {}", p.name)));
+        std::iter::once(PossibleValue::new(p.name).help(p.about)).chain(aliases)
+    });
+    clap::builder::PossibleValuesParser::new(values)
+}
+
 fn scheme_from(args: &SchemeArgs) -> anyhow::Result<(Scheme, Secret)> {
     let env = ProcessEnv;
     let secret = config::resolve_secret("--secret", &args.secret, Path::new("."), &env)?
         .ok_or_else(|| anyhow::anyhow!("--secret is empty"))?;
-    let scheme = match args.provider.as_str() {
-        "hmac" => Scheme::Hmac(HmacOptions {
-            signature_header: args.signature_header.clone(),
-            algorithm: config::parse_algorithm("--algorithm", Some(&args.algorithm))?,
-            encoding: config::parse_encoding("--encoding", Some(&args.encoding))?,
-            prefix: args.prefix.clone(),
-            timestamp_header: args.timestamp_header.clone(),
-            timestamp_unit: config::parse_unit("--timestamp-unit", Some(&args.timestamp_unit))?,
-            content: args.content.clone(),
-            id_header: args.id_header.clone(),
-            event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
-        }),
-        "token" => Scheme::Token(TokenOptions {
-            header: args.token_header.to_ascii_lowercase(),
-            query_param: None,
-            id_header: args.id_header.clone(),
-            event: args.event_header.clone().map(EventFrom::Header).unwrap_or(EventFrom::None),
-        }),
-        other => config::simple_scheme(other, false).ok_or_else(|| anyhow::anyhow!("--provider: unknown `{other}`"))?,
-    };
+    let provider = crate::verify::provider(&args.provider)
+        .ok_or_else(|| anyhow::anyhow!("--provider: unknown `{}`", args.provider))?;
+    // Each option flag sets the provider key of the same name (`--token-header` sets `header`); the
+    // provider is handed only the keys it takes, so the defaults of the others never get in its way.
+    let flags = [
+        ("signature_header", Some(&args.signature_header), "signature-header"),
+        ("algorithm", Some(&args.algorithm), "algorithm"),
+        ("encoding", Some(&args.encoding), "encoding"),
+        ("prefix", Some(&args.prefix), "prefix"),
+        ("timestamp_header", args.timestamp_header.as_ref(), "timestamp-header"),
+        ("timestamp_unit", Some(&args.timestamp_unit), "timestamp-unit"),
+        ("content", Some(&args.content), "content"),
+        ("id_header", args.id_header.as_ref(), "id-header"),
+        ("event_header", args.event_header.as_ref(), "event-header"),
+        ("header", Some(&args.token_header), "token-header"),
+    ];
+    let mut keys = Keys::default();
+    for (key, value, _) in &flags {
+        if let Some(value) = value.filter(|_| provider.keys.contains(key)) {
+            keys.set_text(*key, value.as_str());
+        }
+    }
+    let scheme = Scheme::new(provider, &keys).map_err(|e| {
+        let flag = flags.iter().find(|(key, _, _)| *key == e.key).map_or(e.key.as_str(), |(_, _, flag)| flag);
+        anyhow::anyhow!("--{flag}: {}", e.message)
+    })?;
     Ok((scheme, secret))
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::verify::{Algorithm, Encoding, EventFrom, HmacOptions, Scheme, Secret, TimeUnit, TokenOptions, Verifier};
+use crate::verify::{Keys, Scheme, Secret, Value, Verifier};
 
 /// The file used when neither `--config` nor `HOOKGATE_CONFIG` names one.
 pub const DEFAULT_PATH: &str = "hookgate.toml";
@@ -119,6 +119,7 @@ impl Env for BTreeMap<String, String> {
 /// The file as written; [`REFERENCE`] (`config.default.toml`) lists every key.
 pub mod raw {
     use serde::Deserialize;
+    use std::collections::BTreeMap;
 
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -175,8 +176,10 @@ pub mod raw {
         pub lease_margin: Option<String>,
     }
 
+    /// A source as written: the keys every source has, and its provider's own keys. Which of those a
+    /// provider takes is the provider table's call, so `validate_source` (not serde) refuses the others,
+    /// naming the keys that provider does take.
     #[derive(Debug, Default, Deserialize)]
-    #[serde(deny_unknown_fields)]
     pub struct Source {
         pub name: Option<String>,
         pub provider: Option<String>,
@@ -187,19 +190,15 @@ pub mod raw {
         pub rate_limit: Option<String>,
         pub tolerance: Option<String>,
         pub enabled: Option<bool>,
-        pub allow_sha1: Option<bool>,
-        pub signature_header: Option<String>,
-        pub algorithm: Option<String>,
-        pub encoding: Option<String>,
-        pub prefix: Option<String>,
-        pub timestamp_header: Option<String>,
-        pub timestamp_unit: Option<String>,
-        pub content: Option<String>,
-        pub id_header: Option<String>,
-        pub event_header: Option<String>,
-        pub event_field: Option<String>,
-        pub header: Option<String>,
-        pub query_param: Option<String>,
+        /// The provider's own keys: whatever the fields above do not hold.
+        #[serde(flatten)]
+        pub options: BTreeMap<String, toml::Value>,
+    }
+
+    impl Source {
+        /// The keys every source has: the fields above (a flattened struct does not tell serde's field list).
+        pub const COMMON: &[&str] =
+            &["name", "provider", "secrets", "secret", "max_body", "rate_limit", "tolerance", "enabled"];
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -308,7 +307,6 @@ pub struct RateLimit {
 #[derive(Debug, Clone)]
 pub struct Source {
     pub name: String,
-    pub provider: String,
     pub verifier: Verifier,
     pub max_body: usize,
     pub rate_limit: Option<RateLimit>,
@@ -508,45 +506,21 @@ fn validate_source(
         return Err(invalid(key("name"), "use letters, digits, '-', '_' or '.' (at most 64)"));
     }
     let key = |k: &str| format!("sources[{i}].{k}");
-    let provider = raw.provider.ok_or_else(|| invalid(key("provider"), "missing"))?;
-    let event_from = |header: Option<String>, field: Option<String>| -> Result<EventFrom, ConfigError> {
-        match (header, field) {
-            (Some(_), Some(_)) => Err(invalid(key("event_field"), "set event_header or event_field, not both")),
-            (Some(h), None) => Ok(EventFrom::Header(h.to_ascii_lowercase())),
-            (None, Some(f)) => Ok(EventFrom::Field(f)),
-            (None, None) => Ok(EventFrom::None),
-        }
-    };
-    let scheme = match provider.as_str() {
-        "hmac" => Scheme::Hmac(HmacOptions {
-            signature_header: raw
-                .signature_header
-                .ok_or_else(|| invalid(key("signature_header"), "required for provider \"hmac\""))?
-                .to_ascii_lowercase(),
-            algorithm: parse_algorithm(&key("algorithm"), raw.algorithm.as_deref())?,
-            encoding: parse_encoding(&key("encoding"), raw.encoding.as_deref())?,
-            prefix: raw.prefix.unwrap_or_default(),
-            timestamp_header: raw.timestamp_header.map(|h| h.to_ascii_lowercase()),
-            timestamp_unit: parse_unit(&key("timestamp_unit"), raw.timestamp_unit.as_deref())?,
-            content: validate_content(&key("content"), raw.content)?,
-            id_header: raw.id_header.map(|h| h.to_ascii_lowercase()),
-            event: event_from(raw.event_header, raw.event_field)?,
-        }),
-        "token" => Scheme::Token(TokenOptions {
-            header: raw.header.unwrap_or_else(|| "authorization".into()).to_ascii_lowercase(),
-            query_param: raw.query_param,
-            id_header: raw.id_header.map(|h| h.to_ascii_lowercase()),
-            event: event_from(raw.event_header, raw.event_field)?,
-        }),
-        other => simple_scheme(other, raw.allow_sha1.unwrap_or(false)).ok_or_else(|| {
-            invalid(
-                key("provider"),
-                format!(
-                    "unknown provider `{other}` (github, gitlab, gitea, forgejo, bitbucket, infisical, standard, stripe, slack, hmac, token)"
-                ),
-            )
-        })?,
-    };
+    let provider_name = raw.provider.ok_or_else(|| invalid(key("provider"), "missing"))?;
+    let provider = crate::verify::provider(&provider_name).ok_or_else(|| {
+        let known = crate::verify::provider_names().join(", ");
+        invalid(key("provider"), format!("unknown provider `{provider_name}` ({known})"))
+    })?;
+    let mut keys = Keys::default();
+    for (name, value) in raw.options {
+        let value = match value {
+            toml::Value::String(text) => Value::Text(text),
+            toml::Value::Boolean(flag) => Value::Flag(flag),
+            _ => return Err(invalid(key(&name), "expected a string or true/false")),
+        };
+        keys.set(name, value);
+    }
+    let scheme = Scheme::new(provider, &keys).map_err(|e| invalid(key(&e.key), e.message))?;
     let mut refs = raw.secrets;
     refs.extend(raw.secret);
     let mut secrets = Vec::new();
@@ -564,12 +538,8 @@ fn validate_source(
         enabled = false;
         disabled_reason = Some("no usable secret (check the env: or file: reference)".into());
     }
-    if let Scheme::Hmac(o) = &scheme {
-        check_placeholders(&key("content"), o)?;
-    }
     Ok(Source {
         name,
-        provider,
         verifier: Verifier { scheme, secrets, tolerance },
         max_body,
         rate_limit,
@@ -666,71 +636,6 @@ fn validate_route(
         enabled: raw.enabled.unwrap_or(true),
         schedule,
     })
-}
-
-/// `{timestamp}` and `{id}` in signed content need the headers that carry them.
-pub(crate) fn check_placeholders(key: &str, o: &HmacOptions) -> Result<(), ConfigError> {
-    if o.content.contains("{timestamp}") && o.timestamp_header.is_none() {
-        return Err(invalid(key, "uses {timestamp} but no timestamp_header is set"));
-    }
-    if o.content.contains("{id}") && o.id_header.is_none() {
-        return Err(invalid(key, "uses {id} but no id_header is set"));
-    }
-    Ok(())
-}
-
-pub(crate) fn validate_content(key: &str, content: Option<String>) -> Result<String, ConfigError> {
-    let content = content.unwrap_or_else(|| "{body}".into());
-    let mut rest = content.as_str();
-    while let Some(start) = rest.find('{') {
-        let end = rest[start..].find('}').ok_or_else(|| invalid(key, "unclosed `{`"))?;
-        let name = &rest[start + 1..start + end];
-        if !matches!(name, "body" | "timestamp" | "id") {
-            return Err(invalid(key, format!("unknown placeholder `{{{name}}}` (body, timestamp, id)")));
-        }
-        rest = &rest[start + end + 1..];
-    }
-    Ok(content)
-}
-
-/// The scheme of a provider that takes no options (`hmac` and `token` are built from their keys).
-pub fn simple_scheme(provider: &str, allow_sha1: bool) -> Option<Scheme> {
-    Some(match provider {
-        "github" => Scheme::Github { allow_sha1 },
-        "gitlab" => Scheme::Gitlab,
-        "gitea" | "forgejo" => Scheme::Gitea,
-        "bitbucket" => Scheme::Bitbucket,
-        "infisical" => Scheme::Infisical,
-        "standard" => Scheme::Standard,
-        "stripe" => Scheme::Stripe,
-        "slack" => Scheme::Slack,
-        _ => return None,
-    })
-}
-
-pub fn parse_algorithm(key: &str, v: Option<&str>) -> Result<Algorithm, ConfigError> {
-    match v.unwrap_or("sha256") {
-        "sha1" => Ok(Algorithm::Sha1),
-        "sha256" => Ok(Algorithm::Sha256),
-        "sha512" => Ok(Algorithm::Sha512),
-        other => Err(invalid(key, format!("unknown algorithm `{other}` (sha1, sha256, sha512)"))),
-    }
-}
-
-pub fn parse_encoding(key: &str, v: Option<&str>) -> Result<Encoding, ConfigError> {
-    match v.unwrap_or("hex") {
-        "hex" => Ok(Encoding::Hex),
-        "base64" => Ok(Encoding::Base64),
-        other => Err(invalid(key, format!("unknown encoding `{other}` (hex, base64)"))),
-    }
-}
-
-pub fn parse_unit(key: &str, v: Option<&str>) -> Result<TimeUnit, ConfigError> {
-    match v.unwrap_or("s") {
-        "s" => Ok(TimeUnit::Seconds),
-        "ms" => Ok(TimeUnit::Millis),
-        other => Err(invalid(key, format!("unknown unit `{other}` (s, ms)"))),
-    }
 }
 
 /// Names of variables a command may take from hookgate's environment: names only, no patterns.
@@ -967,6 +872,112 @@ mod tests {
         let text = MINIMAL.replace("provider = \"github\"", "provider = \"githb\"");
         let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
         assert!(err.starts_with("sources[0].provider"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_provider_lists_every_name_in_the_table() {
+        let text = MINIMAL.replace("provider = \"github\"", "provider = \"githb\"");
+        let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+        for name in crate::verify::provider_names() {
+            assert!(err.contains(name), "{name} in {err}");
+        }
+        assert!(err.contains("forgejo"), "{err}");
+    }
+
+    #[test]
+    fn forgejo_is_a_name_of_gitea() {
+        let text = MINIMAL.replace("provider = \"github\"", "provider = \"forgejo\"");
+        let cfg = parse(&text, Path::new(""), &env(&[])).unwrap();
+        assert_eq!(cfg.sources[0].verifier.scheme.name(), "gitea");
+    }
+
+    /// A source of `provider` with the extra `key_line`, as `check` would read it.
+    fn source_error(provider: &str, key_line: &str) -> String {
+        let extra = match provider {
+            "hmac" => "signature_header = \"X-Sig\"\n",
+            _ => "",
+        };
+        let text =
+            format!("[[sources]]\nname = \"s\"\nprovider = \"{provider}\"\nsecrets = [\"k\"]\n{extra}{key_line}\n");
+        parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_common_source_keys_are_the_fields_serde_fills() {
+        let values = ["\"s\"", "\"github\"", "[\"k\"]", "\"k\"", "\"1MiB\"", "\"1/s\"", "\"5m\"", "true"];
+        assert_eq!(values.len(), raw::Source::COMMON.len());
+        let lines: Vec<String> = raw::Source::COMMON.iter().zip(values).map(|(k, v)| format!("{k} = {v}")).collect();
+        let source: raw::Source = toml::from_str(&lines.join("\n")).unwrap();
+        assert!(source.options.is_empty(), "not fields: {:?}", source.options.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_key_of_another_provider_is_refused_naming_its_path() {
+        let err = source_error("github", "signature_header = \"X-Sig\"");
+        assert_eq!(err, "sources[0].signature_header: not a key of provider \"github\" (it takes: allow_sha1)");
+        for (provider, key_line, key) in [
+            ("hmac", "allow_sha1 = true", "allow_sha1"),
+            ("hmac", "query_param = \"t\"", "query_param"),
+            ("token", "signature_header = \"X-Sig\"", "signature_header"),
+            ("token", "allow_sha1 = false", "allow_sha1"),
+            ("gitea", "header = \"x-token\"", "header"),
+            ("slack", "event_field = \"type\"", "event_field"),
+            ("standard", "timestamp_header = \"X-Ts\"", "timestamp_header"),
+            ("forgejo", "allow_sha1 = true", "allow_sha1"),
+        ] {
+            let err = source_error(provider, key_line);
+            let expected = format!("sources[0].{key}: not a key of provider");
+            assert!(err.starts_with(&expected), "{provider} with {key_line}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_keys_a_provider_takes_are_accepted() {
+        let ok = |text: &str| parse(text, Path::new(""), &env(&[])).map(|_| ()).map_err(|e| e.to_string());
+        let github = "[[sources]]\nname = \"s\"\nprovider = \"github\"\nsecrets = [\"k\"]\nallow_sha1 = true\n";
+        assert_eq!(ok(github), Ok(()));
+        let token = "[[sources]]\nname = \"s\"\nprovider = \"token\"\nsecrets = [\"k\"]\nheader = \"X-Api-Token\"\nquery_param = \"t\"\nid_header = \"x-id\"\nevent_field = \"type\"\n";
+        assert_eq!(ok(token), Ok(()));
+    }
+
+    #[test]
+    fn a_provider_key_of_the_wrong_type_is_named() {
+        assert!(source_error("github", "allow_sha1 = 1").starts_with("sources[0].allow_sha1:"));
+        assert!(source_error("github", "allow_sha1 = \"yes\"").starts_with("sources[0].allow_sha1:"));
+        assert!(source_error("hmac", "algorithm = \"md5\"").starts_with("sources[0].algorithm:"));
+        assert!(source_error("token", "event_header = \"x-e\"\nevent_field = \"type\"")
+            .starts_with("sources[0].event_field:"));
+    }
+
+    /// A route whose http action signs with `sign`.
+    fn signed_route(sign: &str) -> Result<Config, String> {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"out\"\nsource = \"github\"\naction = {{ type = \"http\", url = \"http://127.0.0.1:9/\", sign = {{ {sign} }} }}\n"
+        );
+        parse(&text, Path::new(""), &env(&[])).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn outbound_signing_takes_any_provider_in_the_table_with_its_own_keys() {
+        for name in crate::verify::provider_names() {
+            let secret = if name == "standard" { "whsec_c2VjcmV0" } else { "k" };
+            let cfg = signed_route(&format!("scheme = \"{name}\", secret = \"{secret}\"")).unwrap();
+            let Action::Http(http) = &cfg.routes[1].action else { panic!("{name}: not an http action") };
+            let scheme = &http.sign.as_ref().unwrap_or_else(|| panic!("{name}: no sign spec")).scheme;
+            assert_eq!(Some(scheme.provider().name), crate::verify::provider(name).map(|p| p.name));
+        }
+        let err = signed_route("scheme = \"github\", secret = \"k\", signature_header = \"X-Sig\"").unwrap_err();
+        assert!(err.starts_with("routes[1].action.sign.signature_header: not a key of provider \"github\""), "{err}");
+        let err = signed_route("scheme = \"githb\", secret = \"k\"").unwrap_err();
+        assert!(err.starts_with("routes[1].action.sign.scheme") && err.contains("forgejo"), "{err}");
+    }
+
+    #[test]
+    fn an_outbound_secret_the_scheme_cannot_sign_with_is_refused_at_load() {
+        let err = signed_route("scheme = \"standard\", secret = \"whsec_!!!\"").unwrap_err();
+        assert!(err.starts_with("routes[1].action.sign.secret"), "{err}");
+        let err = signed_route("scheme = \"token\", secret = \" padded \"").unwrap_err();
+        assert!(err.starts_with("routes[1].action.sign.secret"), "{err}");
     }
 
     #[test]

@@ -45,5 +45,5 @@ fuzz_target!(|input: (Options<'_>, common::Request<'_>)| {
             _ => EventFrom::None,
         },
     };
-    common::run(Scheme::Hmac(options), &req);
+    common::run(Scheme::hmac(options), &req);
 });

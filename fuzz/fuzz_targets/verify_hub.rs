@@ -8,10 +8,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u8, common::Request<'_>)| {
     let scheme = match input.0 % 4 {
-        0 => Scheme::Github { allow_sha1: false },
-        1 => Scheme::Github { allow_sha1: true },
-        2 => Scheme::Gitea,
-        _ => Scheme::Bitbucket,
+        0 => Scheme::github(false),
+        1 => Scheme::github(true),
+        2 => Scheme::named("gitea").unwrap(),
+        _ => Scheme::named("bitbucket").unwrap(),
     };
     common::run(scheme, &input.1);
 });

@@ -8,10 +8,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (u8, common::Request<'_>)| {
     let scheme = match input.0 % 4 {
-        0 => Scheme::Infisical,
-        1 => Scheme::Standard,
-        2 => Scheme::Stripe,
-        _ => Scheme::Slack,
+        0 => Scheme::named("infisical").unwrap(),
+        1 => Scheme::named("standard").unwrap(),
+        2 => Scheme::named("stripe").unwrap(),
+        _ => Scheme::named("slack").unwrap(),
     };
     common::run(scheme, &input.1);
 });

@@ -27,9 +27,9 @@ fn event(choice: (u8, u8, &str)) -> EventFrom {
 fuzz_target!(|input: (Options<'_>, common::Request<'_>)| {
     let (o, req) = input;
     let scheme = if o.gitlab {
-        Scheme::Gitlab
+        Scheme::named("gitlab").unwrap()
     } else {
-        Scheme::Token(TokenOptions {
+        Scheme::token(TokenOptions {
             header: common::NAMES[usize::from(o.header) % common::NAMES.len()].to_string(),
             query_param: o.query_param.map(str::to_string),
             id_header: o.id_header.map(|i| common::NAMES[usize::from(i) % common::NAMES.len()].to_string()),

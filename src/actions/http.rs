@@ -2,7 +2,8 @@
 //!
 //! Config: `url` (a template; values are encoded for the part of the URL they land in, and may choose the
 //! host only within `allowed_hosts`), `method`, `headers`, `body` (default: the original body), `timeout`
-//! (default 10s) and `sign` (`standard`, `github`, or `hmac` with the inbound `hmac` provider's keys).
+//! (default 10s) and `sign` (`scheme`: any provider in `verify`'s table, default `standard`, with those of
+//! that provider's keys `sign` has — `hmac`'s header, algorithm, timestamp, content, id and event keys).
 //!
 //! Errors recorded on the attempt are short and built from status codes and transport error kinds only:
 //! never from header values, the URL (its query may hold a token) or the secret.
@@ -21,13 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::human;
 use super::{table_as, AttemptResult, Hint, JobContext, Outcome};
-use crate::config::{
-    check_placeholders, invalid, opt_duration, parse_algorithm, parse_encoding, parse_unit, resolve_secret,
-    validate_content, ConfigError, Env,
-};
-use crate::sign::{self, Message};
+use crate::config::{invalid, opt_duration, resolve_secret, ConfigError, Env};
+use crate::sign::{self, Message, SignError};
 use crate::template::{RenderError, Text};
-use crate::verify::{EventFrom, HmacOptions, Scheme, Secret};
+use crate::verify::{Keys, Scheme, Secret};
 
 /// The `type` that selects this kind.
 pub(super) const TYPE: &str = "http";
@@ -143,34 +141,38 @@ fn validate_sign(key: &str, raw: RawSign, base: &Path, env: &dyn Env) -> Result<
     let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
         .ok_or_else(|| invalid(k("secret"), "resolves to nothing (is the variable or file set?)"))?;
     let scheme_name = raw.scheme.unwrap_or_else(|| "standard".into());
-    let scheme = match scheme_name.as_str() {
-        "standard" => Scheme::Standard,
-        "github" => Scheme::Github { allow_sha1: false },
-        "hmac" => Scheme::Hmac(HmacOptions {
-            signature_header: raw.signature_header.unwrap_or_else(|| "X-Webhook-Signature".into()),
-            algorithm: parse_algorithm(&k("algorithm"), raw.algorithm.as_deref())?,
-            encoding: parse_encoding(&k("encoding"), raw.encoding.as_deref())?,
-            prefix: raw.prefix.unwrap_or_default(),
-            timestamp_header: raw.timestamp_header,
-            timestamp_unit: parse_unit(&k("timestamp_unit"), raw.timestamp_unit.as_deref())?,
-            content: validate_content(&k("content"), raw.content)?,
-            id_header: raw.id_header,
-            event: raw.event_header.map(EventFrom::Header).unwrap_or(EventFrom::None),
-        }),
-        other => return Err(invalid(k("scheme"), format!("unknown scheme `{other}` (standard, github, hmac)"))),
-    };
-    if let Scheme::Hmac(o) = &scheme {
-        check_placeholders(&k("content"), o)?;
-    }
-    if scheme == Scheme::Standard {
-        let text = String::from_utf8_lossy(secret.expose()).to_string();
-        if let Some(b64) = text.strip_prefix("whsec_") {
-            use base64::Engine;
-            if base64::engine::general_purpose::STANDARD.decode(b64).is_err() {
-                return Err(invalid(k("secret"), "a whsec_ secret must be base64 after the prefix"));
-            }
+    let provider = crate::verify::provider(&scheme_name).ok_or_else(|| {
+        let known = crate::verify::provider_names().join(", ");
+        invalid(k("scheme"), format!("unknown scheme `{scheme_name}` ({known})"))
+    })?;
+    let mut keys = Keys::default();
+    let written = [
+        ("signature_header", raw.signature_header),
+        ("algorithm", raw.algorithm),
+        ("encoding", raw.encoding),
+        ("prefix", raw.prefix),
+        ("timestamp_header", raw.timestamp_header),
+        ("timestamp_unit", raw.timestamp_unit),
+        ("content", raw.content),
+        ("id_header", raw.id_header),
+        ("event_header", raw.event_header),
+    ];
+    for (name, value) in written {
+        if let Some(value) = value {
+            keys.set_text(name, value);
         }
     }
+    if provider.keys.contains(&"signature_header") {
+        keys.default_text("signature_header", crate::verify::OUTBOUND_SIGNATURE_HEADER);
+    }
+    let scheme = Scheme::new(provider, &keys).map_err(|e| invalid(k(&e.key), e.message))?;
+    // A secret the scheme cannot sign with (a `whsec_` without base64, a token with a line break) is
+    // refused at load, not at the first delivery.
+    let probe = Message { id: "msg_check", event: Some("check"), timestamp_ms: 0, body: b"{}" };
+    scheme.sign(&secret, &probe).map_err(|e| match e {
+        SignError::BadSecret(why) => invalid(k("secret"), why),
+        other => invalid(k("secret"), other.to_string()),
+    })?;
     Ok(SignSpec { scheme, secret })
 }
 
@@ -469,7 +471,7 @@ mod tests {
         assert_eq!(&spec.body[..], br#"{"job": "job-1"}"#);
         assert_eq!(spec.timeout, Duration::from_secs(30));
         let sign = spec.sign.expect("signed");
-        assert_eq!((sign.scheme, sign.secret.expose()), (Scheme::Standard, &b"whsec_c2VjcmV0"[..]));
+        assert_eq!((sign.scheme.name(), sign.secret.expose()), ("standard", &b"whsec_c2VjcmV0"[..]));
         assert_eq!((spec.message_id.as_str(), spec.event.as_str(), spec.output_cap), ("job-1", "push", 100));
 
         let elsewhere =
@@ -807,7 +809,7 @@ mod tests {
         let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key));
         let (url, mut seen) = recording().await;
         let mut s = spec(url);
-        s.sign = Some(SignSpec { scheme: Scheme::Standard, secret: Secret::new(secret) });
+        s.sign = Some(SignSpec { scheme: Scheme::named("standard").unwrap(), secret: Secret::new(secret) });
         let before_ms = now_ms();
         let result = run_spec(s.clone()).await;
         assert_eq!(result.outcome, Outcome::Success, "{:?}", result.error);

@@ -55,7 +55,7 @@ fn the_reference_lists_every_key_of_the_file_format() {
         ("store", fields_of::<raw::Store>()),
         ("admin", fields_of::<raw::Admin>()),
         ("worker", fields_of::<raw::Worker>()),
-        ("sources", fields_of::<raw::Source>()),
+        ("sources", raw::Source::COMMON),
         ("routes", fields_of::<raw::Route>()),
         ("routes.action.sign", fields_of::<crate::actions::RawSign>()),
         ("routes.retry", fields_of::<raw::Retry>()),
@@ -66,6 +66,16 @@ fn the_reference_lists_every_key_of_the_file_format() {
         assert!(!fields.is_empty(), "{section}: no fields read");
         for field in fields {
             assert!(mentions_key(REFERENCE, field), "config.default.toml does not show {section}.{field}");
+        }
+    }
+    // A source's other keys are its provider's, listed in the provider table.
+    for provider in crate::verify::PROVIDERS {
+        for key in provider.keys {
+            assert!(
+                mentions_key(REFERENCE, key),
+                "config.default.toml does not show {key} of provider {}",
+                provider.name
+            );
         }
     }
 }

@@ -304,17 +304,13 @@ fn is_forgery(e: &VerifyError) -> bool {
 
 /// The request's headers as stored and as templates see them, with every credential replaced by
 /// `[redacted]`: what the sender proved itself with never reaches the database, the API or an action.
+/// Which headers carry the scheme's credential is the provider table's knowledge, not the edge's.
 fn header_pairs(headers: &HeaderMap, scheme: &Scheme) -> Vec<(String, String)> {
-    let own = match scheme {
-        Scheme::Hmac(options) => Some(options.signature_header.as_str()),
-        Scheme::Token(options) => Some(options.header.as_str()),
-        _ => None,
-    };
     headers
         .iter()
         .map(|(name, value)| {
             let name = name.as_str();
-            let value = match own.is_some_and(|own| own.eq_ignore_ascii_case(name)) || is_credential_header(name) {
+            let value = match scheme.is_credential(name) || is_credential_header(name) {
                 true => REDACTED.to_string(),
                 false => String::from_utf8_lossy(value.as_bytes()).into_owned(),
             };
@@ -326,13 +322,58 @@ fn header_pairs(headers: &HeaderMap, scheme: &Scheme) -> Vec<(String, String)> {
 /// What a credential header's value is stored as.
 pub const REDACTED: &str = "[redacted]";
 
-/// Header names whose values are credentials or signatures wherever they appear: `Authorization`,
-/// `Proxy-Authorization`, `Cookie`, and every name with a word such as "signature" or "token" in it
-/// (`X-Hub-Signature-256`, `X-Gitlab-Token`, `webhook-signature`, …).
+/// Header names whose values are credentials wherever they appear, whatever the source's provider:
+/// `Authorization`, `Proxy-Authorization`, `Cookie`, and every name with a word such as "signature" or
+/// "token" in it. A safety net for stored headers of any source; each provider's own credential headers
+/// come from the provider table (`Scheme::is_credential`).
 pub fn is_credential_header(name: &str) -> bool {
     // Runs for every header of every request: compare in place rather than lower-case a copy.
     let name = name.as_bytes();
     ["signature", "token", "secret", "authorization", "cookie", "hmac", "api-key", "apikey", "password"]
         .iter()
         .any(|word| name.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::{Keys, Message, Secret, PROVIDERS};
+
+    #[test]
+    fn every_providers_credential_is_redacted_even_under_a_name_no_heuristic_knows() {
+        // `X-Proof` and `X-Pass` hold no word `is_credential_header` looks for: only the table knows them.
+        assert!(!is_credential_header("x-proof") && !is_credential_header("x-pass"));
+        let body = br#"{"type":"t","id":"i","event":"e","timestamp":1700000000000}"#;
+        let msg = Message { id: "msg_1", event: Some("push"), timestamp_ms: 1_700_000_000_000, body };
+        for provider in PROVIDERS {
+            let mut keys = Keys::default();
+            for (key, name) in [("signature_header", "X-Proof"), ("header", "X-Pass")] {
+                if provider.keys.contains(&key) {
+                    keys.set_text(key, name);
+                }
+            }
+            let scheme = Scheme::new(provider, &keys).unwrap();
+            let secret = Secret::new(b"whsec_c2VjcmV0LXZhbHVl".to_vec());
+            let lines = scheme.sign(&secret, &msg).unwrap();
+            let mut headers = HeaderMap::new();
+            for (name, value) in &lines {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            headers.append("x-trace", http::HeaderValue::from_static("kept"));
+            let stored = header_pairs(&headers, &scheme);
+            for (name, value) in &lines {
+                let kept = stored.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+                if scheme.is_credential(name) {
+                    assert_eq!(kept, Some(REDACTED), "{}: {name}", provider.name);
+                } else {
+                    assert_eq!(kept, Some(value.as_str()), "{}: {name}", provider.name);
+                }
+            }
+            assert!(lines.iter().any(|(name, _)| scheme.is_credential(name)), "{}", provider.name);
+            assert!(stored.contains(&("x-trace".to_string(), "kept".to_string())));
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! Bitbucket: `X-Hub-Signature: sha256=<hex>` over the raw body.
 
-use super::{header, header_owned, mac, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+use super::signing::{hex_mac, push, push_some, Lines, Message, SignError};
+use super::{header, header_owned, mac, Algorithm, Check, Encoding, Inbound, Secret, Verified, Verifier, VerifyError};
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let presented = header(req, "x-hub-signature").ok_or(VerifyError::MissingSignature)?;
     let hex = presented.strip_prefix("sha256=").ok_or(VerifyError::InvalidSignature)?;
     if !mac::matches_any(v.keys(), Algorithm::Sha256, Encoding::Hex, hex, &[req.body]) {
@@ -15,6 +16,23 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     })
 }
 
+#[derive(Debug)]
+pub(super) struct Bitbucket;
+
+impl Check for Bitbucket {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let mut out = Vec::new();
+        push(&mut out, "X-Hub-Signature", format!("sha256={}", hex_mac(secret.expose(), &[msg.body])));
+        push_some(&mut out, "X-Event-Key", msg.event);
+        push_some(&mut out, "X-Request-UUID", Some(msg.id));
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -22,7 +40,7 @@ mod tests {
 
     #[test]
     fn bitbucket_signatures_verify_and_name_the_event() {
-        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &["bb"]);
         let body = br#"{"push":{}}"#;
         let sig = format!("sha256={}", hex::encode(mac::compute(Algorithm::Sha256, b"bb", &[body])));
         let ok =
@@ -35,7 +53,7 @@ mod tests {
 
     #[test]
     fn bitbucket_rejects_a_bare_or_wrong_signature() {
-        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &["bb"]);
         let hex = hex::encode(mac::compute(Algorithm::Sha256, b"bb", &[b"x"]));
         assert_eq!(check(&v, &[("x-hub-signature", &hex)], b"x", 0), Err(VerifyError::InvalidSignature));
         assert_eq!(check(&v, &[("x-hub-signature", "sha256=00")], b"x", 0), Err(VerifyError::InvalidSignature));
@@ -47,14 +65,14 @@ mod tests {
 
     #[test]
     fn bitbucket_without_a_signature_is_missing() {
-        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &["bb"]);
         assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
         assert_eq!(check(&v, &[("x-hub-signature", "")], b"x", 0), Err(VerifyError::MissingSignature));
     }
 
     #[test]
     fn bitbucket_rejects_truncated_empty_and_sha1_prefixed_signatures() {
-        let v = verifier(Scheme::Bitbucket, &["bb"]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &["bb"]);
         let good = sig("bb", b"x");
         for bad in [good[..good.len() - 1].to_string(), "sha256=".into(), good.replace("sha256=", "sha1=")] {
             assert_eq!(check(&v, &[("x-hub-signature", &bad)], b"x", 0), Err(VerifyError::InvalidSignature), "{bad}");
@@ -63,13 +81,13 @@ mod tests {
 
     #[test]
     fn bitbucket_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Bitbucket, &["old", "bb"]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &["old", "bb"]);
         assert!(check(&v, &[("x-hub-signature", &sig("bb", b"x"))], b"x", 0).is_ok());
     }
 
     #[test]
     fn bitbucket_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Bitbucket, &[""]);
+        let v = verifier(Scheme::named("bitbucket").unwrap(), &[""]);
         assert_eq!(check(&v, &[("x-hub-signature", &sig("", b"x"))], b"x", 0), Err(VerifyError::NoSecret));
     }
 }

@@ -1,10 +1,86 @@
 //! The configurable `hmac` provider: header, algorithm, encoding, prefix, optional timestamp and a
 //! signed-content template such as `{timestamp}.{body}` (Shopify, the scenario-3 format, and many more).
 
+use std::sync::Arc;
+
+use super::signing::{push, push_some, Lines, Message, SignError};
 use super::{
-    event_from, header, header_owned, mac, parse_time, replay_key, HmacOptions, Inbound, Verified, Verifier,
-    VerifyError,
+    event_from, header, header_owned, mac, parse_time, replay_key, Check, EventFrom, HmacOptions, Inbound, KeyError,
+    Keys, Scheme, Secret, TimeUnit, Verified, Verifier, VerifyError,
 };
+
+/// Where outbound `hmac` signatures go unless `signature_header` says otherwise (the scenario-3 format).
+pub const OUTBOUND_SIGNATURE_HEADER: &str = "X-Webhook-Signature";
+
+pub(super) fn configure(keys: &Keys) -> Result<Arc<dyn Check>, KeyError> {
+    let signature_header = keys
+        .text("signature_header")?
+        .ok_or_else(|| KeyError::new("signature_header", "required for provider \"hmac\""))?;
+    let options = HmacOptions {
+        signature_header: signature_header.to_string(),
+        algorithm: keys.algorithm()?,
+        encoding: keys.encoding()?,
+        prefix: keys.text("prefix")?.unwrap_or_default().to_string(),
+        timestamp_header: keys.text("timestamp_header")?.map(str::to_string),
+        timestamp_unit: keys.timestamp_unit()?,
+        content: keys.content()?,
+        id_header: keys.text("id_header")?.map(str::to_string),
+        event: keys.event()?,
+    };
+    // The receiver can only substitute what a header carries to it.
+    if options.content.contains("{timestamp}") && options.timestamp_header.is_none() {
+        return Err(KeyError::new("content", "uses {timestamp} but no timestamp_header is set"));
+    }
+    if options.content.contains("{id}") && options.id_header.is_none() {
+        return Err(KeyError::new("content", "uses {id} but no id_header is set"));
+    }
+    Ok(Arc::new(options))
+}
+
+impl Scheme {
+    /// The configurable HMAC scheme with options already built (no check of `{timestamp}`/`{id}`: signing
+    /// refuses what cannot verify).
+    pub fn hmac(options: HmacOptions) -> Scheme {
+        Scheme::with("hmac", Arc::new(options))
+    }
+}
+
+impl Check for HmacOptions {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req, self)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let o = self;
+        // The receiver substitutes only what it is sent: no timestamp header means an empty `{timestamp}`.
+        let timestamp = match (&o.timestamp_header, o.timestamp_unit) {
+            (None, _) => String::new(),
+            (Some(_), TimeUnit::Seconds) => msg.timestamp_ms.div_euclid(1000).to_string(),
+            (Some(_), TimeUnit::Millis) => msg.timestamp_ms.to_string(),
+        };
+        if o.content.contains("{id}") && (o.id_header.is_none() || msg.id.is_empty()) {
+            return Err(SignError::Unverifiable("{id} is signed but no id header carries it"));
+        }
+        let content = signed_content(&o.content, msg.body, &timestamp, msg.id);
+        let signature = mac::encode(o.encoding, &mac::compute(o.algorithm, secret.expose(), &[&content]));
+        let mut out = Vec::new();
+        push(&mut out, &o.signature_header, format!("{}{signature}", o.prefix));
+        if let Some(name) = &o.timestamp_header {
+            push(&mut out, name, timestamp);
+        }
+        if let Some(name) = &o.id_header {
+            push_some(&mut out, name, Some(msg.id));
+        }
+        if let EventFrom::Header(name) = &o.event {
+            push_some(&mut out, name, msg.event);
+        }
+        Ok(out)
+    }
+
+    fn credential_headers(&self) -> Vec<&str> {
+        vec![self.signature_header.as_str()]
+    }
+}
 
 /// The bytes to sign for `content`, with `{body}`, `{timestamp}` and `{id}` substituted.
 pub fn signed_content(content: &str, body: &[u8], timestamp: &str, id: &str) -> Vec<u8> {
@@ -29,7 +105,7 @@ pub fn signed_content(content: &str, body: &[u8], timestamp: &str, id: &str) -> 
     out
 }
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &HmacOptions) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>, o: &HmacOptions) -> Result<Verified, VerifyError> {
     let presented = header(req, &o.signature_header).ok_or(VerifyError::MissingSignature)?;
     let encoded = presented.strip_prefix(o.prefix.as_str()).ok_or(VerifyError::InvalidSignature)?;
     let (timestamp, at) = match &o.timestamp_header {
@@ -79,7 +155,7 @@ mod tests {
 
     #[test]
     fn the_scenario_3_format_verifies() {
-        let v = verifier(Scheme::Hmac(scenario3()), &["partner"]);
+        let v = verifier(Scheme::hmac(scenario3()), &["partner"]);
         let body = br#"{"order":1}"#;
         let sig = hex::encode(mac::compute(Algorithm::Sha256, b"partner", &[b"1700000000123.", body]));
         let ok = check(
@@ -102,7 +178,7 @@ mod tests {
     fn without_a_timestamp_there_is_no_replay_key() {
         // Nothing bounds the window: an identical body may be a new event (dedup is by id header only).
         let options = HmacOptions { timestamp_header: None, content: "{body}".into(), ..scenario3() };
-        let v = verifier(Scheme::Hmac(options), &["partner"]);
+        let v = verifier(Scheme::hmac(options), &["partner"]);
         let sig = hex::encode(mac::compute(Algorithm::Sha256, b"partner", &[b"{}"]));
         let ok = check(&v, &[("x-webhook-signature", &sig), ("x-webhook-id", "wh-2")], b"{}", NOW).unwrap();
         assert_eq!((ok.delivery.as_deref(), ok.replay), (Some("wh-2"), None));
@@ -110,7 +186,7 @@ mod tests {
 
     #[test]
     fn a_millisecond_timestamp_one_second_past_tolerance_fails() {
-        let v = verifier(Scheme::Hmac(scenario3()), &["partner"]);
+        let v = verifier(Scheme::hmac(scenario3()), &["partner"]);
         let old = NOW - 301_000;
         let sig = hex::encode(mac::compute(Algorithm::Sha256, b"partner", &[format!("{old}.").as_bytes(), b"{}"]));
         let pairs = [("x-webhook-signature", sig.as_str()), ("x-webhook-timestamp", &old.to_string())];
@@ -129,7 +205,7 @@ mod tests {
             event: EventFrom::Header("x-shopify-topic".into()),
             ..scenario3()
         };
-        let v = verifier(Scheme::Hmac(options), &["shpss_secret"]);
+        let v = verifier(Scheme::hmac(options), &["shpss_secret"]);
         let body = br#"{"id":820982911946154508}"#;
         let sig = mac::encode(Encoding::Base64, &mac::compute(Algorithm::Sha256, b"shpss_secret", &[body]));
         let ok = check(&v, &[("x-shopify-hmac-sha256", &sig), ("x-shopify-topic", "orders/create")], body, 0).unwrap();
@@ -147,7 +223,7 @@ mod tests {
             event: EventFrom::Field("type".into()),
             ..scenario3()
         };
-        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let v = verifier(Scheme::hmac(options), &["k"]);
         let hex = hex::encode(mac::compute(Algorithm::Sha512, b"k", &[br#"{"type":"a.b"}"#]));
         let ok = check(&v, &[("x-webhook-signature", &format!("sha512={hex}"))], br#"{"type":"a.b"}"#, 0).unwrap();
         assert_eq!(ok.event.as_deref(), Some("a.b"));
@@ -179,14 +255,14 @@ mod tests {
 
     #[test]
     fn hmac_without_a_signature_header_is_missing() {
-        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["k"]);
+        let v = verifier(Scheme::hmac(body_only(EventFrom::None)), &["k"]);
         assert_eq!(check(&v, &[], b"x", 0), Err(VerifyError::MissingSignature));
         assert_eq!(check(&v, &[("x-webhook-signature", "")], b"x", 0), Err(VerifyError::MissingSignature));
     }
 
     #[test]
     fn hmac_rejects_truncated_and_garbage_signatures() {
-        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["k"]);
+        let v = verifier(Scheme::hmac(body_only(EventFrom::None)), &["k"]);
         let good = hex_sig(b"k", b"x");
         for bad in [good[..good.len() - 2].to_string(), "x".repeat(64), format!("{good}00")] {
             assert_eq!(check(&v, &[("x-webhook-signature", &bad)], b"x", 0), Err(VerifyError::InvalidSignature));
@@ -195,20 +271,20 @@ mod tests {
 
     #[test]
     fn hmac_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &["old", "k"]);
+        let v = verifier(Scheme::hmac(body_only(EventFrom::None)), &["old", "k"]);
         assert!(check(&v, &[("x-webhook-signature", &hex_sig(b"k", b"x"))], b"x", 0).is_ok());
     }
 
     #[test]
     fn hmac_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Hmac(body_only(EventFrom::None)), &[""]);
+        let v = verifier(Scheme::hmac(body_only(EventFrom::None)), &[""]);
         assert_eq!(check(&v, &[("x-webhook-signature", &hex_sig(b"", b"x"))], b"x", 0), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn hmac_sha1_signatures_verify_when_configured() {
         let options = HmacOptions { algorithm: Algorithm::Sha1, ..body_only(EventFrom::None) };
-        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let v = verifier(Scheme::hmac(options), &["k"]);
         let sig = hex::encode(mac::compute(Algorithm::Sha1, b"k", &[b"x"]));
         assert!(check(&v, &[("x-webhook-signature", &sig)], b"x", 0).is_ok());
         assert_eq!(
@@ -220,7 +296,7 @@ mod tests {
     #[test]
     fn a_seconds_timestamp_exactly_at_tolerance_passes_and_one_second_past_fails() {
         let options = HmacOptions { timestamp_unit: TimeUnit::Seconds, ..scenario3() };
-        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let v = verifier(Scheme::hmac(options), &["k"]);
         let sig = hex_sig(b"k", b"1700000000.x");
         let pairs = [("x-webhook-signature", sig.as_str()), ("x-webhook-timestamp", "1700000000")];
         assert!(check(&v, &pairs, b"x", 1_700_000_300_000).is_ok());
@@ -231,7 +307,7 @@ mod tests {
 
     #[test]
     fn a_configured_timestamp_header_is_required() {
-        let v = verifier(Scheme::Hmac(scenario3()), &["k"]);
+        let v = verifier(Scheme::hmac(scenario3()), &["k"]);
         assert_eq!(
             check(&v, &[("x-webhook-signature", &hex_sig(b"k", b".x"))], b"x", NOW),
             Err(VerifyError::MissingSignature)
@@ -241,7 +317,7 @@ mod tests {
     #[test]
     fn an_id_in_the_signed_content_is_required_and_checked() {
         let options = HmacOptions { content: "{id}.{body}".into(), timestamp_header: None, ..scenario3() };
-        let v = verifier(Scheme::Hmac(options), &["k"]);
+        let v = verifier(Scheme::hmac(options), &["k"]);
         let sig = hex_sig(b"k", b"wh-1.x");
         assert!(check(&v, &[("x-webhook-signature", &sig), ("x-webhook-id", "wh-1")], b"x", 0).is_ok());
         assert_eq!(
@@ -253,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_event_field_in_a_body_that_is_not_json_is_malformed_only_after_verifying() {
-        let v = verifier(Scheme::Hmac(body_only(EventFrom::Field("type".into()))), &["k"]);
+        let v = verifier(Scheme::hmac(body_only(EventFrom::Field("type".into()))), &["k"]);
         assert!(matches!(
             check(&v, &[("x-webhook-signature", &hex_sig(b"k", b"x"))], b"x", 0),
             Err(VerifyError::MalformedBody(_))
@@ -271,7 +347,7 @@ mod tests {
             encoding: Encoding::Base64,
             ..body_only(EventFrom::None)
         };
-        let v = verifier(Scheme::Hmac(options), &["hush"]);
+        let v = verifier(Scheme::hmac(options), &["hush"]);
         let sig = mac::encode(Encoding::Base64, &mac::compute(Algorithm::Sha256, b"hush", &[b"{}"]));
         assert!(check(&v, &[("X-SHOPIFY-HMAC-SHA256", &sig)], b"{}", 0).is_ok());
     }

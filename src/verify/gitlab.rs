@@ -1,19 +1,34 @@
 //! GitLab: `X-Gitlab-Token` equal to a secret, or Standard Webhooks headers when GitLab signs the request.
 
-use super::{header, header_owned, mac, replay_key, standard, Inbound, Verified, Verifier, VerifyError};
+use super::signing::{push, push_some, token_text, Lines, Message, SignError};
+use super::{header, header_owned, mac, replay_key, standard, Check, Inbound, Secret, Verified, Verifier, VerifyError};
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
-    let delivery = header_owned(req, "idempotency-key").or_else(|| header_owned(req, "x-gitlab-event-uuid"));
-    let event = header_owned(req, "x-gitlab-event");
-    if header(req, "webhook-signature").is_some() {
-        let (id, at) = standard::check_headers(v, req)?;
-        return Ok(Verified { event, delivery: delivery.or(Some(id)), replay: Some(replay_key(at, req.body)) });
+#[derive(Debug)]
+pub(super) struct Gitlab;
+
+impl Check for Gitlab {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        let delivery = header_owned(req, "idempotency-key").or_else(|| header_owned(req, "x-gitlab-event-uuid"));
+        let event = header_owned(req, "x-gitlab-event");
+        if header(req, "webhook-signature").is_some() {
+            let (id, at) = standard::check_headers(v, req)?;
+            return Ok(Verified { event, delivery: delivery.or(Some(id)), replay: Some(replay_key(at, req.body)) });
+        }
+        let token = header(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
+        if !mac::token_matches_any(v.keys(), token.as_bytes()) {
+            return Err(VerifyError::InvalidSignature);
+        }
+        Ok(Verified { event, delivery, replay: None })
     }
-    let token = header(req, "x-gitlab-token").ok_or(VerifyError::MissingSignature)?;
-    if !mac::token_matches_any(v.keys(), token.as_bytes()) {
-        return Err(VerifyError::InvalidSignature);
+
+    /// The token form: it is what GitLab sends unless told to sign.
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let mut out = Vec::new();
+        push(&mut out, "X-Gitlab-Token", token_text(secret.expose())?);
+        push_some(&mut out, "X-Gitlab-Event", msg.event);
+        push_some(&mut out, "Idempotency-Key", Some(msg.id));
+        Ok(out)
     }
-    Ok(Verified { event, delivery, replay: None })
 }
 
 #[cfg(test)]
@@ -23,7 +38,7 @@ mod tests {
 
     #[test]
     fn the_gitlab_token_verifies_and_names_event_and_delivery() {
-        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["glpat-secret"]);
         let ok = check(
             &v,
             &[("x-gitlab-token", "glpat-secret"), ("x-gitlab-event", "Push Hook"), ("x-gitlab-event-uuid", "u-1")],
@@ -44,7 +59,7 @@ mod tests {
 
     #[test]
     fn a_wrong_shorter_or_missing_gitlab_token_fails() {
-        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["glpat-secret"]);
         for bad in ["glpat-secre", "glpat-secret2", "GLPAT-SECRET"] {
             assert_eq!(check(&v, &[("x-gitlab-token", bad)], b"{}", 0), Err(VerifyError::InvalidSignature));
         }
@@ -53,7 +68,7 @@ mod tests {
 
     #[test]
     fn gitlab_signed_with_standard_webhooks_verifies() {
-        let v = verifier(Scheme::Gitlab, &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
         let ok = check(
             &v,
             &[
@@ -81,26 +96,26 @@ mod tests {
 
     #[test]
     fn gitlab_rejects_an_empty_token() {
-        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["glpat-secret"]);
         assert_eq!(check(&v, &[("x-gitlab-token", "")], b"{}", 0), Err(VerifyError::MissingSignature));
     }
 
     #[test]
     fn gitlab_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Gitlab, &["old-token", "new-token"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["old-token", "new-token"]);
         assert!(check(&v, &[("x-gitlab-token", "new-token")], b"{}", 0).is_ok());
         assert!(check(&v, &[("x-gitlab-token", "old-token")], b"{}", 0).is_ok());
     }
 
     #[test]
     fn gitlab_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Gitlab, &[""]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &[""]);
         assert_eq!(check(&v, &[("x-gitlab-token", "x")], b"{}", 0), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn gitlab_standard_webhooks_one_second_past_tolerance_fails() {
-        let v = verifier(Scheme::Gitlab, &[STANDARD_SECRET]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &[STANDARD_SECRET]);
         assert!(check(&v, &STANDARD_HEADERS, STANDARD_BODY, STANDARD_NOW + 300_000).is_ok());
         assert_eq!(
             check(&v, &STANDARD_HEADERS, STANDARD_BODY, STANDARD_NOW + 301_000),
@@ -110,7 +125,7 @@ mod tests {
 
     #[test]
     fn gitlab_standard_webhooks_reject_a_changed_body() {
-        let v = verifier(Scheme::Gitlab, &[STANDARD_SECRET]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &[STANDARD_SECRET]);
         assert_eq!(
             check(&v, &STANDARD_HEADERS, br#"{"test": 2432232315}"#, STANDARD_NOW),
             Err(VerifyError::InvalidSignature)
@@ -119,7 +134,7 @@ mod tests {
 
     #[test]
     fn gitlab_never_parses_the_body() {
-        let v = verifier(Scheme::Gitlab, &["glpat-secret"]);
+        let v = verifier(Scheme::named("gitlab").unwrap(), &["glpat-secret"]);
         assert!(check(&v, &[("x-gitlab-token", "glpat-secret")], b"not json", 0).is_ok());
     }
 }

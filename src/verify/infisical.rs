@@ -1,9 +1,12 @@
 //! Infisical: `x-infisical-signature: t=<ms>;<hex HMAC-SHA256 of the body>`, with `t` equal to the body's
 //! `timestamp` and within tolerance.
 
-use super::{body_field, header, mac, replay_key, Algorithm, Encoding, Inbound, Verified, Verifier, VerifyError};
+use super::signing::{hex_mac, push, Lines, Message, SignError};
+use super::{
+    body_field, header, mac, replay_key, Algorithm, Check, Encoding, Inbound, Secret, Verified, Verifier, VerifyError,
+};
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let value = header(req, "x-infisical-signature").ok_or(VerifyError::MissingSignature)?;
     let (t, signature) = value.split_once(';').ok_or(VerifyError::InvalidSignature)?;
     let t = t.trim().strip_prefix("t=").ok_or(VerifyError::InvalidSignature)?;
@@ -26,6 +29,23 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     })
 }
 
+#[derive(Debug)]
+pub(super) struct Infisical;
+
+impl Check for Infisical {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req)
+    }
+
+    /// The body must carry `"timestamp": <the same ms>`; Infisical itself signs that way.
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let mut out = Vec::new();
+        let signature = hex_mac(secret.expose(), &[msg.body]);
+        push(&mut out, "x-infisical-signature", format!("t={};{signature}", msg.timestamp_ms));
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -45,7 +65,7 @@ mod tests {
 
     #[test]
     fn an_infisical_signature_verifies_and_names_the_event() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let ok = check(&v, &[("x-infisical-signature", &signed("inf", NOW, &body(NOW)))], body(NOW).as_bytes(), NOW)
             .unwrap();
         assert_eq!(ok.event.as_deref(), Some("secrets.modified"));
@@ -54,7 +74,7 @@ mod tests {
 
     #[test]
     fn a_header_timestamp_that_differs_from_the_body_fails() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let header = signed("inf", NOW + 1, &body(NOW));
         assert_eq!(
             check(&v, &[("x-infisical-signature", &header)], body(NOW).as_bytes(), NOW),
@@ -64,7 +84,7 @@ mod tests {
 
     #[test]
     fn a_stale_infisical_timestamp_fails() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let old = NOW - 301_000;
         let header = signed("inf", old, &body(old));
         assert_eq!(
@@ -75,7 +95,7 @@ mod tests {
 
     #[test]
     fn malformed_or_wrong_infisical_signatures_fail() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let good = signed("inf", NOW, &body(NOW));
         let hex_only = good.split_once(';').unwrap().1.to_string();
         for bad in [
@@ -95,7 +115,7 @@ mod tests {
 
     #[test]
     fn a_verified_body_that_is_not_json_is_malformed() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let header = signed("inf", NOW, "not json");
         assert!(matches!(
             check(&v, &[("x-infisical-signature", &header)], b"not json", NOW),
@@ -109,32 +129,32 @@ mod tests {
 
     #[test]
     fn an_infisical_timestamp_exactly_at_tolerance_passes_in_either_direction() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         assert!(run(&v, NOW - 300_000, NOW).is_ok());
         assert!(run(&v, NOW + 300_000, NOW).is_ok());
     }
 
     #[test]
     fn an_infisical_timestamp_one_second_in_the_future_past_tolerance_fails() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         assert_eq!(run(&v, NOW + 301_000, NOW), Err(VerifyError::StaleTimestamp));
     }
 
     #[test]
     fn infisical_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Infisical, &["old", "inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["old", "inf"]);
         assert!(run(&v, NOW, NOW).is_ok());
     }
 
     #[test]
     fn infisical_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Infisical, &[""]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &[""]);
         assert_eq!(run(&v, NOW, NOW), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn infisical_rejects_an_empty_signature_and_a_wrong_prefix() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let good = signed("inf", NOW, &body(NOW));
         for bad in [format!("t={NOW};"), good.replacen("t=", "ts=", 1), good.replacen(';', ",", 1)] {
             assert_eq!(
@@ -151,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_body_without_a_timestamp_fails() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let body = r#"{"event":"secrets.modified"}"#;
         assert_eq!(
             check(&v, &[("x-infisical-signature", &signed("inf", NOW, body))], body.as_bytes(), NOW),
@@ -161,14 +181,14 @@ mod tests {
 
     #[test]
     fn a_string_body_timestamp_as_in_infisicals_docs_verifies() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let body = format!(r#"{{"event":"secrets.modified","timestamp":"{NOW}"}}"#);
         assert!(check(&v, &[("x-infisical-signature", &signed("inf", NOW, &body))], body.as_bytes(), NOW).is_ok());
     }
 
     #[test]
     fn upper_case_hex_is_the_same_delivery_and_replay_key() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let lower = signed("inf", NOW, &body(NOW));
         let upper = format!("t={NOW};{}", lower.split_once(';').unwrap().1.to_ascii_uppercase());
         let a = check(&v, &[("x-infisical-signature", &lower)], body(NOW).as_bytes(), NOW).unwrap();
@@ -181,9 +201,16 @@ mod tests {
 
     #[test]
     fn the_infisical_delivery_is_the_timestamp_and_signature() {
-        let v = verifier(Scheme::Infisical, &["inf"]);
+        let v = verifier(Scheme::named("infisical").unwrap(), &["inf"]);
         let header = signed("inf", NOW, &body(NOW));
         let ok = run(&v, NOW, NOW).unwrap();
         assert_eq!(ok.delivery, Some(header.replacen("t=", "", 1).replacen(';', ".", 1)));
+    }
+
+    #[test]
+    fn infisical_signing_puts_milliseconds_in_t() {
+        let msg = Message { id: "", event: None, timestamp_ms: NOW, body: b"{}" };
+        let lines = Scheme::named("infisical").unwrap().sign(&Secret::new(b"k".to_vec()), &msg).unwrap();
+        assert_eq!(lines[0].1, format!("t={NOW};{}", hex::encode(mac::compute(Algorithm::Sha256, b"k", &[b"{}"]))));
     }
 }

@@ -1,11 +1,12 @@
 //! Slack: `X-Slack-Signature: v0=<hex>` over `v0:<ts>:<body>`, with `X-Slack-Request-Timestamp` (s).
 
+use super::signing::{hex_mac, push, Lines, Message, SignError};
 use super::{
-    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier,
-    VerifyError,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Check, Encoding, Inbound, Secret, TimeUnit, Verified,
+    Verifier, VerifyError,
 };
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let signature = header(req, "x-slack-signature").ok_or(VerifyError::MissingSignature)?;
     let ts = header(req, "x-slack-request-timestamp").ok_or(VerifyError::MissingSignature)?;
     let hex = signature.strip_prefix("v0=").ok_or(VerifyError::InvalidSignature)?;
@@ -30,6 +31,24 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     Ok(Verified { event, delivery: derived(), replay: Some(replay_key(at, req.body)) })
 }
 
+#[derive(Debug)]
+pub(super) struct Slack;
+
+impl Check for Slack {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let seconds = msg.timestamp_ms.div_euclid(1000).to_string();
+        let v0 = hex_mac(secret.expose(), &[b"v0:", seconds.as_bytes(), b":", msg.body]);
+        let mut out = Vec::new();
+        push(&mut out, "X-Slack-Request-Timestamp", seconds.as_str());
+        push(&mut out, "X-Slack-Signature", format!("v0={v0}"));
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -43,7 +62,7 @@ mod tests {
 
     #[test]
     fn slacks_documented_vector_verifies() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let ok =
             check(&v, &[("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)], BODY.as_bytes(), NOW)
                 .unwrap();
@@ -53,7 +72,7 @@ mod tests {
 
     #[test]
     fn a_slack_request_one_second_past_tolerance_fails() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
         assert!(check(&v, &pairs, BODY.as_bytes(), NOW + 300_000).is_ok());
         assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW + 301_000), Err(VerifyError::StaleTimestamp));
@@ -61,7 +80,7 @@ mod tests {
 
     #[test]
     fn slack_rejects_a_wrong_prefix_or_a_shorter_signature() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         for bad in
             [&SIGNATURE[3..], "v1=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503", &SIGNATURE[..40]]
         {
@@ -83,7 +102,7 @@ mod tests {
 
     #[test]
     fn a_slack_request_one_second_in_the_future_past_tolerance_fails() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
         assert!(check(&v, &pairs, BODY.as_bytes(), NOW - 300_000).is_ok());
         assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW - 301_000), Err(VerifyError::StaleTimestamp));
@@ -91,7 +110,7 @@ mod tests {
 
     #[test]
     fn slack_rejects_an_empty_signature() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let pairs = [("x-slack-signature", "v0="), ("x-slack-request-timestamp", TS)];
         assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::InvalidSignature));
         let pairs = [("x-slack-signature", ""), ("x-slack-request-timestamp", TS)];
@@ -100,21 +119,21 @@ mod tests {
 
     #[test]
     fn slack_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Slack, &["old", SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &["old", SECRET]);
         let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
         assert!(check(&v, &pairs, BODY.as_bytes(), NOW).is_ok());
     }
 
     #[test]
     fn slack_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Slack, &[""]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[""]);
         let pairs = [("x-slack-signature", SIGNATURE), ("x-slack-request-timestamp", TS)];
         assert_eq!(check(&v, &pairs, BODY.as_bytes(), NOW), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn a_slack_event_callback_names_its_type_and_event_id() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let body = br#"{"type":"event_callback","event_id":"Ev1","event":{"type":"app_mention"}}"#;
         let sig = sign(SECRET, TS, body);
         let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
@@ -123,7 +142,7 @@ mod tests {
 
     #[test]
     fn a_slack_body_without_event_id_gets_a_delivery_from_timestamp_and_signature() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let body = br#"{"type":"url_verification","challenge":"c"}"#;
         let sig = sign(SECRET, TS, body);
         let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
@@ -133,10 +152,23 @@ mod tests {
 
     #[test]
     fn a_slack_interaction_names_the_payloads_type() {
-        let v = verifier(Scheme::Slack, &[SECRET]);
+        let v = verifier(Scheme::named("slack").unwrap(), &[SECRET]);
         let body = b"payload=%7B%22type%22%3A%22block_actions%22%7D";
         let sig = sign(SECRET, TS, body);
         let ok = check(&v, &[("x-slack-signature", &sig), ("x-slack-request-timestamp", TS)], body, NOW).unwrap();
         assert_eq!(ok.event.as_deref(), Some("block_actions"));
+    }
+
+    #[test]
+    fn slack_signing_matches_the_documented_vector() {
+        let body = "token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        let secret = Secret::new(b"8f742231b10e8888abcd99yyyzzz85a5".to_vec());
+        let msg = Message { id: "", event: None, timestamp_ms: 1_531_420_618_000, body: body.as_bytes() };
+        let lines = Scheme::named("slack").unwrap().sign(&secret, &msg).unwrap();
+        assert!(lines.contains(&("X-Slack-Request-Timestamp".into(), "1531420618".into())));
+        assert!(lines.contains(&(
+            "X-Slack-Signature".into(),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503".into()
+        )));
     }
 }

@@ -3,8 +3,9 @@
 
 use base64::Engine;
 
+use super::signing::{push, Lines, Message, SignError};
 use super::{
-    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, Secret, TimeUnit, Verified,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Check, Encoding, Inbound, Secret, TimeUnit, Verified,
     Verifier, VerifyError,
 };
 
@@ -41,9 +42,33 @@ pub(super) fn check_headers(v: &Verifier, req: &Inbound<'_>) -> Result<(String, 
     Ok((id.to_string(), at))
 }
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let (id, at) = check_headers(v, req)?;
     Ok(Verified { event: body_field(req.body, "type")?, delivery: Some(id), replay: Some(replay_key(at, req.body)) })
+}
+
+#[derive(Debug)]
+pub(super) struct Standard;
+
+impl Check for Standard {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        if msg.id.is_empty() {
+            return Err(SignError::Unverifiable("Standard Webhooks needs a message id"));
+        }
+        let key = key(secret).ok_or(SignError::BadSecret("a whsec_ secret must be base64 after the prefix"))?;
+        let seconds = msg.timestamp_ms.div_euclid(1000).to_string();
+        let signature =
+            mac::compute(Algorithm::Sha256, &key, &[msg.id.as_bytes(), b".", seconds.as_bytes(), b".", msg.body]);
+        let mut out = Vec::new();
+        push(&mut out, "webhook-id", msg.id);
+        push(&mut out, "webhook-timestamp", seconds);
+        push(&mut out, "webhook-signature", format!("v1,{}", mac::encode(Encoding::Base64, &signature)));
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -61,7 +86,7 @@ mod tests {
     #[test]
     fn the_replay_key_is_the_signed_timestamp_and_body_whatever_the_id() {
         use base64::Engine;
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         let key = standard_key(&Secret::new(SECRET.as_bytes().to_vec())).unwrap();
         let signed = |id: &str, ts: &str, body: &[u8]| {
             let mac = mac::compute(Algorithm::Sha256, &key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body]);
@@ -86,7 +111,7 @@ mod tests {
 
     #[test]
     fn the_standard_webhooks_vector_verifies() {
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         let ok = run(&v, headers_with(SIGNATURE, TS), NOW).unwrap();
         assert_eq!(ok.delivery.as_deref(), Some(ID));
         assert_eq!(ok.event, None);
@@ -94,14 +119,14 @@ mod tests {
 
     #[test]
     fn one_matching_signature_in_a_list_is_enough() {
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         let list = format!("v1,Zm9v v2,abc {SIGNATURE}");
         assert!(run(&v, headers_with(&list, TS), NOW).is_ok());
     }
 
     #[test]
     fn a_timestamp_one_second_past_tolerance_fails() {
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         assert!(run(&v, headers_with(SIGNATURE, TS), NOW + 300_000).is_ok());
         assert_eq!(run(&v, headers_with(SIGNATURE, TS), NOW + 301_000), Err(VerifyError::StaleTimestamp));
         assert_eq!(run(&v, headers_with(SIGNATURE, TS), NOW - 301_000), Err(VerifyError::StaleTimestamp));
@@ -109,7 +134,7 @@ mod tests {
 
     #[test]
     fn standard_rejects_wrong_version_truncation_and_missing_headers() {
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         for bad in ["v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", "v1,g0hM9SsE+OTPJTGt", "v1,", ""] {
             let expected = if bad.is_empty() { VerifyError::MissingSignature } else { VerifyError::InvalidSignature };
             assert_eq!(run(&v, headers_with(bad, TS), NOW), Err(expected), "{bad}");
@@ -117,13 +142,13 @@ mod tests {
         let mut no_id = headers_with(SIGNATURE, TS);
         no_id.remove(0);
         assert_eq!(run(&v, no_id, NOW), Err(VerifyError::MissingSignature));
-        let other = verifier(Scheme::Standard, &["whsec_c2VjcmV0"]);
+        let other = verifier(Scheme::named("standard").unwrap(), &["whsec_c2VjcmV0"]);
         assert_eq!(run(&other, headers_with(SIGNATURE, TS), NOW), Err(VerifyError::InvalidSignature));
     }
 
     #[test]
     fn the_event_is_the_bodys_type() {
-        let v = verifier(Scheme::Standard, &["whsec_c2VjcmV0"]);
+        let v = verifier(Scheme::named("standard").unwrap(), &["whsec_c2VjcmV0"]);
         let body = br#"{"type":"invoice.paid"}"#;
         let sig = format!(
             "v1,{}",
@@ -136,23 +161,23 @@ mod tests {
 
     #[test]
     fn standard_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Standard, &["whsec_c2VjcmV0", SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &["whsec_c2VjcmV0", SECRET]);
         assert!(run(&v, headers_with(SIGNATURE, TS), NOW).is_ok());
     }
 
     #[test]
     fn a_standard_secret_with_nothing_after_the_prefix_is_no_secret() {
         for secret in ["whsec_", "whsec_!!!not base64"] {
-            let v = verifier(Scheme::Standard, &[secret]);
+            let v = verifier(Scheme::named("standard").unwrap(), &[secret]);
             assert_eq!(run(&v, headers_with(SIGNATURE, TS), NOW), Err(VerifyError::NoSecret), "{secret}");
         }
-        let empty = verifier(Scheme::Standard, &[""]);
+        let empty = verifier(Scheme::named("standard").unwrap(), &[""]);
         assert_eq!(run(&empty, headers_with(SIGNATURE, TS), NOW), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn a_standard_secret_without_the_prefix_is_used_as_raw_bytes() {
-        let v = verifier(Scheme::Standard, &["raw-key"]);
+        let v = verifier(Scheme::named("standard").unwrap(), &["raw-key"]);
         let sig = format!(
             "v1,{}",
             mac::encode(
@@ -165,13 +190,13 @@ mod tests {
 
     #[test]
     fn standard_rejects_a_timestamp_that_is_not_a_number() {
-        let v = verifier(Scheme::Standard, &[SECRET]);
+        let v = verifier(Scheme::named("standard").unwrap(), &[SECRET]);
         assert_eq!(run(&v, headers_with(SIGNATURE, "soon"), NOW), Err(VerifyError::InvalidSignature));
     }
 
     #[test]
     fn a_verified_standard_body_that_is_not_json_is_malformed() {
-        let v = verifier(Scheme::Standard, &["whsec_c2VjcmV0"]);
+        let v = verifier(Scheme::named("standard").unwrap(), &["whsec_c2VjcmV0"]);
         let sig = format!(
             "v1,{}",
             mac::encode(Encoding::Base64, &mac::compute(Algorithm::Sha256, b"secret", &[b"m1.1614265330.", b"<xml/>"]))
@@ -180,5 +205,18 @@ mod tests {
             check(&v, &[("webhook-id", "m1"), ("webhook-timestamp", TS), ("webhook-signature", &sig)], b"<xml/>", NOW),
             Err(VerifyError::MalformedBody(_))
         ));
+    }
+
+    #[test]
+    fn standard_signing_matches_the_documented_vector() {
+        let secret = Secret::new(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_vec());
+        let msg = Message {
+            id: "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            event: None,
+            timestamp_ms: 1_614_265_330_000,
+            body: br#"{"test": 2432232314}"#,
+        };
+        let headers = Scheme::named("standard").unwrap().sign(&secret, &msg).unwrap();
+        assert_eq!(headers[2], ("webhook-signature".into(), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".into()));
     }
 }

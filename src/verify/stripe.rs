@@ -1,11 +1,12 @@
 //! Stripe: `Stripe-Signature: t=…,v1=…[,v1=…]` over `t.body`, keyed with the whole secret string.
 
+use super::signing::{hex_mac, push, Lines, Message, SignError};
 use super::{
-    body_field, header, mac, parse_time, replay_key, Algorithm, Encoding, Inbound, TimeUnit, Verified, Verifier,
-    VerifyError,
+    body_field, header, mac, parse_time, replay_key, Algorithm, Check, Encoding, Inbound, Secret, TimeUnit, Verified,
+    Verifier, VerifyError,
 };
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
     let value = header(req, "stripe-signature").ok_or(VerifyError::MissingSignature)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
@@ -37,6 +38,23 @@ pub(super) fn verify(v: &Verifier, req: &Inbound<'_>) -> Result<Verified, Verify
     })
 }
 
+#[derive(Debug)]
+pub(super) struct Stripe;
+
+impl Check for Stripe {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let seconds = msg.timestamp_ms.div_euclid(1000).to_string();
+        let v1 = hex_mac(secret.expose(), &[seconds.as_bytes(), b".", msg.body]);
+        let mut out = Vec::new();
+        push(&mut out, "Stripe-Signature", format!("t={seconds},v1={v1}"));
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -52,7 +70,7 @@ mod tests {
 
     #[test]
     fn a_stripe_signature_verifies_among_several() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         let header = format!("t=1700000000,v1={},v1={},v0=abc", "00".repeat(32), v1("1700000000"));
         let ok = check(&v, &[("stripe-signature", &header)], BODY, NOW).unwrap();
         assert_eq!((ok.event.as_deref(), ok.delivery.as_deref()), (Some("payment_intent.succeeded"), Some("evt_1")));
@@ -60,7 +78,7 @@ mod tests {
 
     #[test]
     fn a_stripe_timestamp_one_second_past_tolerance_fails() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         let header = format!("t=1700000000,v1={}", v1("1700000000"));
         assert!(check(&v, &[("stripe-signature", &header)], BODY, NOW + 300_000).is_ok());
         assert_eq!(check(&v, &[("stripe-signature", &header)], BODY, NOW + 301_000), Err(VerifyError::StaleTimestamp));
@@ -68,7 +86,7 @@ mod tests {
 
     #[test]
     fn stripe_rejects_missing_parts_and_wrong_signatures() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         for bad in [
             format!("v1={}", v1("1700000000")),
             "t=1700000000".to_string(),
@@ -88,14 +106,14 @@ mod tests {
 
     #[test]
     fn a_stripe_timestamp_one_second_in_the_future_past_tolerance_fails() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         assert!(check(&v, &[("stripe-signature", &valid())], BODY, NOW - 300_000).is_ok());
         assert_eq!(check(&v, &[("stripe-signature", &valid())], BODY, NOW - 301_000), Err(VerifyError::StaleTimestamp));
     }
 
     #[test]
     fn stripe_rejects_empty_truncated_and_v0_only_signatures() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         let good = v1("1700000000");
         for bad in [
             "t=1700000000,v1=".to_string(),
@@ -113,25 +131,25 @@ mod tests {
 
     #[test]
     fn stripe_without_a_signature_is_missing() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         assert_eq!(check(&v, &[], BODY, NOW), Err(VerifyError::MissingSignature));
     }
 
     #[test]
     fn stripe_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Stripe, &["whsec_old", SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &["whsec_old", SECRET]);
         assert!(check(&v, &[("stripe-signature", &valid())], BODY, NOW).is_ok());
     }
 
     #[test]
     fn stripe_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Stripe, &[""]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[""]);
         assert_eq!(check(&v, &[("stripe-signature", &valid())], BODY, NOW), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn a_verified_stripe_body_that_is_not_json_is_malformed() {
-        let v = verifier(Scheme::Stripe, &[SECRET]);
+        let v = verifier(Scheme::named("stripe").unwrap(), &[SECRET]);
         let sig = hex::encode(mac::compute(Algorithm::Sha256, SECRET.as_bytes(), &[b"1700000000.", b"nope"]));
         assert!(matches!(
             check(&v, &[("stripe-signature", &format!("t=1700000000,v1={sig}"))], b"nope", NOW),

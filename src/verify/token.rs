@@ -1,8 +1,57 @@
 //! A shared token: `Authorization: Bearer <token>`, another header holding it as is, or a query parameter.
 
-use super::{event_from, header, header_owned, mac, Inbound, TokenOptions, Verified, Verifier, VerifyError};
+use std::sync::Arc;
 
-pub(super) fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Result<Verified, VerifyError> {
+use super::signing::{push, push_some, token_text, Lines, Message, SignError};
+use super::{
+    event_from, header, header_owned, mac, Check, EventFrom, Inbound, KeyError, Keys, Scheme, Secret, TokenOptions,
+    Verified, Verifier, VerifyError,
+};
+
+pub(super) fn configure(keys: &Keys) -> Result<Arc<dyn Check>, KeyError> {
+    Ok(Arc::new(TokenOptions {
+        header: keys.text("header")?.unwrap_or("authorization").to_ascii_lowercase(),
+        query_param: keys.text("query_param")?.map(str::to_string),
+        id_header: keys.text("id_header")?.map(str::to_string),
+        event: keys.event()?,
+    }))
+}
+
+impl Scheme {
+    /// The shared-token scheme with options already built.
+    pub fn token(options: TokenOptions) -> Scheme {
+        Scheme::with("token", Arc::new(options))
+    }
+}
+
+impl Check for TokenOptions {
+    fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError> {
+        verify(v, req, self)
+    }
+
+    fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError> {
+        let token = token_text(secret.expose())?;
+        let mut out = Vec::new();
+        if self.header.trim().eq_ignore_ascii_case("authorization") {
+            push(&mut out, "Authorization", format!("Bearer {token}"));
+        } else {
+            push(&mut out, &self.header, token);
+        }
+        if let Some(name) = &self.id_header {
+            push_some(&mut out, name, Some(msg.id));
+        }
+        if let EventFrom::Header(name) = &self.event {
+            push_some(&mut out, name, msg.event);
+        }
+        Ok(out)
+    }
+
+    fn credential_headers(&self) -> Vec<&str> {
+        vec![self.header.as_str()]
+    }
+}
+
+fn verify(v: &Verifier, req: &Inbound<'_>, o: &TokenOptions) -> Result<Verified, VerifyError> {
     let from_header = header(req, &o.header).and_then(|value| {
         if o.header.trim().eq_ignore_ascii_case("authorization") {
             let (scheme, token) = value.split_once(' ')?;
@@ -42,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_bearer_token_verifies() {
-        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("authorization")), &["t0k3n"]);
         let ok =
             check(&v, &[("authorization", "Bearer t0k3n"), ("x-request-id", "r1")], br#"{"type":"user.created"}"#, 0)
                 .unwrap();
@@ -51,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_wrong_shorter_or_unprefixed_token_fails() {
-        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("authorization")), &["t0k3n"]);
         for bad in ["Bearer t0k3", "Bearer t0k3n!", "t0k3n", "Basic t0k3n"] {
             let result = check(&v, &[("authorization", bad)], b"{}", 0);
             assert!(matches!(result, Err(VerifyError::InvalidSignature | VerifyError::MissingSignature)), "{bad}");
@@ -60,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_token_in_another_header_or_the_url_verifies() {
-        let v = verifier(Scheme::Token(options("x-api-token")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("x-api-token")), &["t0k3n"]);
         assert!(check(&v, &[("x-api-token", "t0k3n")], b"{}", 0).is_ok());
         let headers = headers(&[]);
         let req = Inbound { headers: &headers, body: b"{}", query: Some("a=1&token=t0k3n"), now_ms: 0 };
@@ -71,32 +120,32 @@ mod tests {
 
     #[test]
     fn an_empty_bearer_token_is_missing() {
-        let v = verifier(Scheme::Token(options("authorization")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("authorization")), &["t0k3n"]);
         assert_eq!(check(&v, &[("authorization", "Bearer ")], b"{}", 0), Err(VerifyError::MissingSignature));
         assert_eq!(check(&v, &[], b"{}", 0), Err(VerifyError::MissingSignature));
     }
 
     #[test]
     fn the_authorization_option_is_case_insensitive() {
-        let v = verifier(Scheme::Token(options("Authorization")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("Authorization")), &["t0k3n"]);
         assert!(check(&v, &[("authorization", "bearer t0k3n")], b"{}", 0).is_ok());
     }
 
     #[test]
     fn a_token_accepts_the_second_secret_during_rotation() {
-        let v = verifier(Scheme::Token(options("authorization")), &["old", "t0k3n"]);
+        let v = verifier(Scheme::token(options("authorization")), &["old", "t0k3n"]);
         assert!(check(&v, &[("authorization", "Bearer t0k3n")], b"{}", 0).is_ok());
     }
 
     #[test]
     fn a_token_with_only_an_empty_secret_has_no_secret() {
-        let v = verifier(Scheme::Token(options("authorization")), &[""]);
+        let v = verifier(Scheme::token(options("authorization")), &[""]);
         assert_eq!(check(&v, &[("authorization", "Bearer ")], b"{}", 0), Err(VerifyError::NoSecret));
     }
 
     #[test]
     fn an_empty_token_in_the_url_never_verifies() {
-        let v = verifier(Scheme::Token(options("x-api-token")), &["t0k3n"]);
+        let v = verifier(Scheme::token(options("x-api-token")), &["t0k3n"]);
         let headers = headers(&[]);
         let req = Inbound { headers: &headers, body: b"{}", query: Some("token="), now_ms: 0 };
         assert_eq!(v.verify(&req), Err(VerifyError::InvalidSignature));

@@ -195,3 +195,46 @@ store_test! {
         assert_eq!(store.job_counts().await.unwrap().queued, 0);
     }
 }
+
+#[test]
+fn check_and_serve_refuse_a_key_of_another_provider_naming_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://hookgate.db\"\n[[sources]]\nname = \"gh\"\nprovider = \"github\"\nsecrets = [\"s\"]\nsignature_header = \"X-Webhook-Signature\"\n",
+    )
+    .unwrap();
+    for command in ["check", "serve"] {
+        let (code, _, err) = run(&[command, "-c", path.to_str().unwrap()], None, &[]);
+        assert_eq!(code, 64, "{command}: {err}");
+        assert!(err.contains("sources[0].signature_header: not a key of provider \"github\""), "{command}: {err}");
+    }
+    assert!(!dir.path().join("hookgate.db").exists(), "serve opened the store before refusing the configuration");
+}
+
+#[test]
+fn sign_offers_every_provider_in_the_table_forgejo_included() {
+    let (code, help, _) = run(&["sign", "--help"], None, &[]);
+    assert_eq!(code, 0);
+    for name in hookgate::verify::provider_names() {
+        assert!(help.contains(&format!("- {name}:")), "{name} missing from\n{help}");
+    }
+    for name in hookgate::verify::provider_names() {
+        let secret = if name == "standard" { "whsec_c2VjcmV0" } else { "s3cret" };
+        let (code, out, err) = run(&["sign", "--provider", name, "--secret", secret], Some(r#"{"timestamp":1}"#), &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(!out.trim().is_empty(), "{name}");
+    }
+    let (_, out, _) = run(&["sign", "--provider", "forgejo", "--secret", "s3cret"], Some("x"), &[]);
+    let expected = hex::encode(hookgate::verify::mac::compute(hookgate::verify::Algorithm::Sha256, b"s3cret", &[b"x"]));
+    assert!(out.contains(&format!("X-Gitea-Signature: {expected}")), "{out}");
+    // The provider's own checks apply on the command line too, naming the flag.
+    let (code, _, err) =
+        run(&["sign", "--provider", "hmac", "--secret", "s", "--content", "{timestamp}.{body}"], Some("x"), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--content: uses {timestamp} but no timestamp_header is set"), "{err}");
+    let (code, _, err) = run(&["sign", "--provider", "githb", "--secret", "s"], Some("x"), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("forgejo"), "{err}");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use base64::Engine;
 use hookgate::sign::{headers as sign_headers, Message};
 use hookgate::verify::{
-    Algorithm, Encoding, EventFrom, HmacOptions, Inbound, Scheme, Secret, TimeUnit, TokenOptions, Verifier,
+    Algorithm, Encoding, EventFrom, HmacOptions, Inbound, Scheme, Secret, TimeUnit, TokenOptions, Verifier, PROVIDERS,
 };
 use proptest::prelude::*;
 
@@ -72,42 +72,51 @@ fn token_options() -> impl Strategy<Value = TokenOptions> {
     })
 }
 
-fn scheme() -> impl Strategy<Value = Scheme> {
+/// A scheme to test, and whether its bodies must be JSON (it reads event, id or timestamp from the body).
+#[derive(Debug, Clone)]
+struct Case {
+    scheme: Scheme,
+    json: bool,
+}
+
+/// A provider from the table that takes no keys.
+fn keyless() -> impl Strategy<Value = Case> {
+    let names: Vec<&str> = PROVIDERS.iter().filter(|p| p.keys.is_empty()).map(|p| p.name).collect();
+    prop::sample::select(names).prop_map(|name| Case {
+        scheme: Scheme::named(name).unwrap(),
+        json: matches!(name, "infisical" | "standard" | "stripe" | "slack"),
+    })
+}
+
+fn scheme() -> impl Strategy<Value = Case> {
     prop_oneof![
-        any::<bool>().prop_map(|allow_sha1| Scheme::Github { allow_sha1 }),
-        Just(Scheme::Gitlab),
-        Just(Scheme::Gitea),
-        Just(Scheme::Bitbucket),
-        Just(Scheme::Infisical),
-        Just(Scheme::Standard),
-        Just(Scheme::Stripe),
-        Just(Scheme::Slack),
-        hmac_options().prop_map(Scheme::Hmac),
-        token_options().prop_map(Scheme::Token),
+        any::<bool>().prop_map(|allow_sha1| Case { scheme: Scheme::github(allow_sha1), json: false }),
+        keyless(),
+        hmac_options().prop_map(|o| Case { json: matches!(o.event, EventFrom::Field(_)), scheme: Scheme::hmac(o) }),
+        token_options().prop_map(|o| Case { json: matches!(o.event, EventFrom::Field(_)), scheme: Scheme::token(o) }),
     ]
+}
+
+/// Schemes that check a shared token rather than a MAC of the body.
+fn checks_only_a_token(scheme: &Scheme) -> bool {
+    matches!(scheme.name(), "gitlab" | "token")
 }
 
 /// A secret of the shape the scheme takes: `whsec_<base64>` for Standard Webhooks, a header-safe token for
 /// the token schemes, any bytes for the MAC schemes.
 fn secret_for(scheme: &Scheme, raw: &[u8], token: &str) -> Secret {
-    match scheme {
-        Scheme::Standard => {
+    match scheme.name() {
+        "standard" => {
             Secret::new(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(raw)).into_bytes())
         }
-        Scheme::Gitlab | Scheme::Token(_) => Secret::new(token.as_bytes().to_vec()),
+        _ if checks_only_a_token(scheme) => Secret::new(token.as_bytes().to_vec()),
         _ => Secret::new(raw.to_vec()),
     }
 }
 
 /// Schemes that read the body (event, id, timestamp) need JSON; the others sign any bytes.
-fn body_for(scheme: &Scheme, raw: &[u8], event: &str, id: &str, t: i64, text: &str) -> Vec<u8> {
-    let needs_json = match scheme {
-        Scheme::Infisical | Scheme::Standard | Scheme::Stripe | Scheme::Slack => true,
-        Scheme::Hmac(o) => matches!(o.event, EventFrom::Field(_)),
-        Scheme::Token(o) => matches!(o.event, EventFrom::Field(_)),
-        _ => false,
-    };
-    if !needs_json {
+fn body_for(case: &Case, raw: &[u8], event: &str, id: &str, t: i64, text: &str) -> Vec<u8> {
+    if !case.json {
         return raw.to_vec();
     }
     serde_json::json!({ "type": event, "event": event, "id": id, "event_id": id, "timestamp": t, "data": text })
@@ -115,20 +124,10 @@ fn body_for(scheme: &Scheme, raw: &[u8], event: &str, id: &str, t: i64, text: &s
         .into_bytes()
 }
 
-/// The header holding what is checked against the secret.
-fn signature_header(scheme: &Scheme) -> String {
-    match scheme {
-        Scheme::Github { .. } => "x-hub-signature-256".into(),
-        Scheme::Gitlab => "x-gitlab-token".into(),
-        Scheme::Gitea => "x-gitea-signature".into(),
-        Scheme::Bitbucket => "x-hub-signature".into(),
-        Scheme::Infisical => "x-infisical-signature".into(),
-        Scheme::Standard => "webhook-signature".into(),
-        Scheme::Stripe => "stripe-signature".into(),
-        Scheme::Slack => "x-slack-signature".into(),
-        Scheme::Hmac(o) => o.signature_header.to_ascii_lowercase(),
-        Scheme::Token(o) => o.header.clone(),
-    }
+/// The header holding what is checked against the secret, as the provider table names it.
+fn signature_header(scheme: &Scheme, lines: &[(String, String)]) -> String {
+    let (name, _) = lines.iter().find(|(name, _)| scheme.is_credential(name)).expect("a credential header");
+    name.to_ascii_lowercase()
 }
 
 fn header_map(lines: &[(String, String)]) -> http::HeaderMap {
@@ -156,7 +155,7 @@ proptest! {
 
     #[test]
     fn what_sign_produces_verifies_and_a_flipped_byte_does_not(
-        scheme in scheme(),
+        case in scheme(),
         raw_secret in prop::collection::vec(any::<u8>(), 1..64),
         token in "[A-Za-z0-9_.~-]{1,48}",
         decoy_first in any::<bool>(),
@@ -169,9 +168,10 @@ proptest! {
         flip_at in any::<prop::sample::Index>(),
         flip_sig_at in any::<usize>(),
     ) {
+        let scheme = case.scheme.clone();
         let secret = secret_for(&scheme, &raw_secret, &token);
         let t = now_ms + skew_ms;
-        let body = body_for(&scheme, &raw_body, &event, &id, t, &text);
+        let body = body_for(&case, &raw_body, &event, &id, t, &text);
         let message = Message { id: &id, event: Some(&event), timestamp_ms: t, body: &body };
         let lines = sign_headers(&scheme, &secret, &message).unwrap();
         let headers = header_map(&lines);
@@ -183,14 +183,14 @@ proptest! {
         prop_assert!(verify(&verifier, &headers, &body, now_ms), "{scheme:?} did not verify its own signature: {lines:?}");
 
         // A single flipped bit anywhere in the body fails, except where only a token is checked.
-        if !matches!(scheme, Scheme::Gitlab | Scheme::Token(_)) {
+        if !checks_only_a_token(&scheme) {
             let mut tampered = body.clone();
             tampered[flip_at.index(body.len())] ^= 0x01;
             prop_assert!(!verify(&verifier, &headers, &tampered, now_ms), "{scheme:?} accepted a changed body");
         }
 
         // A changed character of the signature (or token) fails.
-        let name = signature_header(&scheme);
+        let name = signature_header(&scheme, &lines);
         let mut forged = headers.clone();
         let value = forged.get(&name).unwrap_or_else(|| panic!("{name} in {lines:?}")).to_str().unwrap().to_string();
         forged.insert(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), flip_char(&value, flip_sig_at).parse().unwrap());
@@ -207,23 +207,24 @@ proptest! {
 
     #[test]
     fn a_signature_older_than_the_tolerance_fails_for_every_timestamped_scheme(
-        scheme in prop_oneof![
-            Just(Scheme::Infisical),
-            Just(Scheme::Standard),
-            Just(Scheme::Stripe),
-            Just(Scheme::Slack),
-            hmac_options().prop_filter("timestamped", |o| o.timestamp_header.is_some()).prop_map(Scheme::Hmac),
+        case in prop_oneof![
+            prop::sample::select(vec!["infisical", "standard", "stripe", "slack"])
+                .prop_map(|name| Case { scheme: Scheme::named(name).unwrap(), json: true }),
+            hmac_options()
+                .prop_filter("timestamped", |o| o.timestamp_header.is_some())
+                .prop_map(|o| Case { json: matches!(o.event, EventFrom::Field(_)), scheme: Scheme::hmac(o) }),
         ],
         raw_secret in prop::collection::vec(any::<u8>(), 1..64),
         now_ms in 1_000_000_000_000i64..4_000_000_000_000,
         late_ms in 1_001i64..10_000_000,
         ahead in any::<bool>(),
     ) {
+        let scheme = case.scheme.clone();
         let secret = secret_for(&scheme, &raw_secret, "unused");
         // Past the tolerance by more than a second, so rounding to whole seconds cannot bring it back.
         let offset = TOLERANCE.as_millis() as i64 + late_ms;
         let t = if ahead { now_ms + offset } else { now_ms - offset };
-        let body = body_for(&scheme, b"{}", "e", "id-1", t, "");
+        let body = body_for(&case, b"{}", "e", "id-1", t, "");
         let lines = sign_headers(&scheme, &secret, &Message { id: "id-1", event: Some("e"), timestamp_ms: t, body: &body }).unwrap();
         let verifier = Verifier { scheme: scheme.clone(), secrets: vec![secret], tolerance: TOLERANCE };
         prop_assert!(!verify(&verifier, &header_map(&lines), &body, now_ms), "{scheme:?} accepted a stale signature");
