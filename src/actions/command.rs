@@ -34,7 +34,7 @@ use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
 use super::{AttemptResult, Hint, JobContext, Outcome};
-use crate::config::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
+use crate::config::value::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
 use crate::template::{RenderError, Text};
 
 /// The `type` that selects this kind.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::human;
 use super::{table_as, AttemptResult, Hint, JobContext, Outcome};
-use crate::config::{invalid, opt_duration, resolve_secret, ConfigError, Env};
+use crate::config::value::{invalid, opt_duration, resolve_secret, ConfigError, Env};
 use crate::sign::{self, Message, SignError};
 use crate::template::{RenderError, Text};
 use crate::verify::{Keys, Scheme, Secret};

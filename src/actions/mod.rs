@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{field_names, invalid, ConfigError, Env};
+use crate::config::value::{field_names, invalid, ConfigError, Env};
 use crate::template::{EventContext, RenderError, Text};
 
 pub use crate::retry::Hint;

@@ -7,7 +7,7 @@
 
 use minijinja::{Environment, Value};
 
-use crate::config::ConfigError;
+use crate::config::value::ConfigError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
