@@ -37,6 +37,9 @@ use super::{AttemptResult, Hint, JobContext, Outcome};
 use crate::config::value::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
 use crate::template::{RenderError, Text};
 
+/// A command may run this long when the action sets no `timeout` (`config.default.toml` shows it).
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The `type` that selects this kind.
 pub(super) const TYPE: &str = "command";
 
@@ -88,7 +91,7 @@ pub(super) fn validate(key: &str, raw: Raw, _base: &Path, _env: &dyn Env) -> Res
         env: raw.env.unwrap_or_default().into_iter().collect(),
         env_pass: validate_env_pass(&k("env_pass"), raw.env_pass)?,
         cwd: raw.cwd,
-        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(60))?,
+        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), DEFAULT_TIMEOUT)?,
     })
 }
 

@@ -27,6 +27,11 @@ use crate::sign::{self, Message, SignError};
 use crate::template::{RenderError, Text};
 use crate::verify::{Keys, Scheme, Secret};
 
+/// What a request does when the action leaves it out (`config.default.toml` shows them).
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_METHOD: &str = "POST";
+const DEFAULT_SIGN_SCHEME: &str = "standard";
+
 /// The `type` that selects this kind.
 pub(super) const TYPE: &str = "http";
 
@@ -103,7 +108,7 @@ pub(super) fn validate(key: &str, raw: Raw, base: &Path, env: &dyn Env) -> Resul
     if !url.contains("{{") && url::Url::parse(&url).is_err() {
         return Err(invalid(k("url"), format!("`{url}` is not a URL")));
     }
-    let method_text = raw.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+    let method_text = raw.method.unwrap_or_else(|| DEFAULT_METHOD.into()).to_ascii_uppercase();
     let method = http::Method::from_bytes(method_text.as_bytes())
         .map_err(|_| invalid(k("method"), format!("`{method_text}` is not an HTTP method")))?;
     let mut headers = Vec::new();
@@ -123,7 +128,7 @@ pub(super) fn validate(key: &str, raw: Raw, base: &Path, env: &dyn Env) -> Resul
         method,
         headers,
         body: raw.body,
-        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), Duration::from_secs(10))?,
+        timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), DEFAULT_TIMEOUT)?,
         sign,
         allowed_hosts,
     })
@@ -140,7 +145,7 @@ fn validate_sign(key: &str, raw: RawSign, base: &Path, env: &dyn Env) -> Result<
     let secret_ref = raw.secret.ok_or_else(|| invalid(k("secret"), "missing"))?;
     let secret = resolve_secret(&k("secret"), &secret_ref, base, env)?
         .ok_or_else(|| invalid(k("secret"), "resolves to nothing (is the variable or file set?)"))?;
-    let scheme_name = raw.scheme.unwrap_or_else(|| "standard".into());
+    let scheme_name = raw.scheme.unwrap_or_else(|| DEFAULT_SIGN_SCHEME.into());
     let provider = crate::verify::provider(&scheme_name).ok_or_else(|| {
         let known = crate::verify::provider_names().join(", ");
         invalid(k("scheme"), format!("unknown scheme `{scheme_name}` ({known})"))

@@ -7,6 +7,12 @@ use std::collections::BTreeMap;
 
 use super::{Algorithm, Encoding, EventFrom, TimeUnit};
 
+/// What the hmac keys mean when left out (`config.default.toml` shows them).
+const DEFAULT_ALGORITHM: &str = "sha256";
+const DEFAULT_ENCODING: &str = "hex";
+const DEFAULT_TIMESTAMP_UNIT: &str = "s";
+const DEFAULT_CONTENT: &str = "{body}";
+
 /// A key's value: the configuration and the command line only ever hand providers text or a flag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -75,7 +81,7 @@ impl Keys {
     }
 
     pub fn algorithm(&self) -> Result<Algorithm, KeyError> {
-        match self.text("algorithm")?.unwrap_or("sha256") {
+        match self.text("algorithm")?.unwrap_or(DEFAULT_ALGORITHM) {
             "sha1" => Ok(Algorithm::Sha1),
             "sha256" => Ok(Algorithm::Sha256),
             "sha512" => Ok(Algorithm::Sha512),
@@ -84,7 +90,7 @@ impl Keys {
     }
 
     pub fn encoding(&self) -> Result<Encoding, KeyError> {
-        match self.text("encoding")?.unwrap_or("hex") {
+        match self.text("encoding")?.unwrap_or(DEFAULT_ENCODING) {
             "hex" => Ok(Encoding::Hex),
             "base64" => Ok(Encoding::Base64),
             other => Err(KeyError::new("encoding", format!("unknown encoding `{other}` (hex, base64)"))),
@@ -92,7 +98,7 @@ impl Keys {
     }
 
     pub fn timestamp_unit(&self) -> Result<TimeUnit, KeyError> {
-        match self.text("timestamp_unit")?.unwrap_or("s") {
+        match self.text("timestamp_unit")?.unwrap_or(DEFAULT_TIMESTAMP_UNIT) {
             "s" => Ok(TimeUnit::Seconds),
             "ms" => Ok(TimeUnit::Millis),
             other => Err(KeyError::new("timestamp_unit", format!("unknown unit `{other}` (s, ms)"))),
@@ -111,7 +117,7 @@ impl Keys {
 
     /// The signed-content template (default `{body}`), with only known placeholders.
     pub fn content(&self) -> Result<String, KeyError> {
-        let content = self.text("content")?.unwrap_or("{body}").to_string();
+        let content = self.text("content")?.unwrap_or(DEFAULT_CONTENT).to_string();
         let mut rest = content.as_str();
         while let Some(start) = rest.find('{') {
             let end = rest[start..].find('}').ok_or_else(|| KeyError::new("content", "unclosed `{`"))?;
