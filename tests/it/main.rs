@@ -40,6 +40,7 @@ mod edge;
 mod helpers;
 mod hooks;
 mod hostile;
+mod layout;
 mod logs;
 mod ops_store;
 mod poison;
