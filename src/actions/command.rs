@@ -2,7 +2,7 @@
 //!
 //! Config: `argv` (every element a template), `env`, `env_pass`, `cwd`, `timeout` (default 60s). Rendering
 //! refuses a template value that would start an option, climb out of a directory (`..`) or hold a control
-//! character (see `route::template`).
+//! character (see `crate::template`).
 //!
 //! Output: stdout and stderr are merged in arrival order (like `2>&1`, chunk by chunk) into one buffer of at
 //! most `output_cap` bytes; the rest is read and discarded so a chatty child never blocks on a full pipe.

@@ -2,7 +2,7 @@
 //!
 //! Each kind owns its whole life in one file: the options as written, their validation into a typed config
 //! (errors name the key path), compiling its templates once, rendering one job's spec with the guards of
-//! `route::template`, and running one attempt. This module lists the kinds and holds what they share: the
+//! `crate::template`, and running one attempt. This module lists the kinds and holds what they share: the
 //! outcome of an attempt and the `Runner`. Retry timing belongs to the worker, which gets the classification
 //! (and any `Retry-After`) from here.
 //!
