@@ -190,7 +190,7 @@ pub(super) fn secret_refs(options: &toml::Table) -> Vec<(&'static str, &str)> {
 impl Http {
     pub(super) fn compile(&self, env: &mut Environment<'static>, key: &str) -> Result<Http<Text>, ConfigError> {
         Ok(Http {
-            // The `.url` suffix has the environment's formatter mark values for `route::url`.
+            // The `.url` suffix has the environment's formatter mark values for `template::url`.
             url: Text::compile(env, format!("{key}.url"), &self.url)?,
             method: self.method.clone(),
             headers: self
