@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptResult, Hint, JobContext, Outcome};
+use super::{AttemptResult, Hint, JobContext, Outcome, Runner};
 use crate::config::value::{invalid, opt_duration, validate_env_pass, ConfigError, Env};
 use crate::template::{RenderError, Text};
 
@@ -153,7 +153,12 @@ const BASE_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 /// For a gateway started without PATH (some init systems), so that argv[0] is still found.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub(super) async fn run(spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
+/// A command's options hold no secret (its `env` values are the configuration's own text).
+pub(super) fn secret_refs(_: &toml::Table) -> Vec<(&'static str, &str)> {
+    Vec::new()
+}
+
+pub(super) async fn run(_: &Runner, spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
     let Some((program, args)) = spec.argv.split_first() else {
         return failed("empty argv".into());
     };
@@ -554,7 +559,7 @@ mod tests {
     }
 
     async fn run_spec(spec: CommandSpec) -> AttemptResult {
-        run(spec, &CancellationToken::new()).await
+        run(&Runner::new(), spec, &CancellationToken::new()).await
     }
 
     /// Alive means present and not a zombie: PID 1 here may never reap orphans.
@@ -707,7 +712,7 @@ mod tests {
             trigger.cancel();
         });
         let started = Instant::now();
-        let result = run(s, &cancel).await;
+        let result = run(&Runner::new(), s, &cancel).await;
         assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
         assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("cancelled"));

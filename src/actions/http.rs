@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::command::human;
-use super::{table_as, AttemptResult, Hint, JobContext, Outcome};
+use super::{table_as, AttemptResult, Hint, JobContext, Outcome, Runner};
 use crate::config::value::{invalid, opt_duration, resolve_secret, ConfigError, Env};
 use crate::sign::{self, Message, SignError};
 use crate::template::{RenderError, Text};
@@ -250,7 +250,8 @@ pub(super) fn client() -> reqwest::Client {
         .expect("the HTTP client (rustls) can be built")
 }
 
-pub(super) async fn run(client: &reqwest::Client, spec: HttpSpec, cancel: &CancellationToken) -> AttemptResult {
+pub(super) async fn run(runner: &Runner, spec: HttpSpec, cancel: &CancellationToken) -> AttemptResult {
+    let client = &runner.http;
     let request = match build(client, &spec) {
         Ok(request) => request,
         Err(error) => return result(Outcome::Failed, Some(error), None, None),
@@ -617,7 +618,7 @@ mod tests {
     }
 
     async fn run_spec(spec: HttpSpec) -> AttemptResult {
-        run(&client(), spec, &CancellationToken::new()).await
+        run(&Runner::new(), spec, &CancellationToken::new()).await
     }
 
     #[tokio::test]
@@ -742,7 +743,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             trigger.cancel();
         });
-        let result = run(&client(), spec(url), &cancel).await;
+        let result = run(&Runner::new(), spec(url), &cancel).await;
         assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
         assert_eq!(result.error.as_deref(), Some("cancelled"));
     }

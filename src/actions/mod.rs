@@ -6,17 +6,15 @@
 //! outcome of an attempt and the `Runner`. Retry timing belongs to the worker, which gets the classification
 //! (and any `Retry-After`) from here.
 //!
-//! Adding a kind `foo` touches these files:
-//! - `src/actions/foo.rs` (new): `TYPE`, `Raw` (its options, `deny_unknown_fields`), `Foo<T = String>` (the
-//!   validated config; `T` is a template), `validate`, `Foo::compile`, `Foo<Text>::render` to a `FooSpec`,
-//!   `run`, and its tests — `command.rs` is the example to copy;
-//! - `src/actions/mod.rs` (this file): `mod foo;`, one line in `kinds`, `Action`, `ActionSpec`, and one arm in
-//!   `validate`, `Action::timeout`, `Action::compile`, `Action::render` and `Runner::run` (and in
-//!   `secret_refs` if its options hold secrets);
-//! - `README.md` and `examples/` for the options users write.
+//! Adding a kind `foo` touches two files:
+//! - `src/actions/foo.rs` (new; `command.rs` is the example to copy): `TYPE`, `Raw` (its options,
+//!   `deny_unknown_fields`), `Foo<T = String>` (the validated config, with a `timeout`; `T` is a template),
+//!   `validate`, `Foo::compile`, `Foo<Text>::render` to a `FooSpec`, `secret_refs`, `run`, and its tests;
+//! - this file: one line in the `action_kinds!` table below, which writes the enums and every dispatch.
+//!
+//! `README.md`, `config.default.toml` and `examples/` then document the options (a test fails until the
+//! reference configuration shows every key).
 
-mod command;
-mod http;
 pub(crate) mod reaper;
 
 use std::path::Path;
@@ -30,15 +28,109 @@ use tokio_util::sync::CancellationToken;
 use crate::config::value::{field_names, invalid, ConfigError, Env};
 use crate::template::{EventContext, RenderError, Text};
 
-pub use crate::retry::Hint;
-pub use command::{Command, CommandSpec};
+pub use self::command::{Command, CommandSpec};
 #[cfg(test)]
-pub(crate) use http::RawSign;
-pub use http::{Http, HttpSpec, SignSpec};
+pub(crate) use self::http::RawSign;
+pub use self::http::{Http, HttpSpec, SignSpec};
+pub use crate::retry::Hint;
 
-/// Every kind: its `type` and the option keys it reads (so a key of another kind is named as such).
-pub(crate) fn kinds() -> [(&'static str, &'static [&'static str]); 2] {
-    [(command::TYPE, field_names::<command::Raw>()), (http::TYPE, field_names::<http::Raw>())]
+/// The one table of action kinds: `Variant in module => Spec`. It declares each kind's module and writes the
+/// enums that list the kinds ([`Action`], [`ActionSpec`]) and every dispatch over them, so a kind is added here
+/// by one line.
+macro_rules! action_kinds {
+    ($($kind:ident in $module:ident => $spec:ident),+ $(,)?) => {
+        $(mod $module;)+
+
+        /// A validated action. `T` is a template: the text written in the configuration, or the compiled
+        /// [`Text`] that `route` keeps per route.
+        #[derive(Debug, Clone)]
+        #[allow(clippy::large_enum_variant)] // one per route, built once
+        pub enum Action<T = String> {
+            $($kind($module::$kind<T>),)+
+        }
+
+        /// One job's rendered action, ready to run.
+        // One spec is built per attempt and moved once; boxing the larger variant would buy nothing.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone)]
+        pub enum ActionSpec {
+            $($kind($module::$spec),)+
+        }
+
+        /// Every kind: its `type` and the option keys it reads (so a key of another kind is named as such).
+        pub(crate) fn kinds() -> Vec<(&'static str, &'static [&'static str])> {
+            vec![$(($module::TYPE, field_names::<$module::Raw>()),)+]
+        }
+
+        fn validate_kind(
+            key: &str,
+            kind: &str,
+            options: toml::Table,
+            base: &Path,
+            env: &dyn Env,
+        ) -> Result<Action, ConfigError> {
+            $(if kind == $module::TYPE {
+                return $module::validate(key, self::options(key, options)?, base, env).map(Action::$kind);
+            })+
+            let names: Vec<&str> = kinds().iter().map(|(name, _)| *name).collect();
+            Err(invalid(format!("{key}.type"), format!("unknown action type `{kind}` ({})", names.join(", "))))
+        }
+
+        /// The secret references written in an action (`sign.secret`), read before validation for the
+        /// warning about literal secrets: `(key below the action, reference)`.
+        pub fn secret_refs(raw: &RawAction) -> Vec<(&'static str, &str)> {
+            $(if raw.kind.as_deref() == Some($module::TYPE) {
+                return $module::secret_refs(&raw.options);
+            })+
+            Vec::new()
+        }
+
+        impl<T> Action<T> {
+            /// How long one attempt may take (the worker's lease covers it).
+            pub fn timeout(&self) -> Duration {
+                match self {
+                    $(Action::$kind(a) => a.timeout,)+
+                }
+            }
+        }
+
+        impl Action {
+            /// Compile every template of the action into `env`, named by key paths below `key`.
+            pub(crate) fn compile(
+                &self,
+                env: &mut Environment<'static>,
+                key: &str,
+            ) -> Result<Action<Text>, ConfigError> {
+                Ok(match self {
+                    $(Action::$kind(a) => Action::$kind(a.compile(env, key)?),)+
+                })
+            }
+        }
+
+        impl Action<Text> {
+            /// One job's spec: every template evaluated, hostile values refused.
+            pub(crate) fn render(&self, job: &JobContext<'_>) -> Result<ActionSpec, RenderError> {
+                Ok(match self {
+                    $(Action::$kind(a) => ActionSpec::$kind(a.render(job)?),)+
+                })
+            }
+        }
+
+        impl Runner {
+            /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed, an
+            /// HTTP request is abandoned; either way the attempt ends `Retryable` with the error "cancelled".
+            pub async fn run(&self, spec: ActionSpec, cancel: &CancellationToken) -> AttemptResult {
+                match spec {
+                    $(ActionSpec::$kind(spec) => $module::run(self, spec, cancel).await,)+
+                }
+            }
+        }
+    };
+}
+
+action_kinds! {
+    Command in command => CommandSpec,
+    Http in http => HttpSpec,
 }
 
 /// An action as written: its `type` and the options of that kind. The options are read once the kind is
@@ -51,24 +143,6 @@ pub struct RawAction {
     pub options: toml::Table,
 }
 
-/// A validated action. `T` is a template: the text written in the configuration, or the compiled [`Text`]
-/// that `route` keeps per route.
-#[derive(Debug, Clone)]
-#[allow(clippy::large_enum_variant)] // one per route, built once
-pub enum Action<T = String> {
-    Command(Command<T>),
-    Http(Http<T>),
-}
-
-/// One job's rendered action, ready to run.
-// One spec is built per attempt and moved once; boxing the larger variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum ActionSpec {
-    Command(CommandSpec),
-    Http(HttpSpec),
-}
-
 /// Validate the action at `key` (`routes[0].action`); `file:` secrets resolve against `base`.
 pub fn validate(key: &str, raw: RawAction, base: &Path, env: &dyn Env) -> Result<Action, ConfigError> {
     let names: Vec<&str> = kinds().iter().map(|(name, _)| *name).collect();
@@ -76,20 +150,7 @@ pub fn validate(key: &str, raw: RawAction, base: &Path, env: &dyn Env) -> Result
         let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
         return Err(invalid(format!("{key}.type"), format!("missing ({})", quoted.join(" or "))));
     };
-    match kind.as_str() {
-        command::TYPE => command::validate(key, options(key, raw.options)?, base, env).map(Action::Command),
-        http::TYPE => http::validate(key, options(key, raw.options)?, base, env).map(Action::Http),
-        other => Err(invalid(format!("{key}.type"), format!("unknown action type `{other}` ({})", names.join(", ")))),
-    }
-}
-
-/// The secret references written in an action (`sign.secret`), read before validation for the warning
-/// about literal secrets: `(key below the action, reference)`.
-pub fn secret_refs(raw: &RawAction) -> Vec<(&'static str, &str)> {
-    match raw.kind.as_deref() {
-        Some(http::TYPE) => http::secret_refs(&raw.options),
-        _ => Vec::new(),
-    }
+    validate_kind(key, &kind, raw.options, base, env)
 }
 
 /// Read a kind's options from their table; a key that another kind reads is named as belonging to it.
@@ -119,36 +180,6 @@ pub struct JobContext<'a> {
     pub job_id: &'a str,
     /// Bytes of output kept on the attempt.
     pub output_cap: usize,
-}
-
-impl<T> Action<T> {
-    /// How long one attempt may take (the worker's lease covers it).
-    pub fn timeout(&self) -> Duration {
-        match self {
-            Action::Command(c) => c.timeout,
-            Action::Http(h) => h.timeout,
-        }
-    }
-}
-
-impl Action {
-    /// Compile every template of the action into `env`, named by key paths below `key`.
-    pub(crate) fn compile(&self, env: &mut Environment<'static>, key: &str) -> Result<Action<Text>, ConfigError> {
-        Ok(match self {
-            Action::Command(c) => Action::Command(c.compile(env, key)?),
-            Action::Http(h) => Action::Http(h.compile(env, key)?),
-        })
-    }
-}
-
-impl Action<Text> {
-    /// One job's spec: every template evaluated, hostile values refused.
-    pub(crate) fn render(&self, job: &JobContext<'_>) -> Result<ActionSpec, RenderError> {
-        Ok(match self {
-            Action::Command(c) => ActionSpec::Command(c.render(job)?),
-            Action::Http(h) => ActionSpec::Http(h.render(job)?),
-        })
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,15 +212,6 @@ pub struct Runner {
 impl Runner {
     pub fn new() -> Self {
         Runner { http: http::client() }
-    }
-
-    /// Run one attempt. `cancel` fires on forced shutdown: a command's process group is killed, an HTTP
-    /// request is abandoned; either way the attempt ends `Retryable` with the error "cancelled".
-    pub async fn run(&self, spec: ActionSpec, cancel: &CancellationToken) -> AttemptResult {
-        match spec {
-            ActionSpec::Command(spec) => command::run(spec, cancel).await,
-            ActionSpec::Http(spec) => http::run(&self.http, spec, cancel).await,
-        }
     }
 }
 

@@ -61,7 +61,7 @@ fn the_reference_lists_every_key_of_the_file_format() {
         ("routes.retry", fields_of::<raw::Retry>()),
         ("routes.circuit_breaker", fields_of::<raw::Breaker>()),
     ];
-    sections.extend(crate::actions::kinds().map(|(_, keys)| ("routes.action", keys)));
+    sections.extend(crate::actions::kinds().into_iter().map(|(_, keys)| ("routes.action", keys)));
     for (section, fields) in sections {
         assert!(!fields.is_empty(), "{section}: no fields read");
         for field in fields {
