@@ -10,6 +10,10 @@ pub const JOB_DURATION: &str = "hookgate_job_duration_seconds";
 pub const QUEUE_DEPTH: &str = "hookgate_queue_depth";
 pub const DELIVERY_LATENCY: &str = "hookgate_delivery_latency_seconds";
 pub const CIRCUIT_STATE: &str = "hookgate_circuit_state";
+/// Circuit breaker state changes, by route and the state entered (`to`).
+pub const CIRCUIT_TRANSITIONS: &str = "hookgate_circuit_transitions_total";
+/// Jobs that ended `dead` (attempts used up, a failure that retrying cannot fix, or 410 Gone), by route.
+pub const JOBS_DEAD: &str = "hookgate_jobs_dead_total";
 /// Writes committed together by one store transaction (group commit).
 pub const STORE_BATCH_SIZE: &str = "hookgate_store_batch_size";
 /// Time one store transaction took, from BEGIN to a durable COMMIT.
@@ -54,6 +58,8 @@ fn describe() {
         "Time from receiving a webhook to its action succeeding"
     );
     metrics::describe_gauge!(CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open");
+    metrics::describe_counter!(CIRCUIT_TRANSITIONS, "Circuit breaker state changes by route and state entered");
+    metrics::describe_counter!(JOBS_DEAD, "Jobs that ended dead, by route");
     metrics::describe_histogram!(STORE_BATCH_SIZE, "Writes committed together by one store transaction");
     metrics::describe_histogram!(
         STORE_COMMIT_DURATION,

@@ -49,11 +49,13 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     failures: VecDeque<Instant>,
     state: State,
+    /// Failures in the window when the circuit last opened (the window itself starts over then).
+    opened_after: usize,
 }
 
 impl CircuitBreaker {
     pub fn new(config: BreakerConfig) -> Self {
-        CircuitBreaker { config, failures: VecDeque::new(), state: State::Closed }
+        CircuitBreaker { config, failures: VecDeque::new(), state: State::Closed, opened_after: 0 }
     }
 
     pub fn state(&self) -> State {
@@ -62,6 +64,14 @@ impl CircuitBreaker {
 
     pub fn config(&self) -> &BreakerConfig {
         &self.config
+    }
+
+    /// Failures counted in the window: while open, those that opened it (a failed probe counts as one).
+    pub fn failures(&self) -> usize {
+        match self.state {
+            State::Open { .. } => self.opened_after,
+            _ => self.failures.len(),
+        }
     }
 
     /// What may run now; moves an expired open circuit to half-open.
@@ -110,6 +120,7 @@ impl CircuitBreaker {
     }
 
     fn open(&mut self, now: Instant) {
+        self.opened_after = self.failures.len().max(1);
         self.state = State::Open { until: now + self.config.open_for };
         self.failures.clear();
     }
@@ -179,5 +190,22 @@ mod tests {
         b.record(false, later);
         assert_eq!(b.state(), State::Open { until: later + Duration::from_secs(60) });
         assert_eq!(b.state().gauge(), 2.0);
+    }
+
+    #[test]
+    fn failures_are_counted_in_the_window_and_kept_while_open() {
+        let mut b = breaker();
+        let t0 = Instant::now();
+        for i in 0..4 {
+            b.record(false, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(b.failures(), 4);
+        b.record(false, t0 + Duration::from_secs(5));
+        assert_eq!(b.state().name(), "open");
+        assert_eq!(b.failures(), 5, "the failures that opened it");
+        assert_eq!(b.allowance(t0 + Duration::from_secs(70)), Allowance::One);
+        b.started();
+        b.record(false, t0 + Duration::from_secs(71));
+        assert_eq!(b.failures(), 1, "a failed probe opens it again");
     }
 }

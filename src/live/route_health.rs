@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::breaker::{Allowance, CircuitBreaker};
 use crate::config::Route;
-use crate::metrics::CIRCUIT_STATE;
+use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS};
 use crate::store::Millis;
 
 #[derive(Debug, Default)]
@@ -35,6 +35,7 @@ impl RouteHealth {
     fn with<T>(&self, route: &Route, f: impl FnOnce(&mut RouteState) -> T) -> T {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let state = routes.entry(route.name.clone()).or_default();
+        let before = circuit(state);
         // A reload may have added, removed or changed the breaker.
         match (&route.circuit_breaker, &state.breaker) {
             (None, Some(_)) => state.breaker = None,
@@ -42,7 +43,14 @@ impl RouteHealth {
             (Some(cfg), _) => state.breaker = Some(CircuitBreaker::new(cfg.clone())),
             (None, None) => {}
         }
-        f(state)
+        let result = f(state);
+        let after = circuit(state);
+        if after != before {
+            let failures = state.breaker.as_ref().map_or(0, CircuitBreaker::failures);
+            tracing::warn!(route = %route.name, from = before, to = after, failures, "circuit breaker changed");
+            metrics::counter!(CIRCUIT_TRANSITIONS, "route" => route.name.clone(), "to" => after).increment(1);
+        }
+        result
     }
 
     /// How many jobs of `route` may start now (none while disabled by 410 or while the circuit is open).
@@ -96,11 +104,16 @@ impl RouteHealth {
 
     pub fn status(&self, route: &Route) -> RouteStatus {
         self.with(route, |s| RouteStatus {
-            circuit: s.breaker.as_ref().map_or("closed", |b| b.state().name()),
+            circuit: circuit(s),
             disabled_reason: s.gone.as_ref().map(|(r, _)| r.clone()),
             disabled_at: s.gone.as_ref().map(|(_, at)| *at),
         })
     }
+}
+
+/// The circuit's state by name; a route without a breaker is always closed.
+fn circuit(s: &RouteState) -> &'static str {
+    s.breaker.as_ref().map_or("closed", |b| b.state().name())
 }
 
 fn publish(route: &str, s: &RouteState) {

@@ -181,6 +181,9 @@ impl Claim {
         };
         tracing::warn!(route, job, attempt, outcome, "{LEASE_EXPIRED}");
         metrics::counter!(crate::metrics::JOBS_TOTAL, "route" => route.to_string(), "outcome" => outcome).increment(1);
+        if next == NextState::Dead {
+            metrics::counter!(crate::metrics::JOBS_DEAD, "route" => route.to_string()).increment(1);
+        }
         let record = AttemptRecord {
             attempt,
             started_at,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actions::{AttemptResult, Outcome, Runner};
 use crate::live::breaker::Allowance;
 use crate::live::{Live, LiveHandle};
-use crate::metrics::{DELIVERY_LATENCY, JOBS_TOTAL, JOB_DURATION};
+use crate::metrics::{DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
 use crate::template::EventContext;
 
@@ -321,6 +321,9 @@ impl Worker {
         };
         let route_label = route.name().to_string();
         metrics::counter!(JOBS_TOTAL, "route" => route_label.clone(), "outcome" => label).increment(1);
+        if next == NextState::Dead {
+            metrics::counter!(JOBS_DEAD, "route" => route_label.clone()).increment(1);
+        }
         metrics::histogram!(JOB_DURATION, "route" => route_label.clone()).record(started.elapsed().as_secs_f64());
         if next == NextState::Succeeded {
             let latency = (finished_ms - job.delivery.received_at).max(0) as f64 / 1000.0;

@@ -336,6 +336,12 @@ store_test! {
         let received = peer.received();
         assert!(received[3].at.duration_since(received[2].at) >= Duration::from_millis(1900), "probed before open_for");
         assert_eq!(app.admin_get("/api/v1/routes").await["items"][0]["circuit"], "closed");
+        // Every transition is counted: closed → open → half-open (the probe) → closed.
+        let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+        for to in ["open", "half-open", "closed"] {
+            let line = format!(r#"hookgate_circuit_transitions_total{{route="{route}",to="{to}"}} 1"#);
+            assert!(metrics.contains(&line), "{line} missing from {metrics}");
+        }
     }
 }
 
@@ -399,6 +405,11 @@ retry = {{ max_attempts = 5, initial = "50ms", max = "100ms" }}
         assert_eq!(refused["status"], "dead");
         assert_eq!(refused["attempts"], 3);
         assert!(refused["last_error"].as_str().unwrap().contains("refused"), "{refused}");
+        // Counted for alerting (the SQLite and PostgreSQL runs share the process's metrics: one or both).
+        let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
+        let dead = metrics.lines().find(|l| l.starts_with(r#"hookgate_jobs_dead_total{route="refused"}"#));
+        assert!(dead.is_some_and(|l| !l.ends_with(" 0")), "{metrics}");
+        assert!(!metrics.contains(r#"hookgate_jobs_dead_total{route="flaky"}"#), "{metrics}");
         let flaky_job = by_route("flaky");
         assert_eq!(flaky_job["status"], "succeeded");
         assert_eq!(flaky_job["attempts"], 4, "500, timeout, 502, then 200");
