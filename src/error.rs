@@ -104,11 +104,13 @@ pub struct SourceLabel(pub String);
 /// The boundary: every 5xx answer's cause is logged here, once, with the route pattern (never the raw URL,
 /// which a client chose) and the source when there is one.
 pub async fn log_server_errors(request: Request, next: Next) -> Response {
+    // Kept cheaply for every request (a standard method and an `Arc<str>`); formatted only on a 5xx.
     let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map_or("(no route)", |m| m.as_str()).to_string();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     if let Some(error) = response.extensions().get::<ServerErrorCause>() {
         let status = response.status().as_u16();
+        let route = matched.as_ref().map_or("(no route)", MatchedPath::as_str);
         match response.extensions().get::<SourceLabel>() {
             Some(SourceLabel(source)) => tracing::error!(
                 %method, %route, status, code = error.code, source = %source, cause = %error.cause,

@@ -77,8 +77,8 @@ impl Check for HmacOptions {
         Ok(out)
     }
 
-    fn credential_headers(&self) -> Vec<&str> {
-        vec![self.signature_header.as_str()]
+    fn credential_header(&self) -> Option<&str> {
+        Some(&self.signature_header)
     }
 }
 

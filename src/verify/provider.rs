@@ -34,9 +34,10 @@ pub trait Check: fmt::Debug + Send + Sync {
     fn verify(&self, v: &Verifier, req: &Inbound<'_>) -> Result<Verified, VerifyError>;
     /// The header lines that make `msg` verify with `secret` (never empty: the caller checked).
     fn sign(&self, secret: &Secret, msg: &Message<'_>) -> Result<Lines, SignError>;
-    /// Credential headers named by these options, on top of the provider's fixed `credentials`.
-    fn credential_headers(&self) -> Vec<&str> {
-        Vec::new()
+    /// The credential header these options name, on top of the provider's fixed `credentials`.
+    /// Checked for every header of every request, so it allocates nothing.
+    fn credential_header(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -200,7 +201,7 @@ impl Scheme {
     /// Does the header `name` carry this scheme's credential?
     pub fn is_credential(&self, name: &str) -> bool {
         let fixed = self.provider.credentials.iter().copied();
-        fixed.chain(self.check.credential_headers()).any(|c| c.eq_ignore_ascii_case(name))
+        fixed.chain(self.check.credential_header()).any(|c| c.eq_ignore_ascii_case(name))
     }
 }
 

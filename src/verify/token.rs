@@ -46,8 +46,8 @@ impl Check for TokenOptions {
         Ok(out)
     }
 
-    fn credential_headers(&self) -> Vec<&str> {
-        vec![self.header.as_str()]
+    fn credential_header(&self) -> Option<&str> {
+        Some(&self.header)
     }
 }
 

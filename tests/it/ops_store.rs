@@ -1,9 +1,7 @@
 //! The store under operations: a large retention purge lets writes through, `/readyz` tells a full disk, and
 //! queue depths come from counters that stay exact through every job transition.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hookgate::store::{
@@ -105,38 +103,9 @@ async fn a_postgres_purge_steps_over_rows_another_transaction_holds() {
 /// The real binary with every file it writes limited to `bytes` (RLIMIT_FSIZE, with SIGXFSZ ignored): past
 /// the limit a write fails as on a full disk, and `prlimit --pid` lifts it again.
 fn start_with_file_size_limit(config: &std::path::Path, bytes: u64) -> BinaryServer {
-    let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--fsize={bytes}:unlimited"))
-        .args(["--", "sh", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
-        .arg(hookgate_bin())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("HOOKGATE_LISTEN", "127.0.0.1:0")
-        .env("HOOKGATE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("prlimit (util-linux) runs hookgate");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(pos) = line.find("listening addr=") {
-                let addr = line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string();
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(addr);
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = child.kill();
-        panic!("hookgate did not start: {:?}", log.lock().unwrap());
-    };
-    BinaryServer { child, addr: format!("http://{addr}"), log }
+    let fsize = format!("--fsize={bytes}:unlimited");
+    let wrapper = ["prlimit", &fsize, "--", "sh", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""];
+    BinaryServer::start_wrapped(&wrapper, config, &[])
 }
 
 async fn readyz(client: &reqwest::Client, base: &str) -> (u16, serde_json::Value) {
