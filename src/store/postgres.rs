@@ -879,4 +879,20 @@ mod tests {
         let StoreError::Unavailable(text) = cancelled else { panic!("{cancelled:?}") };
         assert!(text.contains("57014") && text.contains("statement timeout"), "{text}");
     }
+
+    /// A failed constraint's DETAIL repeats the row — for a delivery, its headers and body — so it never
+    /// reaches the error text an operator's log gets.
+    #[tokio::test]
+    async fn a_constraint_error_names_its_sqlstate_but_not_the_rows_values() {
+        let Some(fixture) = fixture().await else { return };
+        let client = fixture.store.client().await.unwrap();
+        client.batch_execute("CREATE TEMP TABLE secrets_probe (v text PRIMARY KEY)").await.unwrap();
+        let insert = "INSERT INTO secrets_probe VALUES ('payload-marker-7f3a')";
+        client.batch_execute(insert).await.unwrap();
+        let StoreError::Internal(text) = pg_error(client.batch_execute(insert).await.unwrap_err()) else {
+            panic!("a duplicate key is a bug, not an outage");
+        };
+        assert!(text.contains("23505"), "{text}");
+        assert!(!text.contains("payload-marker-7f3a"), "the row leaked into the error: {text}");
+    }
 }
