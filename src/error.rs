@@ -38,6 +38,9 @@ pub enum ApiError {
     /// Too many request bytes are in memory already; nothing was read past this point.
     #[error("the server is busy; nothing was stored, retry later")]
     Overloaded { retry_after_secs: u64 },
+    /// An operator paused the source: nothing was stored, the sender should retry later.
+    #[error("this source is paused by an operator; nothing was stored, retry later")]
+    SourcePaused { retry_after_secs: u64 },
     #[error("internal error")]
     Internal { cause: String },
 }
@@ -52,7 +55,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } | ApiError::SourcePaused { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +74,7 @@ impl ApiError {
             ApiError::RequestTimeout => "request_timeout",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::SourcePaused { .. } => "source_paused",
             ApiError::Internal { .. } => "internal",
         }
     }
@@ -150,7 +156,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "code": self.code(), "message": self.to_string() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } | ApiError::Overloaded { retry_after_secs } = &self {
+        if let ApiError::RateLimited { retry_after_secs }
+        | ApiError::Overloaded { retry_after_secs }
+        | ApiError::SourcePaused { retry_after_secs } = &self
+        {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
         }
         if let (true, Some(cause)) = (self.status().is_server_error(), self.cause()) {

@@ -1,6 +1,8 @@
-//! admin: the bearer-token API over the store — deliveries, jobs, replay and retry. Off (404) without a token.
+//! admin: the bearer-token API over the store — deliveries, jobs, replay and retry, and the shared route and
+//! source controls ([`control`]). Off (404) without a token.
 
 mod auth;
+mod control;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -30,8 +32,13 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/deliveries/{id}/replay", post(replay_delivery))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
-        .route("/api/v1/routes", get(list_routes))
-        .route("/api/v1/routes/{name}/enable", post(enable_route))
+        .route("/api/v1/routes", get(control::list_routes))
+        .route("/api/v1/routes/{name}/pause", post(control::pause_route))
+        .route("/api/v1/routes/{name}/resume", post(control::resume_route))
+        .route("/api/v1/routes/{name}/enable", post(control::resume_route))
+        .route("/api/v1/sources", get(control::list_sources))
+        .route("/api/v1/sources/{name}/pause", post(control::pause_source))
+        .route("/api/v1/sources/{name}/resume", post(control::resume_source))
         // One guard per application (this router is built once per app), so tests never share one.
         .layer(Extension(auth::Guard::new()))
 }
@@ -232,38 +239,4 @@ async fn retry_job(
     state.wake.notify_one();
     tracing::info!(job = %id, "job queued again by an operator");
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "queued" }))).into_response())
-}
-
-/// Every route with its configuration switch, circuit state, and whether a 410 Gone stopped it.
-async fn list_routes(_auth: AdminAuth, State(state): State<AppState>) -> Json<Value> {
-    let live = state.live.current();
-    let items: Vec<Value> = live
-        .routes
-        .routes()
-        .map(|r| {
-            let status = state.live.health.status(&r.config);
-            json!({
-                "name": r.name(), "source": r.config.source, "enabled": r.config.enabled,
-                "circuit": status.circuit, "disabled_reason": status.disabled_reason,
-                "disabled_at": status.disabled_at.map(timestamp),
-                "schedule": r.config.schedule.map(|d| humantime::format_duration(d).to_string()),
-                "concurrency": r.config.concurrency,
-            })
-        })
-        .collect();
-    Json(json!({ "items": items }))
-}
-
-/// Let a route run again after a 410 Gone (or close its circuit now).
-async fn enable_route(
-    _auth: AdminAuth,
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let live = state.live.current();
-    let route = live.routes.get(&name).ok_or(ApiError::NotFound)?;
-    let changed = state.live.health.enable(&route.config);
-    state.wake.notify_one();
-    tracing::info!(route = %name, changed, "route enabled by an operator");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "name": name, "enabled": true }))).into_response())
 }

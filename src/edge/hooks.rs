@@ -68,6 +68,10 @@ fn log_request(source: &str, outcome: &str, client: Option<std::net::IpAddr>, me
     }
 }
 
+/// What a paused source tells senders to wait before retrying (GitHub and most providers retry only on
+/// their own schedule; those that honour `Retry-After` come back in a minute).
+const PAUSED_RETRY_AFTER_SECS: u64 = 60;
+
 enum Accepted {
     Stored { id: String, delivery: String, event: String, jobs: usize },
     Duplicate { id: String },
@@ -98,6 +102,10 @@ async fn handle(
     body: Body,
 ) -> Result<Accepted, ApiError> {
     let source = source.filter(|s| s.enabled).ok_or(ApiError::NotFound)?;
+    // Paused by an operator (on any instance): refused before a byte of the body is read.
+    if state.live.shared.source_paused(&source.name).is_some() {
+        return Err(ApiError::SourcePaused { retry_after_secs: PAUSED_RETRY_AFTER_SECS });
+    }
     let guards = &state.guards;
 
     // An address that keeps failing verification is refused before its body is read.

@@ -1,8 +1,7 @@
 //! live: what is running now — the configuration with its compiled routes and rate limiters, swappable on
-//! reload, and the per-route health (circuit breakers, routes a peer disabled) that outlives reloads.
+//! reload, and this instance's copy of the route and source state all instances share (see [`shared`]).
 
-pub mod breaker;
-pub mod route_health;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -12,7 +11,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 
 use crate::config::{Config, ConfigError, RateLimit};
 use crate::route::Routes;
-use route_health::RouteHealth;
+use shared::SharedState;
 
 /// A configuration ready to serve: validated, routes compiled, one limiter per rate-limited source.
 pub struct Live {
@@ -44,17 +43,17 @@ pub fn quota(rate: &RateLimit) -> Quota {
     Quota::with_period(period.max(std::time::Duration::from_nanos(1))).expect("period is positive").allow_burst(count)
 }
 
-/// Shared handle to the live configuration (readers take a cheap `Arc` snapshot) and to the route health
-/// that outlives reloads.
+/// Shared handle to the live configuration (readers take a cheap `Arc` snapshot) and to the shared route and
+/// source state, which outlives reloads.
 #[derive(Clone)]
 pub struct LiveHandle {
     live: Arc<RwLock<Arc<Live>>>,
-    pub health: Arc<RouteHealth>,
+    pub shared: Arc<SharedState>,
 }
 
 impl LiveHandle {
     pub fn new(live: Live) -> Self {
-        LiveHandle { live: Arc::new(RwLock::new(Arc::new(live))), health: Arc::default() }
+        LiveHandle { live: Arc::new(RwLock::new(Arc::new(live))), shared: Arc::default() }
     }
 
     pub fn current(&self) -> Arc<Live> {

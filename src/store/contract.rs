@@ -12,6 +12,9 @@ use bytes::Bytes;
 
 use super::*;
 
+mod control;
+pub use control::*;
+
 /// A fresh, empty store of one backend, for one test.
 #[async_trait]
 pub trait Fixture: Send + Sync {
@@ -46,6 +49,11 @@ macro_rules! contract_suite {
             jobs_list_newest_first_filtered_by_status_and_route,
             purge_keeps_recent_deliveries_and_those_with_unfinished_jobs,
             a_purge_in_batches_takes_expired_deliveries_with_their_jobs_and_attempts_and_steps_over_unfinished_ones,
+            // Shared route and source state (contract/control.rs).
+            route_and_source_state_is_kept_and_listed,
+            a_paused_or_stopped_route_is_not_claimed_until_resumed,
+            concurrency_counts_the_jobs_running_for_every_claimer,
+            an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {
@@ -94,6 +102,7 @@ pub fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
         lease_until: now + HOUR,
         routes: routes.iter().map(|r| r.to_string()).collect(),
         retry: HashMap::new(),
+        limits: HashMap::new(),
     }
 }
 

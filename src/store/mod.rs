@@ -6,7 +6,9 @@
 pub mod codec;
 #[cfg(test)]
 mod contract;
+pub mod control;
 pub mod postgres;
+mod postgres_control;
 pub mod postgres_tls;
 mod row;
 pub mod sqlite;
@@ -147,6 +149,8 @@ pub struct ClaimedJob {
     pub created_at: Millis,
     /// The delivery it acts on.
     pub delivery: Delivery,
+    /// The half-open circuit's single probe: its result closes the circuit or opens it again.
+    pub probe: bool,
 }
 
 /// What to claim: due jobs of these routes, at most `limit`, leased to `owner` until `lease_until`.
@@ -161,6 +165,18 @@ pub struct Claim {
     /// The routes' retry policies, for settling jobs whose lease expired (see [`Claim::after_lost`]); a route
     /// missing here gets the default policy.
     pub retry: HashMap<String, crate::retry::Retry>,
+    /// What holds each route back across all instances; a route missing here has no limit but its state
+    /// (paused and stopped routes are never claimed).
+    pub limits: HashMap<String, RouteLimits>,
+}
+
+/// A route's limits a claim enforces in the store, so they hold across every instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Jobs of the route running at once, counted over all instances.
+    pub concurrency: Option<usize>,
+    /// The route has a circuit breaker: an open circuit holds it back, a half-open one lets one probe go.
+    pub breaker: bool,
 }
 
 /// The error of an attempt whose runner stopped before it reported: its lease expired.
@@ -380,6 +396,26 @@ pub trait Store: Send + Sync + 'static {
     /// Number of jobs in each status, from counters kept by the writes themselves: a few rows per route are
     /// read, never the jobs table.
     async fn job_counts(&self) -> Result<JobCounts, StoreError>;
+
+    /// Change a route's shared state (see [`control`]) atomically, serialized with claims, and return it as it
+    /// was before and after. A route never changed starts from [`control::RouteState::new`].
+    async fn change_route(
+        &self,
+        route: &str,
+        change: control::RouteChange,
+        now: Millis,
+    ) -> Result<(control::RouteState, control::RouteState), StoreError>;
+
+    /// Pause a source (`Some`) or resume it (`None`); returns its pause before the change.
+    async fn pause_source(
+        &self,
+        source: &str,
+        pause: Option<control::Pause>,
+        now: Millis,
+    ) -> Result<Option<control::Pause>, StoreError>;
+
+    /// Every route and source with shared state: what each instance caches and refreshes.
+    async fn control_state(&self) -> Result<control::ControlState, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Row;
 
+use super::postgres_control;
 use super::postgres_tls::connect_options;
 use super::row::{self, headers_from_text, headers_to_text, page, page_limit, JobRow, JOB_COLUMNS};
 use super::*;
@@ -23,11 +24,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
     // Version 3 is SQLite's body codec; PostgreSQL compresses large values itself (TOAST).
     (4, include_str!("migrations/postgres/0004_replay_key.sql")),
     (5, include_str!("migrations/postgres/0005_job_counts.sql")),
+    (7, include_str!("migrations/postgres/0007_control.sql")),
 ];
 
 /// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
-const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
+pub(super) const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
 
 pub struct PostgresStore {
     pool: Pool,
@@ -106,11 +108,12 @@ async fn finish_tx(
     Ok(true)
 }
 
-/// Jobs to claim, in queue order: due queued jobs read from the `jobs_queue` index a page at a time until
-/// the claim is full, so a claim costs the same with a backlog of millions.
-/// One job per (route, coalesce key), and none whose key is held by a live lease.
-async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) -> Result<Vec<String>, StoreError> {
-    let busy_rows = tx
+/// Coalesce keys held by a live lease among the claimed routes: no second job of one of them may start.
+async fn busy_keys(
+    tx: &tokio_postgres::Transaction<'_>,
+    claim: &Claim,
+) -> Result<HashSet<(String, String)>, StoreError> {
+    let rows = tx
         .query(
             "SELECT DISTINCT route, coalesce_key FROM jobs
              WHERE status = 'running' AND lease_until >= $2 AND coalesce_key IS NOT NULL AND route = ANY($1)",
@@ -118,9 +121,20 @@ async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) ->
         )
         .await
         .map_err(pg_error)?;
-    let mut keys_taken: HashSet<(String, String)> =
-        busy_rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
-    let mut picked = Vec::new();
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+}
+
+/// Add jobs of `routes` to `picked` in queue order until it holds `up_to`: due queued jobs read from the
+/// `jobs_queue` index a page at a time, so a claim costs the same with a backlog of millions.
+/// One job per (route, coalesce key), and none whose key is held by a live lease (`keys_taken`).
+async fn pick_candidates(
+    tx: &tokio_postgres::Transaction<'_>,
+    claim: &Claim,
+    routes: &[String],
+    up_to: usize,
+    keys_taken: &mut HashSet<(String, String)>,
+    picked: &mut Vec<String>,
+) -> Result<(), StoreError> {
     let mut take = |row: &Row, picked: &mut Vec<String>| {
         let key: Option<String> = row.get(2);
         if let Some(key) = key {
@@ -138,23 +152,62 @@ async fn pick_candidates(tx: &tokio_postgres::Transaction<'_>, claim: &Claim) ->
         )
         .await
         .map_err(pg_error)?;
-    let portal = tx.bind(&queued, &[&claim.routes, &claim.now]).await.map_err(pg_error)?;
-    let page = (claim.limit * 2).clamp(16, 1024) as i32;
-    while picked.len() < claim.limit {
+    let portal = tx.bind(&queued, &[&routes, &claim.now]).await.map_err(pg_error)?;
+    let page = ((up_to - picked.len()) * 2).clamp(16, 1024) as i32;
+    while picked.len() < up_to {
         let rows = tx.query_portal(&portal, page).await.map_err(pg_error)?;
         for row in &rows {
-            if picked.len() < claim.limit {
-                take(row, &mut picked);
+            if picked.len() < up_to {
+                take(row, picked);
             }
         }
         if rows.len() < page as usize {
             break;
         }
     }
-    Ok(picked)
+    Ok(())
 }
 
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
+/// Choose the jobs to claim: the routes' shared state and their jobs running on every instance decide what
+/// each may start (see [`control::plan_claim`]); a half-open route's probe is recorded here. Returns the
+/// picked ids in queue order per route and the probes among them.
+async fn plan_and_pick(
+    tx: &tokio_postgres::Transaction<'_>,
+    claim: &Claim,
+) -> Result<(Vec<String>, HashSet<String>), StoreError> {
+    let mut states = postgres_control::load_route_states(tx, &claim.routes).await?;
+    let limited: Vec<&String> =
+        claim.routes.iter().filter(|r| claim.limits.get(*r).is_some_and(|l| l.concurrency.is_some())).collect();
+    let running = match limited.is_empty() {
+        true => HashMap::new(),
+        false => postgres_control::running_counts(tx, &limited, claim.now).await?,
+    };
+    let plan = control::plan_claim(&claim.routes, &claim.limits, &states, &running, claim.now);
+    let mut keys_taken = busy_keys(tx, claim).await?;
+    let mut picked = Vec::new();
+    let mut probes = HashSet::new();
+    for capped in &plan.capped {
+        let room = claim.limit - picked.len();
+        if room == 0 {
+            break;
+        }
+        let before = picked.len();
+        let routes = [capped.route.clone()];
+        pick_candidates(tx, claim, &routes, before + capped.cap.min(room), &mut keys_taken, &mut picked).await?;
+        if capped.probe && picked.len() > before {
+            probes.insert(picked[before].clone());
+            let state = states.entry(capped.route.clone()).or_insert_with(|| control::RouteState::new(&capped.route));
+            state.probe_started(claim.lease_until, claim.now);
+            postgres_control::save_route_state(tx, state).await?;
+        }
+    }
+    if !plan.uncapped.is_empty() && picked.len() < claim.limit {
+        pick_candidates(tx, claim, &plan.uncapped, claim.limit, &mut keys_taken, &mut picked).await?;
+    }
+    Ok((picked, probes))
+}
+
+pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     let text = describe(&e);
     match e.code() {
         // Data errors and bugs are ours; connection, resource and shutdown classes mean "try later".
@@ -470,7 +523,7 @@ impl Store for PostgresStore {
         // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
         settle_expired(&tx, &claim).await?;
-        let picked = pick_candidates(&tx, &claim).await?;
+        let (picked, probes) = plan_and_pick(&tx, &claim).await?;
         if picked.is_empty() {
             tx.commit().await.map_err(pg_error)?;
             return Ok(Vec::new());
@@ -513,6 +566,7 @@ impl Store for PostgresStore {
                     coalesce_key: r.get("coalesce_key"),
                     attempt: r.get::<_, i32>("attempts") as u32,
                     created_at: r.get("created_at"),
+                    probe: probes.contains(r.get::<_, &str>("id")),
                     delivery,
                 })
             })
@@ -701,6 +755,28 @@ impl Store for PostgresStore {
             cursor = (last.get(1), last.get(0));
             purge_pause(started.elapsed()).await;
         }
+    }
+
+    async fn change_route(
+        &self,
+        route: &str,
+        change: control::RouteChange,
+        now: Millis,
+    ) -> Result<(control::RouteState, control::RouteState), StoreError> {
+        postgres_control::change_route(&mut self.client().await?, route, &change, now).await
+    }
+
+    async fn pause_source(
+        &self,
+        source: &str,
+        pause: Option<control::Pause>,
+        now: Millis,
+    ) -> Result<Option<control::Pause>, StoreError> {
+        postgres_control::pause_source(&mut self.client().await?, source, pause.as_ref(), now).await
+    }
+
+    async fn control_state(&self) -> Result<control::ControlState, StoreError> {
+        postgres_control::control_state(&**self.client().await?).await
     }
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {

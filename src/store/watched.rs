@@ -161,4 +161,28 @@ impl Store for Watched {
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
         self.inner.job_counts().await
     }
+
+    async fn change_route(
+        &self,
+        route: &str,
+        change: control::RouteChange,
+        now: Millis,
+    ) -> Result<(control::RouteState, control::RouteState), StoreError> {
+        let result = self.inner.change_route(route, change, now).await;
+        self.observe(result, |_| true)
+    }
+
+    async fn pause_source(
+        &self,
+        source: &str,
+        pause: Option<control::Pause>,
+        now: Millis,
+    ) -> Result<Option<control::Pause>, StoreError> {
+        let result = self.inner.pause_source(source, pause, now).await;
+        self.observe(result, |_| true)
+    }
+
+    async fn control_state(&self) -> Result<control::ControlState, StoreError> {
+        self.inner.control_state().await
+    }
 }

@@ -1,4 +1,5 @@
-//! Periodic work: route schedules (`schedule = "5m"`) and the retention purge.
+//! Periodic work: route schedules (`schedule = "5m"`), the retention purge, and reading the shared route and
+//! source state (see [`crate::live::shared`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +13,15 @@ use crate::live::LiveHandle;
 use crate::store::{new_id, now_ms, Delivery, DynStore, Insert};
 use crate::template::EventContext;
 
-/// Fire due schedules once a second and purge old deliveries every `store.purge_interval`, until `shutdown`.
+/// Fire due schedules once a second, purge old deliveries every `store.purge_interval` and read the shared
+/// state every [`crate::live::shared::REFRESH`], until `shutdown`.
 pub async fn run(store: DynStore, live: LiveHandle, wake: Arc<Notify>, shutdown: CancellationToken) {
-    tokio::join!(schedules(&store, &live, &wake, &shutdown), purges(&store, &live, &shutdown));
+    let routes = || live.current().routes.routes().map(|r| r.name().to_string()).collect();
+    tokio::join!(
+        schedules(&store, &live, &wake, &shutdown),
+        purges(&store, &live, &shutdown),
+        crate::live::shared::refresh(&store, &live.shared, routes, &wake, &shutdown),
+    );
 }
 
 async fn schedules(store: &DynStore, live: &LiveHandle, wake: &Notify, shutdown: &CancellationToken) {

@@ -8,7 +8,7 @@
 pub mod maintenance;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -16,10 +16,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{AttemptResult, Outcome, Runner};
-use crate::live::breaker::Allowance;
 use crate::live::{Live, LiveHandle};
-use crate::metrics::{DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
-use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, NextState, StoreError};
+use crate::metrics::{CIRCUIT_TRANSITIONS, DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
+use crate::store::control::{RouteChange, Stop};
+use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, Millis, NextState, RouteLimits, StoreError};
 use crate::template::EventContext;
 
 /// Claims that may wait for their commit at once.
@@ -32,9 +32,6 @@ pub struct Worker {
     owner: String,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
-    route_slots: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
-    /// Held by the claim that may take a half-open route's probe (see `claim`).
-    probe_claims: tokio::sync::Mutex<()>,
     /// Fires when the shutdown grace is over: running actions are stopped.
     force: CancellationToken,
 }
@@ -46,7 +43,6 @@ type ClaimOutcome = (Arc<Live>, Result<Vec<Running>, StoreError>);
 struct Running {
     job: ClaimedJob,
     slot: OwnedSemaphorePermit,
-    route_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Worker {
@@ -60,8 +56,6 @@ impl Worker {
             owner: format!("{}-{}", std::process::id(), &id[id.len() - 8..]),
             wake,
             slots: Arc::new(Semaphore::new(concurrency)),
-            route_slots: Mutex::new(HashMap::new()),
-            probe_claims: tokio::sync::Mutex::new(()),
             force: CancellationToken::new(),
         }
     }
@@ -162,107 +156,81 @@ impl Worker {
         }
     }
 
-    fn route_semaphore(&self, route: &str, limit: usize) -> Arc<Semaphore> {
-        let mut map = self.route_slots.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((route.to_string(), limit)).or_insert_with(|| Arc::new(Semaphore::new(limit))).clone()
-    }
-
-    /// Claim as many due jobs as there is capacity for: global slots, per-route `concurrency`, and what
-    /// each route's circuit breaker allows (nothing while open, one probe while half-open). Routes that are
-    /// disabled, open or stopped by a 410 are not claimed at all: their jobs wait in the queue.
+    /// Claim as many due jobs as there are free slots. The store enforces what holds routes back across
+    /// every instance: a route's `concurrency`, its circuit breaker (nothing while open, one probe while
+    /// half-open), pauses and 410 stops. Routes switched off in the configuration are not claimed at all.
     async fn claim(&self, live: &Live) -> Result<Vec<Running>, StoreError> {
-        let health = &self.live.health;
-        // Two claims may overlap; only the one holding this claims half-open routes' single probe, and it
-        // holds it until the probe is marked as started.
-        let probes = self.probe_claims.try_lock().ok();
-        let mut out = Vec::new();
-        let mut grouped = Vec::new();
-        let mut grouped_timeout = Duration::ZERO;
-        let mut single = Vec::new();
-        for route in live.routes.routes().filter(|r| r.config.enabled) {
-            let cap = match health.allowance(&route.config) {
-                Allowance::Any => None,
-                Allowance::One if probes.is_some() => Some(1),
-                Allowance::One | Allowance::None { .. } => continue,
-            };
-            let timeout = route.config.action.timeout();
-            match (route.config.concurrency, cap) {
-                (None, None) => {
-                    grouped.push(route.name().to_string());
-                    grouped_timeout = grouped_timeout.max(timeout);
-                }
-                (concurrency, cap) => single.push((route, concurrency, cap, timeout)),
-            }
-        }
-        if !grouped.is_empty() {
-            self.claim_into(live, &mut out, grouped, grouped_timeout, None, None).await?;
-        }
-        for (route, concurrency, cap, timeout) in single {
-            let sem = concurrency.map(|n| self.route_semaphore(route.name(), n));
-            if sem.as_ref().is_some_and(|s| s.available_permits() == 0) {
-                continue;
-            }
-            let before = out.len();
-            self.claim_into(live, &mut out, vec![route.name().to_string()], timeout, sem, cap).await?;
-            if cap.is_some() && out.len() > before {
-                health.started(&route.config);
-            }
-        }
-        Ok(out)
-    }
-
-    async fn claim_into(
-        &self,
-        live: &Live,
-        out: &mut Vec<Running>,
-        routes: Vec<String>,
-        timeout: Duration,
-        route_sem: Option<Arc<Semaphore>>,
-        cap: Option<usize>,
-    ) -> Result<(), StoreError> {
-        let mut limit = self.slots.available_permits();
-        if let Some(sem) = &route_sem {
-            limit = limit.min(sem.available_permits());
-        }
-        if let Some(cap) = cap {
-            limit = limit.min(cap);
-        }
+        let limit = self.slots.available_permits();
         if limit == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // The capacity is taken before the claim, so claims can overlap (one may be waiting for its commit
         // while the next is issued); what the claim does not use goes back when these permits drop.
         let Ok(mut slots) = self.slots.clone().try_acquire_many_owned(limit as u32) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
-        let mut route_slots = match &route_sem {
-            Some(sem) => match sem.clone().try_acquire_many_owned(limit as u32) {
-                Ok(permits) => Some(permits),
-                Err(_) => return Ok(()),
-            },
-            None => None,
-        };
+        let mut routes = Vec::new();
+        let mut retry = HashMap::new();
+        let mut limits = HashMap::new();
+        let mut timeout = Duration::ZERO;
+        for route in live.routes.routes().filter(|r| r.config.enabled) {
+            let name = route.name().to_string();
+            timeout = timeout.max(route.config.action.timeout());
+            retry.insert(name.clone(), route.config.retry.clone());
+            let route_limits =
+                RouteLimits { concurrency: route.config.concurrency, breaker: route.config.circuit_breaker.is_some() };
+            if route_limits != RouteLimits::default() {
+                limits.insert(name.clone(), route_limits);
+            }
+            routes.push(name);
+        }
+        if routes.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
-        // The margin beyond the action's timeout covers the kill grace and the final write.
+        // The margin beyond the longest action timeout covers the kill grace and the final write.
         let lease_until = now + (timeout + live.config.worker.lease_margin).as_millis() as i64;
-        // A job whose lease expired lost an attempt; the store settles it by its route's retry policy.
-        let retry = routes
-            .iter()
-            .filter_map(|name| live.routes.get(name).map(|r| (name.clone(), r.config.retry.clone())))
-            .collect();
-        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry };
+        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry, limits };
         let jobs = self.store.claim_jobs(claim).await?;
+        let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {
             // The store hands out at most `limit` jobs, and `limit` permits are held.
             let slot = slots.split(1).expect("a slot per claimed job");
-            let route_slot = route_slots.as_mut().map(|p| p.split(1).expect("a route slot per claimed job"));
-            out.push(Running { job, slot, route_slot });
+            if job.probe {
+                tracing::info!(route = %job.route, job = %job.id, "circuit half-open: one probe goes");
+                metrics::counter!(CIRCUIT_TRANSITIONS, "route" => job.route.clone(), "to" => "half-open").increment(1);
+            }
+            out.push(Running { job, slot });
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Tell the store what an attempt means for its route: a peer's 410 stops it; an unhealthy answer (or
+    /// the probe's answer) moves its circuit breaker. Done before the attempt is recorded, so a job of the
+    /// route that waits for this one (`concurrency`) already sees the change when it is claimed.
+    async fn update_route(&self, route: &crate::config::Route, job: &ClaimedJob, outcome: &Outcome, at: Millis) {
+        let mut changes = Vec::new();
+        if *outcome == Outcome::Gone {
+            let reason = "the peer answered 410 Gone; route stopped until resumed".to_string();
+            changes.push(RouteChange::Stop(Stop { status: 410, reason, at }));
+        }
+        // Only a peer that did not answer properly counts against the circuit; a 4xx is an answer.
+        let healthy = !matches!(outcome, Outcome::Retryable(_));
+        if let Some(breaker) = route.circuit_breaker.clone().filter(|_| !healthy || job.probe) {
+            changes.push(RouteChange::Attempt { healthy, probe: job.probe, breaker });
+        }
+        for change in changes {
+            match self.store.change_route(&route.name, change, at).await {
+                Ok((before, after)) => {
+                    self.live.shared.route_changed(&before, after);
+                }
+                Err(e) => tracing::warn!(route = %route.name, error = %e, "could not record the route's new state"),
+            }
+        }
     }
 
     async fn execute(&self, live: &Live, running: Running) {
-        let Running { job, slot, route_slot } = running;
+        let Running { job, slot } = running;
         let job = &job;
         let started_ms = now_ms();
         let started = Instant::now();
@@ -282,7 +250,7 @@ impl Worker {
         let finished_ms = now_ms();
         // The action is over: its capacity goes to the next job while this one's outcome is written. The
         // job stays `running` (and leased) until then, so nothing else can take it or its coalesce key.
-        drop((slot, route_slot));
+        drop(slot);
         self.wake.notify_one();
         if self.force.is_cancelled() && result.outcome != Outcome::Success {
             // Stopped by shutdown, not by its own fault: give it back without using an attempt.
@@ -301,14 +269,10 @@ impl Worker {
             Outcome::Retryable(_) | Outcome::Failed => (NextState::Dead, "dead"),
             Outcome::Gone => (NextState::Dead, "gone"),
         };
-        // Only a peer that did not answer properly counts against the circuit; a 4xx is an answer.
-        self.live.health.record(&route.config, !matches!(result.outcome, Outcome::Retryable(_)));
+        self.update_route(&route.config, job, &result.outcome, finished_ms).await;
         let mut result = result;
         if result.outcome == Outcome::Gone {
-            let reason = "the peer answered 410 Gone; route disabled until enabled again".to_string();
-            self.live.health.mark_gone(&route.config, reason.clone(), finished_ms);
-            tracing::warn!(route = %route.name(), "peer answered 410 Gone; route disabled");
-            result.error = Some(reason);
+            result.error = Some("the peer answered 410 Gone; route stopped until resumed".to_string());
         }
         let record = AttemptRecord {
             attempt: job.attempt,

@@ -361,7 +361,7 @@ store_test! {
         assert_eq!(peer.count(), 1, "a route stopped by 410 still sent");
         assert_eq!(delivery_jobs(&app, &second).await[0]["status"], "queued");
 
-        assert_eq!(app.admin_post("/api/v1/routes/peer/enable").await.status(), 202);
+        assert_eq!(app.admin_post("/api/v1/routes/peer/enable").await.status(), 200);
         let jobs = terminal_jobs(&app, &second).await;
         assert_eq!(jobs[0]["status"], "succeeded");
         assert!(app.admin_get("/api/v1/routes").await["items"][0]["disabled_reason"].is_null());

@@ -283,6 +283,7 @@ fn claim(owner: &str, routes: &[&str], limit: usize, lease: i64) -> Claim {
         lease_until: now + lease,
         routes: routes.iter().map(|r| r.to_string()).collect(),
         retry: Default::default(),
+        limits: Default::default(),
     }
 }
 

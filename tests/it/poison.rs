@@ -24,6 +24,7 @@ fn claim(owner: &str, route: &str, policy: &Retry, lease_for: i64) -> Claim {
         lease_until: now + lease_for,
         routes: vec![route.into()],
         retry: HashMap::from([(route.to_string(), policy.clone())]),
+        limits: HashMap::new(),
     }
 }
 

@@ -107,6 +107,7 @@ store_test! {
             lease_until,
             routes: vec!["touch".into()],
             retry: Default::default(),
+            limits: Default::default(),
         };
         let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
         assert_eq!(held.len(), 1);

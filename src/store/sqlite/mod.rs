@@ -10,6 +10,7 @@
 //! Files by concern: `setup` opens the file (permissions, pragmas, migrations), `writer` runs the group
 //! commit, `wal` keeps the WAL bounded with checkpoints, `writes` and `queries` hold the SQL.
 
+mod control;
 mod queries;
 mod setup;
 mod wal;
@@ -386,6 +387,30 @@ impl Store for SqliteStore {
             cursor = next;
             purge_pause(started.elapsed()).await;
         }
+    }
+
+    async fn change_route(
+        &self,
+        route: &str,
+        change: crate::store::control::RouteChange,
+        now: Millis,
+    ) -> Result<(crate::store::control::RouteState, crate::store::control::RouteState), StoreError> {
+        let route = route.to_string();
+        self.write(move |c| self::control::change_route_tx(c, &route, &change, now)).await
+    }
+
+    async fn pause_source(
+        &self,
+        source: &str,
+        pause: Option<crate::store::control::Pause>,
+        now: Millis,
+    ) -> Result<Option<crate::store::control::Pause>, StoreError> {
+        let source = source.to_string();
+        self.write(move |c| self::control::pause_source_tx(c, &source, pause.as_ref(), now)).await
+    }
+
+    async fn control_state(&self) -> Result<crate::store::control::ControlState, StoreError> {
+        self.read(self::control::control_state_tx).await
     }
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {

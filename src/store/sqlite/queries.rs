@@ -77,8 +77,8 @@ pub(super) fn with_deliveries(conn: &Connection, leased: Vec<LeasedJob>) -> Resu
                 d
             }
         };
-        let LeasedJob { id, route, coalesce_key, attempt, created_at, .. } = job;
-        claimed.push(ClaimedJob { id, route, coalesce_key, attempt, created_at, delivery });
+        let LeasedJob { id, route, coalesce_key, attempt, created_at, probe, .. } = job;
+        claimed.push(ClaimedJob { id, route, coalesce_key, attempt, created_at, delivery, probe });
     }
     Ok(claimed)
 }

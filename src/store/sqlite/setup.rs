@@ -14,6 +14,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_body_codec.sql")),
     (4, include_str!("../migrations/sqlite/0004_replay_key.sql")),
     (5, include_str!("../migrations/sqlite/0005_job_counts.sql")),
+    (7, include_str!("../migrations/sqlite/0007_control.sql")),
 ];
 
 pub(super) fn configure_writer(conn: &Connection, options: &SqliteOptions) -> Result<(), StoreError> {

@@ -141,49 +141,44 @@ fn settle_expired_tx(conn: &Connection, claim: &Claim, routes: &str) -> Result<(
 pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob>, StoreError> {
     let routes = serde_json::to_string(&claim.routes).map_err(internal)?;
     settle_expired_tx(conn, claim, &routes)?;
-    let mut picked: Vec<(String, String, Option<String>)> = Vec::new();
-    {
-        // Due queued jobs in queue order, read from the `jobs_queue` index one row at a time until the claim
-        // is full: the cost of a claim does not grow with the backlog.
-        let mut queued = conn.prepare_cached(CLAIM_QUEUED).map_err(sql_error)?;
-        let mut key_busy = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM jobs
-                                WHERE route = ?1 AND coalesce_key = ?2 AND id <> ?3
-                                  AND status = 'running' AND lease_until >= ?4)",
-            )
-            .map_err(sql_error)?;
-        // A key is decided once per claim: taken by an earlier candidate, or held by a live lease.
-        let mut keys_seen: HashSet<(String, String)> = HashSet::new();
-        {
-            let mut rows = queued.query(params![routes, claim.now]).map_err(sql_error)?;
-            while picked.len() < claim.limit {
-                let Some(row) = rows.next().map_err(sql_error)? else {
-                    break;
-                };
-                let id: String = row.get(0).map_err(sql_error)?;
-                let route: String = row.get(1).map_err(sql_error)?;
-                let key: Option<String> = row.get(2).map_err(sql_error)?;
-                if let Some(k) = &key {
-                    if !keys_seen.insert((route.clone(), k.clone())) {
-                        continue;
-                    }
-                    let busy: bool =
-                        key_busy.query_row(params![route, k, id, claim.now], |r| r.get(0)).map_err(sql_error)?;
-                    if busy {
-                        continue;
-                    }
-                }
-                picked.push((id, route, key));
-            }
+    // The routes' shared state and their jobs running on every instance decide what each may start now.
+    let mut states = super::control::load_route_states(conn, &routes)?;
+    let limited: Vec<&String> =
+        claim.routes.iter().filter(|r| claim.limits.get(*r).is_some_and(|l| l.concurrency.is_some())).collect();
+    let running = match limited.is_empty() {
+        true => HashMap::new(),
+        false => super::control::running_counts(conn, &serde_json::to_string(&limited).map_err(internal)?, claim.now)?,
+    };
+    let plan = control::plan_claim(&claim.routes, &claim.limits, &states, &running, claim.now);
+
+    let mut picked: Vec<Picked> = Vec::new();
+    // A key is decided once per claim: taken by an earlier candidate, or held by a live lease.
+    let mut keys_seen: HashSet<(String, String)> = HashSet::new();
+    for capped in &plan.capped {
+        let room = claim.limit - picked.len();
+        if room == 0 {
+            break;
         }
+        let names = serde_json::to_string(&[&capped.route]).map_err(internal)?;
+        let before = picked.len();
+        pick_queued(conn, claim, &names, before + capped.cap.min(room), &mut keys_seen, &mut picked)?;
+        if capped.probe && picked.len() > before {
+            picked[before].probe = true;
+            let state = states.entry(capped.route.clone()).or_insert_with(|| control::RouteState::new(&capped.route));
+            state.probe_started(claim.lease_until, claim.now);
+            super::control::save_route_state(conn, state)?;
+        }
+    }
+    if !plan.uncapped.is_empty() && picked.len() < claim.limit {
+        let names = serde_json::to_string(&plan.uncapped).map_err(internal)?;
+        pick_queued(conn, claim, &names, claim.limit, &mut keys_seen, &mut picked)?;
     }
 
     if picked.is_empty() {
         return Ok(Vec::new());
     }
     // One statement leases them all.
-    let ids = serde_json::to_string(&picked.iter().map(|(id, _, _)| id).collect::<Vec<_>>()).map_err(internal)?;
+    let ids = serde_json::to_string(&picked.iter().map(|p| &p.id).collect::<Vec<_>>()).map_err(internal)?;
     let mut leased: HashMap<String, (u32, Millis, String)> = HashMap::with_capacity(picked.len());
     {
         let mut update = conn
@@ -204,11 +199,59 @@ pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob
     }
     Ok(picked
         .into_iter()
-        .filter_map(|(id, route, coalesce_key)| {
+        .filter_map(|Picked { id, route, coalesce_key, probe }| {
             let (attempt, created_at, delivery_id) = leased.remove(&id)?;
-            Some(LeasedJob { id, route, coalesce_key, attempt, created_at, delivery_id })
+            Some(LeasedJob { id, route, coalesce_key, attempt, created_at, delivery_id, probe })
         })
         .collect())
+}
+
+/// A job a claim chose, before it is leased.
+struct Picked {
+    id: String,
+    route: String,
+    coalesce_key: Option<String>,
+    probe: bool,
+}
+
+/// Add due queued jobs of `routes` (a JSON array) to `picked` in queue order until it holds `up_to`, read from
+/// the `jobs_queue` index one row at a time: the cost of a claim does not grow with the backlog.
+fn pick_queued(
+    conn: &Connection,
+    claim: &Claim,
+    routes: &str,
+    up_to: usize,
+    keys_seen: &mut HashSet<(String, String)>,
+    picked: &mut Vec<Picked>,
+) -> Result<(), StoreError> {
+    let mut queued = conn.prepare_cached(CLAIM_QUEUED).map_err(sql_error)?;
+    let mut key_busy = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM jobs
+                            WHERE route = ?1 AND coalesce_key = ?2 AND id <> ?3
+                              AND status = 'running' AND lease_until >= ?4)",
+        )
+        .map_err(sql_error)?;
+    let mut rows = queued.query(params![routes, claim.now]).map_err(sql_error)?;
+    while picked.len() < up_to {
+        let Some(row) = rows.next().map_err(sql_error)? else {
+            break;
+        };
+        let id: String = row.get(0).map_err(sql_error)?;
+        let route: String = row.get(1).map_err(sql_error)?;
+        let key: Option<String> = row.get(2).map_err(sql_error)?;
+        if let Some(k) = &key {
+            if !keys_seen.insert((route.clone(), k.clone())) {
+                continue;
+            }
+            let busy: bool = key_busy.query_row(params![route, k, id, claim.now], |r| r.get(0)).map_err(sql_error)?;
+            if busy {
+                continue;
+            }
+        }
+        picked.push(Picked { id, route, coalesce_key: key, probe: false });
+    }
+    Ok(())
 }
 
 /// A job just leased by `claim_tx`; its delivery is read afterwards on a reader connection.
@@ -219,6 +262,7 @@ pub(super) struct LeasedJob {
     pub(super) attempt: u32,
     pub(super) created_at: Millis,
     pub(super) delivery_id: String,
+    pub(super) probe: bool,
 }
 
 pub(super) fn finish_tx(
