@@ -51,5 +51,6 @@ mod replay;
 mod roundtrip;
 mod scenarios;
 mod secret_sync;
+mod shared_state;
 mod store_url;
 mod worker;
