@@ -1,4 +1,7 @@
-//! cli: `hookgate serve|check|migrate|sign|send|deliveries|jobs`, with `--help` on every command.
+//! cli: `hookgate serve|check|migrate|sign|send|deliveries|jobs|routes|sources|config`, with `--help` on every
+//! command.
+
+mod control;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,12 @@ enum Command {
     /// Inspect and retry jobs (admin API).
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// List, pause and resume routes on every instance (admin API).
+    #[command(subcommand)]
+    Routes(control::RoutesCommand),
+    /// List, pause and resume sources on every instance (admin API).
+    #[command(subcommand)]
+    Sources(control::SourcesCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -222,6 +231,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Send(a) => send(a).await,
         Command::Deliveries(c) => deliveries(c).await,
         Command::Jobs(c) => jobs(c).await,
+        Command::Routes(c) => control::routes(c).await,
+        Command::Sources(c) => control::sources(c).await,
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::REFERENCE);
             Ok(())
@@ -430,14 +441,20 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Call the admin API and print its JSON answer; fails on a non-2xx answer.
 async fn admin_call(
     admin: &AdminArgs,
     method: reqwest::Method,
     path: &str,
     query: &[(&str, String)],
+    body: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let url = format!("{}{path}", admin.url.trim_end_matches('/'));
-    let response = reqwest::Client::new().request(method, url).bearer_auth(&admin.token).query(query).send().await?;
+    let mut request = reqwest::Client::new().request(method, url).bearer_auth(&admin.token).query(query);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let pretty = serde_json::from_str::<serde_json::Value>(&text)
@@ -464,13 +481,13 @@ async fn deliveries(cmd: DeliveriesCommand) -> anyhow::Result<()> {
             opt(&mut q, "source", source);
             opt(&mut q, "event", event);
             opt(&mut q, "cursor", cursor);
-            admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q).await
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q, None).await
         }
         DeliveriesCommand::Show { admin, id } => {
-            admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/deliveries/{id}"), &[]).await
+            admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/deliveries/{id}"), &[], None).await
         }
         DeliveriesCommand::Replay { admin, id } => {
-            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/replay"), &[]).await
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/replay"), &[], None).await
         }
     }
 }
@@ -481,10 +498,10 @@ async fn jobs(cmd: JobsCommand) -> anyhow::Result<()> {
             let mut q = vec![("limit", limit.to_string())];
             opt(&mut q, "status", status);
             opt(&mut q, "route", route);
-            admin_call(&admin, reqwest::Method::GET, "/api/v1/jobs", &q).await
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/jobs", &q, None).await
         }
         JobsCommand::Retry { admin, id } => {
-            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry"), &[]).await
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry"), &[], None).await
         }
     }
 }

@@ -122,6 +122,9 @@ fn every_command_has_help() {
         vec!["jobs", "list", "--help"],
         vec!["jobs", "retry", "--help"],
         vec!["config", "example", "--help"],
+        vec!["routes", "list", "--help"],
+        vec!["routes", "pause", "--help"],
+        vec!["sources", "resume", "--help"],
     ] {
         let (code, out, _) = run(&args, None, &[]);
         assert_eq!(code, 0, "{args:?}");
@@ -174,6 +177,38 @@ async fn send_and_the_admin_commands_work_against_a_running_server() {
         run(&["deliveries", "list"], None, &[("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", "wrong")])
     });
     assert_ne!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_sources_are_paused_and_resumed_from_the_command_line() {
+    let app = spawn_app(&Backend::Sqlite, &format!(
+        "{GITHUB_SOURCE}\n[[routes]]\nname = \"deploy\"\nsource = \"github\"\naction = {{ type = \"command\", argv = [\"true\"] }}\n"
+    ))
+    .await;
+    let addr = app.addr.clone();
+    let env = [("HOOKGATE_URL", addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN), ("USER", "carol")];
+    let cli = |args: &[&str]| tokio::task::block_in_place(|| run(args, None, &env));
+
+    let (code, out, err) = cli(&["routes", "pause", "deploy", "--reason", "release freeze"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = cli(&["routes", "list"]);
+    let routes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(routes["items"][0]["paused"]["by"], "carol", "{out}");
+    assert_eq!(routes["items"][0]["paused"]["reason"], "release freeze");
+    assert_eq!(cli(&["routes", "resume", "deploy"]).0, 0);
+    let (_, out, _) = cli(&["routes", "list"]);
+    assert!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"][0]["paused"].is_null(), "{out}");
+
+    assert_eq!(cli(&["sources", "pause", "github", "--by", "oncall"]).0, 0);
+    assert_eq!(app.github("push", "cli-paused", "{}").await.status(), 503);
+    let (_, out, _) = cli(&["sources", "list"]);
+    assert!(out.contains("\"by\": \"oncall\""), "{out}");
+    assert_eq!(cli(&["sources", "resume", "github"]).0, 0);
+    assert_eq!(app.github("push", "cli-resumed", "{}").await.status(), 202);
+
+    let (code, out, _) = cli(&["routes", "pause", "nope"]);
+    assert_ne!(code, 0, "an unknown route fails the command");
+    assert!(out.contains("not_found"), "{out}");
 }
 
 store_test! {
