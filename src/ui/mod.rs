@@ -1,4 +1,5 @@
-//! ui: the dashboard at `/ui/` — recent deliveries, their jobs and attempts, replay and retry buttons.
+//! ui: the dashboard at `/ui/` — recent deliveries, their jobs and attempts, replay and retry buttons, and the
+//! routes and sources with pause and resume buttons.
 //!
 //! The page is static; it asks for the admin token and reads everything through the admin API, so the
 //! dashboard can show nothing the API would not. Off (404) when no admin token is configured.
