@@ -54,6 +54,7 @@ macro_rules! contract_suite {
             a_paused_or_stopped_route_is_not_claimed_until_resumed,
             concurrency_counts_the_jobs_running_for_every_claimer,
             an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go,
+            each_route_is_leased_for_its_own_time,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {
@@ -103,6 +104,7 @@ pub fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
         routes: routes.iter().map(|r| r.to_string()).collect(),
         retry: HashMap::new(),
         limits: HashMap::new(),
+        leases: HashMap::new(),
     }
 }
 

@@ -168,6 +168,21 @@ pub struct Claim {
     /// What holds each route back across all instances; a route missing here has no limit but its state
     /// (paused and stopped routes are never claimed).
     pub limits: HashMap<String, RouteLimits>,
+    /// A route's own lease, where it ends before `lease_until` (its action's timeout is shorter than the
+    /// longest): a crashed runner's job of that route is taken up again sooner.
+    pub leases: HashMap<String, Millis>,
+}
+
+impl Claim {
+    /// When a job of `route` claimed now stops being held.
+    pub fn lease_for(&self, route: &str) -> Millis {
+        self.leases.get(route).copied().unwrap_or(self.lease_until)
+    }
+
+    /// [`Claim::leases`] as a JSON object, for the stores' lease statements.
+    pub fn leases_json(&self) -> String {
+        serde_json::to_string(&self.leases).unwrap_or_else(|_| "{}".into())
+    }
 }
 
 /// A route's limits a claim enforces in the store, so they hold across every instance.

@@ -197,7 +197,7 @@ async fn plan_and_pick(
         if capped.probe && picked.len() > before {
             probes.insert(picked[before].clone());
             let state = states.entry(capped.route.clone()).or_insert_with(|| control::RouteState::new(&capped.route));
-            state.probe_started(claim.lease_until, claim.now);
+            state.probe_started(claim.lease_for(&capped.route), claim.now);
             postgres_control::save_route_state(tx, state).await?;
         }
     }
@@ -539,10 +539,10 @@ impl Store for PostgresStore {
                     FOR UPDATE SKIP LOCKED
                  )
                  UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
-                                 lease_until = $4, updated_at = $2
+                                 lease_until = COALESCE(($5::text::jsonb ->> jobs.route)::bigint, $4), updated_at = $2
                  FROM picked WHERE jobs.id = picked.id
                  RETURNING jobs.id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at, jobs.delivery_id",
-                &[&picked, &claim.now, &claim.owner, &claim.lease_until],
+                &[&picked, &claim.now, &claim.owner, &claim.lease_until, &claim.leases_json()],
             )
             .await
             .map_err(pg_error)?;

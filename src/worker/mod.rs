@@ -169,13 +169,16 @@ impl Worker {
         let Ok(mut slots) = self.slots.clone().try_acquire_many_owned(limit as u32) else {
             return Ok(Vec::new());
         };
+        let now = now_ms();
+        // The margin beyond the action's timeout covers the kill grace and the final write.
+        let lease = |timeout: Duration| now + (timeout + live.config.worker.lease_margin).as_millis() as i64;
         let mut routes = Vec::new();
         let mut retry = HashMap::new();
         let mut limits = HashMap::new();
-        let mut timeout = Duration::ZERO;
+        let mut leases = HashMap::new();
         for route in live.routes.routes().filter(|r| r.config.enabled) {
             let name = route.name().to_string();
-            timeout = timeout.max(route.config.action.timeout());
+            leases.insert(name.clone(), lease(route.config.action.timeout()));
             retry.insert(name.clone(), route.config.retry.clone());
             let route_limits =
                 RouteLimits { concurrency: route.config.concurrency, breaker: route.config.circuit_breaker.is_some() };
@@ -187,10 +190,10 @@ impl Worker {
         if routes.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_ms();
-        // The margin beyond the longest action timeout covers the kill grace and the final write.
-        let lease_until = now + (timeout + live.config.worker.lease_margin).as_millis() as i64;
-        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry, limits };
+        // The longest lease is the default; routes whose own is shorter say so.
+        let lease_until = leases.values().copied().max().unwrap_or(now);
+        leases.retain(|_, l| *l < lease_until);
+        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry, limits, leases };
         let jobs = self.store.claim_jobs(claim).await?;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -284,6 +284,7 @@ fn claim(owner: &str, routes: &[&str], limit: usize, lease: i64) -> Claim {
         routes: routes.iter().map(|r| r.to_string()).collect(),
         retry: Default::default(),
         limits: Default::default(),
+        leases: Default::default(),
     }
 }
 

@@ -25,6 +25,7 @@ fn claim(owner: &str, route: &str, policy: &Retry, lease_for: i64) -> Claim {
         routes: vec![route.into()],
         retry: HashMap::from([(route.to_string(), policy.clone())]),
         limits: HashMap::new(),
+        leases: HashMap::new(),
     }
 }
 

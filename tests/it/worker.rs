@@ -108,6 +108,7 @@ store_test! {
             routes: vec!["touch".into()],
             retry: Default::default(),
             limits: Default::default(),
+            leases: Default::default(),
         };
         let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
         assert_eq!(held.len(), 1);

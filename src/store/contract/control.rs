@@ -118,3 +118,24 @@ pub async fn an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go(f: &
     assert_eq!(rest.len(), 2, "closed: everything goes");
     assert!(rest.iter().all(|j| !j.probe));
 }
+
+pub async fn each_route_is_leased_for_its_own_time(f: &dyn Fixture) {
+    let store = f.store();
+    store_one(store, "d1", vec![job("quick", None), job("slow", None)]).await;
+    let now = now_ms();
+    let first = Claim {
+        lease_until: now + HOUR,
+        leases: HashMap::from([("quick".to_string(), now + 1)]),
+        ..claim("a", &["quick", "slow"], 10)
+    };
+    let claimed = store.claim_jobs(first).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Only the quick route's lease has run out: its job is settled and claimable again after its backoff.
+    let no_pause = crate::retry::Retry { initial: Duration::ZERO, max: Duration::ZERO, ..Default::default() };
+    let mut again = claim("b", &["quick", "slow"], 10);
+    again.retry = HashMap::from([("quick".to_string(), no_pause.clone()), ("slow".to_string(), no_pause)]);
+    let retaken = store.claim_jobs(again).await.unwrap();
+    assert_eq!(retaken.iter().map(|j| j.route.as_str()).collect::<Vec<_>>(), ["quick"]);
+    assert_eq!(retaken[0].attempt, 2, "the lost run counted as an attempt");
+}

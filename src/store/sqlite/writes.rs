@@ -165,7 +165,7 @@ pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob
         if capped.probe && picked.len() > before {
             picked[before].probe = true;
             let state = states.entry(capped.route.clone()).or_insert_with(|| control::RouteState::new(&capped.route));
-            state.probe_started(claim.lease_until, claim.now);
+            state.probe_started(claim.lease_for(&capped.route), claim.now);
             super::control::save_route_state(conn, state)?;
         }
     }
@@ -184,12 +184,14 @@ pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob
         let mut update = conn
             .prepare_cached(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
-                                 lease_until = ?3, updated_at = ?4
+                                 lease_until = COALESCE(?5 ->> jobs.route, ?3), updated_at = ?4
                  WHERE id IN (SELECT value FROM json_each(?1))
                  RETURNING id, attempts, created_at, delivery_id",
             )
             .map_err(sql_error)?;
-        let mut rows = update.query(params![ids, claim.owner, claim.lease_until, claim.now]).map_err(sql_error)?;
+        let mut rows = update
+            .query(params![ids, claim.owner, claim.lease_until, claim.now, claim.leases_json()])
+            .map_err(sql_error)?;
         while let Some(row) = rows.next().map_err(sql_error)? {
             leased.insert(
                 row.get(0).map_err(sql_error)?,
