@@ -39,10 +39,10 @@ enum Command {
     Sign(SignArgs),
     /// Sign a body (FILE or stdin) and POST it to URL.
     Send(SendArgs),
-    /// Inspect and replay stored deliveries (admin API).
+    /// Inspect and replay stored deliveries, one or by filter (admin API).
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
-    /// Inspect and retry jobs (admin API).
+    /// Inspect, retry and cancel jobs, one or by filter (admin API).
     #[command(subcommand)]
     Jobs(JobsCommand),
     /// List, pause and resume routes on every instance (admin API).
@@ -167,12 +167,42 @@ enum DeliveriesCommand {
         admin: AdminArgs,
         id: String,
     },
-    /// Route a stored delivery again, creating new jobs.
+    /// Route a stored delivery again (or every delivery matching the filter), creating new jobs with the
+    /// current routes.
     Replay {
         #[command(flatten)]
         admin: AdminArgs,
-        id: String,
+        /// One delivery's id; without it, the deliveries matching the filter (at most 10 000 a run).
+        #[arg(conflicts_with_all = ["source", "event", "since", "until", "all", "idempotency_key"])]
+        id: Option<String>,
+        /// Only deliveries from this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only deliveries of this event.
+        #[arg(long)]
+        event: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
     },
+}
+
+/// The filter and key every bulk command takes.
+#[derive(Args)]
+struct BulkArgs {
+    /// From this time: RFC 3339 ("2026-12-01T10:00:00Z") or a duration ago ("1h"). Jobs compare it with when
+    /// they last changed state (for a finished job, when it ended), deliveries with when they were received.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Act on everything: a filter naming nothing is refused without it.
+    #[arg(long)]
+    all: bool,
+    /// Idempotency-Key of the request (default: a new one, printed on stderr). Run the command again with the
+    /// printed key to retry it safely: a request that already acted answers what it did, and acts no more.
+    #[arg(long)]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -181,7 +211,7 @@ enum JobsCommand {
     List {
         #[command(flatten)]
         admin: AdminArgs,
-        /// queued, running, succeeded or dead.
+        /// queued, running, succeeded, dead or cancelled.
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -189,11 +219,34 @@ enum JobsCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Queue a dead (or succeeded) job again.
+    /// Queue a dead (or succeeded, or cancelled) job again, or every such job matching the filter.
     Retry {
         #[command(flatten)]
         admin: AdminArgs,
-        id: String,
+        /// One job's id; without it, the jobs matching the filter (at most 10 000 a run).
+        #[arg(conflicts_with_all = ["route", "status", "since", "until", "all", "idempotency_key"])]
+        id: Option<String>,
+        /// Only jobs of this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// dead (the default), cancelled or succeeded.
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
+    },
+    /// Cancel the queued jobs matching the filter (at most 10 000 a run). Running jobs are left to finish.
+    Cancel {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only jobs of this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// queued (the only status that can be cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        bulk: BulkArgs,
     },
 }
 
@@ -447,12 +500,51 @@ async fn admin_call(
     method: reqwest::Method,
     path: &str,
     query: &[(&str, String)],
+) -> anyhow::Result<()> {
+    admin_request(admin, method, path, query, None, None).await
+}
+
+/// A bulk request: the filter as a JSON body, under an idempotency key (a new one, printed, when none is given).
+async fn bulk_call(
+    admin: &AdminArgs,
+    path: &str,
+    mut filter: serde_json::Map<String, serde_json::Value>,
+    bulk: BulkArgs,
+) -> anyhow::Result<()> {
+    for (name, value) in [("since", bulk.since), ("until", bulk.until)] {
+        if let Some(value) = value {
+            filter.insert(name.into(), value.into());
+        }
+    }
+    if bulk.all {
+        filter.insert("all".into(), true.into());
+    }
+    let key = bulk.idempotency_key.unwrap_or_else(crate::store::new_id);
+    eprintln!("idempotency key: {key} (to retry this request safely, run it again with --idempotency-key {key})");
+    admin_request(admin, reqwest::Method::POST, path, &[], Some(serde_json::Value::Object(filter)), Some(key)).await
+}
+
+fn filter_of(pairs: [(&str, Option<String>); 2]) -> serde_json::Map<String, serde_json::Value> {
+    pairs.into_iter().filter_map(|(name, value)| Some((name.to_string(), value?.into()))).collect()
+}
+
+/// Call the admin API with an optional JSON body and `Idempotency-Key`, and print its JSON answer; fails on a
+/// non-2xx answer.
+async fn admin_request(
+    admin: &AdminArgs,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
     body: Option<serde_json::Value>,
+    idempotency_key: Option<String>,
 ) -> anyhow::Result<()> {
     let url = format!("{}{path}", admin.url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, url).bearer_auth(&admin.token).query(query);
-    if let Some(body) = body {
-        request = request.json(&body);
+    if let Some(json) = body {
+        request = request.json(&json);
+    }
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
     }
     let response = request.send().await?;
     let status = response.status();
@@ -481,13 +573,17 @@ async fn deliveries(cmd: DeliveriesCommand) -> anyhow::Result<()> {
             opt(&mut q, "source", source);
             opt(&mut q, "event", event);
             opt(&mut q, "cursor", cursor);
-            admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q, None).await
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q).await
         }
         DeliveriesCommand::Show { admin, id } => {
-            admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/deliveries/{id}"), &[], None).await
+            admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/deliveries/{id}"), &[]).await
         }
-        DeliveriesCommand::Replay { admin, id } => {
-            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/replay"), &[], None).await
+        DeliveriesCommand::Replay { admin, id: Some(id), .. } => {
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/deliveries/{id}/replay"), &[]).await
+        }
+        DeliveriesCommand::Replay { admin, id: None, source, event, bulk } => {
+            let filter = filter_of([("source", source), ("event", event)]);
+            bulk_call(&admin, "/api/v1/deliveries/replay", filter, bulk).await
         }
     }
 }
@@ -498,10 +594,16 @@ async fn jobs(cmd: JobsCommand) -> anyhow::Result<()> {
             let mut q = vec![("limit", limit.to_string())];
             opt(&mut q, "status", status);
             opt(&mut q, "route", route);
-            admin_call(&admin, reqwest::Method::GET, "/api/v1/jobs", &q, None).await
+            admin_call(&admin, reqwest::Method::GET, "/api/v1/jobs", &q).await
         }
-        JobsCommand::Retry { admin, id } => {
-            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry"), &[], None).await
+        JobsCommand::Retry { admin, id: Some(id), .. } => {
+            admin_call(&admin, reqwest::Method::POST, &format!("/api/v1/jobs/{id}/retry"), &[]).await
+        }
+        JobsCommand::Retry { admin, id: None, route, status, bulk } => {
+            bulk_call(&admin, "/api/v1/jobs/retry", filter_of([("route", route), ("status", status)]), bulk).await
+        }
+        JobsCommand::Cancel { admin, route, status, bulk } => {
+            bulk_call(&admin, "/api/v1/jobs/cancel", filter_of([("route", route), ("status", status)]), bulk).await
         }
     }
 }

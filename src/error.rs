@@ -30,6 +30,9 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     BadRequest(String),
+    /// A bulk request's `Idempotency-Key` was used before for another operation or filter.
+    #[error("this Idempotency-Key was used for another request (operation or filter); use a new key")]
+    IdempotencyKeyReused,
     #[error("request body was not received in time")]
     RequestTimeout,
     /// `cause` is for the log only (the client sees the message).
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } | ApiError::SourcePaused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::Overloaded { .. } => "overloaded",

@@ -1,7 +1,8 @@
-//! admin: the bearer-token API over the store — deliveries, jobs, replay and retry, and the shared route and
-//! source controls ([`control`]). Off (404) without a token.
+//! admin: the bearer-token API over the store — deliveries, jobs, replay and retry (one, or in bulk by filter),
+//! and the shared route and source controls ([`control`]). Off (404) without a token.
 
 mod auth;
+mod bulk;
 mod control;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,6 +33,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/deliveries/{id}/replay", post(replay_delivery))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route("/api/v1/jobs/retry", post(bulk::retry_jobs))
+        .route("/api/v1/jobs/cancel", post(bulk::cancel_jobs))
+        .route("/api/v1/deliveries/replay", post(bulk::replay_deliveries))
         .route("/api/v1/routes", get(control::list_routes))
         .route("/api/v1/routes/{name}/pause", post(control::pause_route))
         .route("/api/v1/routes/{name}/resume", post(control::resume_route))
@@ -217,7 +221,8 @@ async fn list_jobs(
     let status = match p.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::BadRequest(format!("status must be queued, running, succeeded or dead, not `{s}`"))
+            let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::BadRequest(format!("status must be one of {}, not `{s}`", known.join(", ")))
         })?),
     };
     let page = state

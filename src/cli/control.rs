@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use super::{admin_call, AdminArgs};
+use super::{admin_call, admin_request, AdminArgs};
 
 #[derive(Subcommand)]
 pub enum RoutesCommand {
@@ -75,12 +75,12 @@ impl Why {
 pub async fn routes(cmd: RoutesCommand) -> anyhow::Result<()> {
     let post = reqwest::Method::POST;
     match cmd {
-        RoutesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/routes", &[], None).await,
+        RoutesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/routes", &[]).await,
         RoutesCommand::Pause { admin, name, why } => {
-            admin_call(&admin, post, &format!("/api/v1/routes/{name}/pause"), &[], Some(why.body())).await
+            admin_request(&admin, post, &format!("/api/v1/routes/{name}/pause"), &[], Some(why.body()), None).await
         }
         RoutesCommand::Resume { admin, name, why } => {
-            admin_call(&admin, post, &format!("/api/v1/routes/{name}/resume"), &[], Some(why.body())).await
+            admin_request(&admin, post, &format!("/api/v1/routes/{name}/resume"), &[], Some(why.body()), None).await
         }
     }
 }
@@ -88,12 +88,12 @@ pub async fn routes(cmd: RoutesCommand) -> anyhow::Result<()> {
 pub async fn sources(cmd: SourcesCommand) -> anyhow::Result<()> {
     let post = reqwest::Method::POST;
     match cmd {
-        SourcesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/sources", &[], None).await,
+        SourcesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/sources", &[]).await,
         SourcesCommand::Pause { admin, name, why } => {
-            admin_call(&admin, post, &format!("/api/v1/sources/{name}/pause"), &[], Some(why.body())).await
+            admin_request(&admin, post, &format!("/api/v1/sources/{name}/pause"), &[], Some(why.body()), None).await
         }
         SourcesCommand::Resume { admin, name, why } => {
-            admin_call(&admin, post, &format!("/api/v1/sources/{name}/resume"), &[], Some(why.body())).await
+            admin_request(&admin, post, &format!("/api/v1/sources/{name}/resume"), &[], Some(why.body()), None).await
         }
     }
 }

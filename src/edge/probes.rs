@@ -36,13 +36,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Read at scrape time so it is exact whichever instance did the work; counters kept by the writes make it
     // a read of a few rows per route, however long the queue.
     if let Ok(Ok(counts)) = tokio::time::timeout(Duration::from_secs(2), state.store.job_counts()).await {
-        for (status, n) in [
-            (JobStatus::Queued, counts.queued),
-            (JobStatus::Running, counts.running),
-            (JobStatus::Succeeded, counts.succeeded),
-            (JobStatus::Dead, counts.dead),
-        ] {
-            metrics::gauge!(QUEUE_DEPTH, "status" => status.as_str()).set(n as f64);
+        for status in JobStatus::ALL {
+            metrics::gauge!(QUEUE_DEPTH, "status" => status.as_str()).set(counts.of(status) as f64);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())

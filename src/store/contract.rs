@@ -55,6 +55,18 @@ macro_rules! contract_suite {
             concurrency_counts_the_jobs_running_for_every_claimer,
             an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go,
             each_route_is_leased_for_its_own_time,
+
+            // Bulk operations (issue 14).
+            terminal_jobs_are_retried_by_route_status_and_time,
+            queued_jobs_are_cancelled_by_filter_and_running_ones_are_left_to_finish,
+            cancelled_jobs_are_never_claimed_until_retried,
+            a_bulk_action_takes_at_most_its_limit_and_says_more_matched,
+            a_repeated_key_answers_the_stored_outcome_and_acts_once,
+            a_key_reused_for_another_request_is_refused_and_nothing_is_done,
+            concurrent_requests_with_one_key_act_once,
+            an_expired_key_is_forgotten_and_purged,
+            deliveries_are_found_by_filter_oldest_first_and_replayed_with_their_jobs,
+            purge_takes_deliveries_whose_jobs_were_cancelled,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {
@@ -629,4 +641,303 @@ pub async fn concurrent_claimers_never_receive_the_same_job(f: &dyn Fixture) {
     let keys: Vec<_> = all.iter().filter_map(|(_, k)| k.clone()).collect();
     let unique_keys: std::collections::HashSet<_> = keys.iter().collect();
     assert_eq!(keys.len(), unique_keys.len());
+}
+
+// Bulk operations (issue 14): retry and cancel by filter, replay by filter, idempotency keys.
+
+/// A bulk request with everything but the action and status left open.
+pub fn bulk(action: BulkAction, status: JobStatus) -> BulkJobs {
+    BulkJobs { action, status, route: None, since: None, until: None, limit: BULK_LIMIT, now: now_ms(), key: None }
+}
+
+pub fn key(key: &str, fingerprint: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey { key: key.into(), fingerprint: fingerprint.into() })
+}
+
+/// Jobs that ran once and ended in `next` (a delivery each).
+pub async fn finished_jobs(store: &dyn Store, route: &str, n: usize, next: NextState) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let j = job(route, None);
+        store.insert_delivery(delivery("github", &new_id()), vec![j.clone()]).await.unwrap();
+        ids.push(j.id);
+    }
+    let claimed = store.claim_jobs(claim("w", &[route], n)).await.unwrap();
+    assert_eq!(claimed.len(), n);
+    for c in &claimed {
+        assert!(store.finish_job(&c.id, "w", record(1, next == NextState::Succeeded), next).await.unwrap());
+    }
+    ids
+}
+
+pub async fn statuses(store: &dyn Store, ids: &[String]) -> Vec<JobStatus> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(job_of(store, id).await.status);
+    }
+    out
+}
+
+pub async fn terminal_jobs_are_retried_by_route_status_and_time(f: &dyn Fixture) {
+    let store = f.store();
+    let started = now_ms();
+    let dead_a = finished_jobs(store, "a", 2, NextState::Dead).await;
+    let dead_b = finished_jobs(store, "b", 1, NextState::Dead).await;
+    let done_a = finished_jobs(store, "a", 1, NextState::Succeeded).await;
+    let queued = job("a", None);
+    store_one(store, "q", vec![queued.clone()]).await;
+    // Times compare with when the job ended: nothing ended an hour ago, and all of them since `started`.
+    let earlier = BulkJobs { until: Some(started - HOUR), ..bulk(BulkAction::Retry, JobStatus::Dead) };
+    assert_eq!(store.bulk_jobs(earlier).await.unwrap(), BulkAnswer::Done(BulkOutcome::default()));
+    let op = BulkJobs {
+        route: Some("a".into()),
+        since: Some(started),
+        until: Some(now_ms() + 1),
+        ..bulk(BulkAction::Retry, JobStatus::Dead)
+    };
+    let now = op.now;
+    assert_eq!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 2, jobs: 0, more: false }));
+    for id in &dead_a {
+        let retried = job_of(store, id).await;
+        assert_eq!((retried.status, retried.attempts, retried.last_error), (JobStatus::Queued, 0, None));
+        assert_eq!(retried.next_attempt_at, Some(now));
+    }
+    assert_eq!(statuses(store, &dead_b).await, [JobStatus::Dead], "another route");
+    assert_eq!(statuses(store, &done_a).await, [JobStatus::Succeeded], "another status");
+    let succeeded = bulk(BulkAction::Retry, JobStatus::Succeeded);
+    assert_eq!(
+        store.bulk_jobs(succeeded).await.unwrap(),
+        BulkAnswer::Done(BulkOutcome { count: 1, jobs: 0, more: false })
+    );
+    assert_eq!(job_of(store, &queued.id).await.next_attempt_at, Some(queued.run_at), "a queued job is not touched");
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.dead, counts.succeeded), (4, 1, 0));
+    let again = store.claim_jobs(claim("w", &["a"], 10)).await.unwrap();
+    assert_eq!(again.len(), 4);
+    assert!(again.iter().all(|j| j.attempt == 1));
+}
+
+pub async fn queued_jobs_are_cancelled_by_filter_and_running_ones_are_left_to_finish(f: &dyn Fixture) {
+    let store = f.store();
+    let running = job("a", None);
+    store_one(store, "d0", vec![running.clone()]).await;
+    assert_eq!(store.claim_jobs(claim("w", &["a"], 1)).await.unwrap().len(), 1);
+    let queued: Vec<NewJob> = vec![job("a", None), job_at("a", Some("k"), now_ms() + HOUR), job("a", None)];
+    let other = job("b", None);
+    store_one(store, "d1", queued.clone()).await;
+    store_one(store, "d2", vec![other.clone()]).await;
+    let op = BulkJobs { route: Some("a".into()), ..bulk(BulkAction::Cancel, JobStatus::Queued) };
+    assert_eq!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 3, jobs: 0, more: false }));
+    for j in &queued {
+        let cancelled = job_of(store, &j.id).await;
+        assert_eq!(cancelled.status, JobStatus::Cancelled);
+        assert_eq!(cancelled.last_error.as_deref(), Some(CANCELLED_BY_OPERATOR));
+        assert_eq!(cancelled.next_attempt_at, None);
+    }
+    assert_eq!(job_of(store, &other.id).await.status, JobStatus::Queued);
+    assert_eq!(job_of(store, &running.id).await.status, JobStatus::Running);
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.queued, counts.running, counts.cancelled), (1, 1, 3));
+    // The running job finishes as it would have.
+    assert!(store.finish_job(&running.id, "w", record(1, true), NextState::Succeeded).await.unwrap());
+    let listed = store.list_jobs(JobQuery { status: Some(JobStatus::Cancelled), ..Default::default() }).await.unwrap();
+    assert_eq!(listed.items.len(), 3);
+    let d1 = store.list_deliveries(Default::default()).await.unwrap().items.into_iter().find(|d| d.delivery == "d1");
+    assert_eq!(d1.unwrap().jobs.cancelled, 3);
+    // Nothing queued is left on the route: cancelling again does nothing.
+    let op = BulkJobs { route: Some("a".into()), ..bulk(BulkAction::Cancel, JobStatus::Queued) };
+    assert_eq!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Done(BulkOutcome::default()));
+}
+
+pub async fn cancelled_jobs_are_never_claimed_until_retried(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", Some("k"));
+    store_one(store, "d1", vec![j.clone()]).await;
+    store.bulk_jobs(bulk(BulkAction::Cancel, JobStatus::Queued)).await.unwrap();
+    let mut later = claim("w", &["r"], 10);
+    later.now += 10 * HOUR;
+    later.lease_until = later.now + HOUR;
+    assert!(store.claim_jobs(later).await.unwrap().is_empty());
+    // A new job of the same key does not merge into the cancelled one.
+    let newer = job("r", Some("k"));
+    store_one(store, "d2", vec![newer.clone()]).await;
+    assert_eq!(job_of(store, &newer.id).await.status, JobStatus::Queued);
+    assert_eq!(job_of(store, &j.id).await.merged, 0);
+    assert!(store.finish_job(&j.id, "w", record(1, true), NextState::Succeeded).await.map(|ok| !ok).unwrap());
+    // A cancelled job can be retried, one at a time or by filter.
+    assert!(store.retry_job(&j.id, now_ms()).await.unwrap());
+    let claimed = store.claim_jobs(claim("w", &["r"], 10)).await.unwrap();
+    assert_eq!(claimed.len(), 1, "one job per key at a time");
+}
+
+pub async fn a_bulk_action_takes_at_most_its_limit_and_says_more_matched(f: &dyn Fixture) {
+    let store = f.store();
+    let dead = finished_jobs(store, "r", 3, NextState::Dead).await;
+    let op = BulkJobs { limit: 2, ..bulk(BulkAction::Retry, JobStatus::Dead) };
+    assert_eq!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 2, jobs: 0, more: true }));
+    assert_eq!(statuses(store, &dead).await, [JobStatus::Queued, JobStatus::Queued, JobStatus::Dead], "oldest first");
+    let op = BulkJobs { limit: 1, ..bulk(BulkAction::Retry, JobStatus::Dead) };
+    assert_eq!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 1, jobs: 0, more: false }));
+}
+
+pub async fn a_repeated_key_answers_the_stored_outcome_and_acts_once(f: &dyn Fixture) {
+    let store = f.store();
+    let dead = finished_jobs(store, "r", 2, NextState::Dead).await;
+    let op = BulkJobs { key: key("k1", "retry r"), ..bulk(BulkAction::Retry, JobStatus::Dead) };
+    let done = BulkOutcome { count: 2, jobs: 0, more: false };
+    assert_eq!(store.bulk_jobs(op.clone()).await.unwrap(), BulkAnswer::Done(done));
+    // They run and die again; the same request again (a client's retry) changes nothing.
+    let claimed = store.claim_jobs(claim("w", &["r"], 10)).await.unwrap();
+    for c in &claimed {
+        store.finish_job(&c.id, "w", record(2, false), NextState::Dead).await.unwrap();
+    }
+    assert_eq!(store.bulk_jobs(op.clone()).await.unwrap(), BulkAnswer::Repeat(done));
+    assert_eq!(statuses(store, &dead).await, [JobStatus::Dead, JobStatus::Dead]);
+    assert_eq!(
+        store.idempotent_answer(op.key.as_ref().unwrap(), now_ms()).await.unwrap(),
+        Some(BulkAnswer::Repeat(done))
+    );
+    assert_eq!(store.idempotent_answer(key("unknown", "x").as_ref().unwrap(), now_ms()).await.unwrap(), None);
+
+    // A replay under a key: its jobs are created once.
+    let d = store_one(store, "d", vec![]).await;
+    let replay = |jobs: Vec<NewJob>| BulkReplay {
+        plan: vec![(d.clone(), jobs)],
+        more: false,
+        now: now_ms(),
+        key: key("k2", "replay"),
+    };
+    let created = BulkOutcome { count: 1, jobs: 2, more: false };
+    assert_eq!(
+        store.replay_deliveries(replay(vec![job("s", None), job("t", Some("x"))])).await.unwrap(),
+        BulkAnswer::Done(created)
+    );
+    assert_eq!(
+        store.replay_deliveries(replay(vec![job("s", None), job("t", Some("y"))])).await.unwrap(),
+        BulkAnswer::Repeat(created)
+    );
+    assert_eq!(store.get_delivery(&d).await.unwrap().unwrap().jobs.len(), 2);
+}
+
+pub async fn a_key_reused_for_another_request_is_refused_and_nothing_is_done(f: &dyn Fixture) {
+    let store = f.store();
+    let dead = finished_jobs(store, "r", 1, NextState::Dead).await;
+    let queued = job("q", None);
+    let d = store_one(store, "d", vec![queued.clone()]).await;
+    let cancel = BulkJobs { key: key("k", "cancel q"), ..bulk(BulkAction::Cancel, JobStatus::Queued) };
+    assert!(matches!(store.bulk_jobs(cancel).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 1, .. })));
+    let retry = BulkJobs { key: key("k", "retry r"), ..bulk(BulkAction::Retry, JobStatus::Dead) };
+    assert_eq!(store.bulk_jobs(retry).await.unwrap(), BulkAnswer::KeyReused);
+    assert_eq!(statuses(store, &dead).await, [JobStatus::Dead]);
+    let replay = BulkReplay {
+        plan: vec![(d.clone(), vec![job("s", None)])],
+        more: false,
+        now: now_ms(),
+        key: key("k", "replay"),
+    };
+    assert_eq!(store.replay_deliveries(replay).await.unwrap(), BulkAnswer::KeyReused);
+    assert_eq!(store.get_delivery(&d).await.unwrap().unwrap().jobs.len(), 1);
+    assert_eq!(
+        store.idempotent_answer(key("k", "other").as_ref().unwrap(), now_ms()).await.unwrap(),
+        Some(BulkAnswer::KeyReused)
+    );
+}
+
+pub async fn concurrent_requests_with_one_key_act_once(f: &dyn Fixture) {
+    let store = f.store();
+    let d = store_one(store, "d", vec![]).await;
+    let replay = || BulkReplay {
+        plan: vec![(d.clone(), vec![job("s", None)])],
+        more: false,
+        now: now_ms(),
+        key: key("k", "replay"),
+    };
+    let answers = futures_util::future::join_all((0..8).map(|_| store.replay_deliveries(replay()))).await;
+    let answers: Vec<BulkAnswer> = answers.into_iter().map(Result::unwrap).collect();
+    let created = BulkOutcome { count: 1, jobs: 1, more: false };
+    assert_eq!(answers.iter().filter(|a| **a == BulkAnswer::Done(created)).count(), 1, "{answers:?}");
+    assert!(answers.iter().all(|a| matches!(a, BulkAnswer::Done(_) | BulkAnswer::Repeat(_))), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| matches!(a, BulkAnswer::Done(o) | BulkAnswer::Repeat(o) if *o == created)),
+        "{answers:?}"
+    );
+    assert_eq!(store.get_delivery(&d).await.unwrap().unwrap().jobs.len(), 1);
+}
+
+pub async fn an_expired_key_is_forgotten_and_purged(f: &dyn Fixture) {
+    let store = f.store();
+    finished_jobs(store, "r", 1, NextState::Dead).await;
+    let old = BulkJobs {
+        key: key("k", "retry"),
+        now: now_ms() - IDEMPOTENCY_TTL - HOUR,
+        ..bulk(BulkAction::Retry, JobStatus::Dead)
+    };
+    assert!(matches!(store.bulk_jobs(old).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 1, .. })));
+    assert_eq!(store.idempotent_answer(key("k", "retry").as_ref().unwrap(), now_ms()).await.unwrap(), None);
+    assert_eq!(f.rows("idempotency_keys").await, 1);
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0);
+    assert_eq!(f.rows("idempotency_keys").await, 0, "the purge forgets expired keys");
+    // Another request under the key, a day later, acts (here: on nothing, the job is queued).
+    let op = BulkJobs { key: key("k", "cancel"), ..bulk(BulkAction::Cancel, JobStatus::Queued) };
+    assert!(matches!(store.bulk_jobs(op.clone()).await.unwrap(), BulkAnswer::Done(BulkOutcome { count: 1, .. })));
+    assert!(matches!(store.bulk_jobs(op).await.unwrap(), BulkAnswer::Repeat(BulkOutcome { count: 1, .. })));
+}
+
+pub async fn deliveries_are_found_by_filter_oldest_first_and_replayed_with_their_jobs(f: &dyn Fixture) {
+    let store = f.store();
+    let base = now_ms() - 10 * HOUR;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut d = delivery(if i % 2 == 0 { "github" } else { "gitlab" }, &format!("d{i}"));
+        d.event = if i < 4 { "push".into() } else { "ping".into() };
+        d.received_at = base + i as i64 * HOUR;
+        ids.push(d.id.clone());
+        store.insert_delivery(d, vec![]).await.unwrap();
+    }
+    let found = |filter: DeliveryFilter, after: Option<String>, limit: usize| async move {
+        let page = store.find_deliveries(&filter, after.as_deref(), limit).await.unwrap();
+        page.into_iter().map(|d| d.delivery).collect::<Vec<_>>()
+    };
+    let all = DeliveryFilter::default();
+    assert_eq!(found(all.clone(), None, 100).await, ["d0", "d1", "d2", "d3", "d4", "d5"]);
+    assert_eq!(found(all.clone(), Some(ids[1].clone()), 2).await, ["d2", "d3"]);
+    let github_push =
+        DeliveryFilter { source: Some("github".into()), event: Some("push".into()), ..Default::default() };
+    assert_eq!(found(github_push, None, 100).await, ["d0", "d2"]);
+    let window = DeliveryFilter { since: Some(base + HOUR), until: Some(base + 3 * HOUR), ..Default::default() };
+    assert_eq!(found(window, None, 100).await, ["d1", "d2"], "since inclusive, until exclusive");
+    let bodies = store.find_deliveries(&all, None, 1).await.unwrap();
+    assert_eq!(bodies[0].body, delivery("github", "x").body);
+    assert_eq!(bodies[0].headers, delivery("github", "x").headers);
+
+    // A planned delivery purged meanwhile is not counted; one without jobs is.
+    let plan = vec![
+        (ids[0].clone(), vec![job("r", None), job("s", Some("k"))]),
+        (ids[1].clone(), vec![]),
+        ("gone".to_string(), vec![job("r", None)]),
+        (ids[2].clone(), vec![job("s", Some("k"))]),
+    ];
+    let replay = BulkReplay { plan, more: true, now: now_ms(), key: None };
+    let outcome = BulkOutcome { count: 3, jobs: 3, more: true };
+    assert_eq!(store.replay_deliveries(replay).await.unwrap(), BulkAnswer::Done(outcome));
+    // The keyed job of d2 merged into d0's.
+    assert_eq!(store.job_counts().await.unwrap().queued, 2);
+    let jobs = store.get_delivery(&ids[2]).await.unwrap().unwrap().jobs;
+    assert_eq!((jobs.len(), jobs[0].job.merged), (1, 1));
+}
+
+pub async fn purge_takes_deliveries_whose_jobs_were_cancelled(f: &dyn Fixture) {
+    let store = f.store();
+    let mut d = delivery("github", "old");
+    d.received_at = now_ms() - 10 * HOUR;
+    store.insert_delivery(d.clone(), vec![job("r", None), job("s", None)]).await.unwrap();
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0, "queued jobs keep it");
+    let op = BulkJobs { route: Some("r".into()), ..bulk(BulkAction::Cancel, JobStatus::Queued) };
+    store.bulk_jobs(op).await.unwrap();
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0, "one job is still queued");
+    store.bulk_jobs(bulk(BulkAction::Cancel, JobStatus::Queued)).await.unwrap();
+    assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 1);
+    assert!(store.get_delivery(&d.id).await.unwrap().is_none());
+    assert_eq!(f.rows("jobs").await, 0);
+    assert_eq!(store.job_counts().await.unwrap().cancelled, 0);
 }

@@ -3,6 +3,7 @@
 //! Every method that changes state returns only after the change is committed to disk, so a caller may
 //! acknowledge what it wrote. Times are Unix milliseconds (`Millis`), ids are UUIDv7 strings (time-ordered).
 
+mod bulk;
 pub mod codec;
 #[cfg(test)]
 mod contract;
@@ -15,6 +16,7 @@ pub mod sqlite;
 mod url;
 pub mod watched;
 
+pub use bulk::*;
 pub use url::{StoreUrl, StoreUrlError};
 
 use std::collections::HashMap;
@@ -119,10 +121,12 @@ pub enum JobStatus {
     Running,
     Succeeded,
     Dead,
+    /// Cancelled by an operator while queued; terminal, as `succeeded` and `dead`.
+    Cancelled,
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 4] = [Self::Queued, Self::Running, Self::Succeeded, Self::Dead];
+    pub const ALL: [JobStatus; 5] = [Self::Queued, Self::Running, Self::Succeeded, Self::Dead, Self::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,7 +134,13 @@ impl JobStatus {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
         }
+    }
+
+    /// A job in a terminal status never runs again unless retried.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -284,6 +294,30 @@ pub struct JobCounts {
     pub running: u64,
     pub succeeded: u64,
     pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl JobCounts {
+    /// The number of jobs in `status`.
+    pub fn of(&self, status: JobStatus) -> u64 {
+        match status {
+            JobStatus::Queued => self.queued,
+            JobStatus::Running => self.running,
+            JobStatus::Succeeded => self.succeeded,
+            JobStatus::Dead => self.dead,
+            JobStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    fn set(&mut self, status: JobStatus, n: u64) {
+        match status {
+            JobStatus::Queued => self.queued = n,
+            JobStatus::Running => self.running = n,
+            JobStatus::Succeeded => self.succeeded = n,
+            JobStatus::Dead => self.dead = n,
+            JobStatus::Cancelled => self.cancelled = n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -395,7 +429,7 @@ pub trait Store: Send + Sync + 'static {
     /// Give a running job back without using up an attempt (shutdown, open circuit); it runs at `run_at`.
     async fn release_job(&self, job_id: &str, owner: &str, run_at: Millis) -> Result<bool, StoreError>;
 
-    /// Put a dead (or succeeded) job back in the queue with its attempt count reset. False if unknown
+    /// Put a dead (or succeeded, or cancelled) job back in the queue with its attempt count reset. False if unknown
     /// or currently queued/running.
     async fn retry_job(&self, job_id: &str, now: Millis) -> Result<bool, StoreError>;
 
@@ -431,6 +465,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every route and source with shared state: what each instance caches and refreshes.
     async fn control_state(&self) -> Result<control::ControlState, StoreError>;
+
+    // Bulk operations (see `bulk`): retry and cancel by filter, replay by filter, once per idempotency key.
+
+    /// Retry or cancel, in one transaction, the jobs `op` selects (see [`BulkJobs`]). With a key: the key, its
+    /// fingerprint and the outcome are stored in that same transaction; the same key again answers `Repeat`
+    /// with the stored outcome and changes nothing, with another fingerprint `KeyReused`. Concurrent requests
+    /// with one key act once. A key older than [`IDEMPOTENCY_TTL`] is forgotten.
+    async fn bulk_jobs(&self, op: BulkJobs) -> Result<BulkAnswer, StoreError>;
+
+    /// Deliveries matching `filter` with an id above `after`, oldest first, at most `limit`, bodies included.
+    async fn find_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Add the planned jobs to their deliveries in one transaction (coalescing applies), with the idempotency
+    /// rules of [`Store::bulk_jobs`]. `count` is the planned deliveries still stored, `jobs` the jobs created
+    /// or merged.
+    async fn replay_deliveries(&self, replay: BulkReplay) -> Result<BulkAnswer, StoreError>;
+
+    /// What an earlier request with this key answered (`Repeat` or `KeyReused`); `None` for a key unknown or
+    /// expired. Only reads: it spares a repeated replay its planning, the write decides.
+    async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -3,7 +3,10 @@
 //! Each write is one transaction on a pooled connection (a delivery whose jobs have no coalesce key is a
 //! single statement: one round trip); PostgreSQL's own group commit batches the WAL flushes of concurrent
 //! requests. A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as
-//! the URL's `sslmode` asks, the way libpq reads it (`postgres_tls`).
+//! the URL's `sslmode` asks, the way libpq reads it (`postgres_tls`). The bulk operations (retry, cancel and
+//! replay by filter, with idempotency keys) are in `postgres/bulk.rs`.
+
+mod bulk;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -24,8 +27,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
     // Version 3 is SQLite's body codec; PostgreSQL compresses large values itself (TOAST).
     (4, include_str!("migrations/postgres/0004_replay_key.sql")),
     (5, include_str!("migrations/postgres/0005_job_counts.sql")),
+    (6, include_str!("migrations/postgres/0006_cancelled.sql")),
     (7, include_str!("migrations/postgres/0007_control.sql")),
 ];
+
+/// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
+/// the migration's locks, such as validating a constraint added `NOT VALID` (a scan of the table under a lock
+/// that lets reads and writes go on).
+const FOLLOW_UPS: &[&str] = &["DO $$ BEGIN
+         IF EXISTS (SELECT 1 FROM pg_constraint
+                    WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_check' AND NOT convalidated) THEN
+             ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status_check;
+         END IF;
+     END $$"];
 
 /// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
@@ -266,6 +280,11 @@ impl PostgresStore {
 
     /// Apply every migration not yet recorded, under an advisory lock so concurrent starts agree.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_to(i32::MAX).await
+    }
+
+    /// Apply the migrations not yet recorded up to version `last` (tests build old schemas).
+    async fn migrate_to(&self, last: i32) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;
@@ -279,13 +298,17 @@ impl PostgresStore {
             .await
             .map_err(pg_error)?
             .get(0);
-        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current && *v <= last) {
             tx.batch_execute(sql).await.map_err(pg_error)?;
             tx.execute("INSERT INTO hookgate_migrations (version, applied_at) VALUES ($1, $2)", &[version, &now_ms()])
                 .await
                 .map_err(pg_error)?;
         }
-        tx.commit().await.map_err(pg_error)
+        tx.commit().await.map_err(pg_error)?;
+        for sql in FOLLOW_UPS {
+            client.batch_execute(sql).await.map_err(pg_error)?;
+        }
+        Ok(())
     }
 
     /// The highest applied migration.
@@ -354,7 +377,8 @@ async fn insert_jobs_tx(
                     &tx.prepare_cached(
                         "UPDATE jobs SET delivery_id = $1, merged = merged + 1, updated_at = $2
                      WHERE id = (SELECT id FROM jobs WHERE route = $3 AND coalesce_key = $4 AND status = 'queued'
-                                 ORDER BY run_at LIMIT 1)",
+                                 ORDER BY run_at LIMIT 1)
+                       AND status = 'queued'",
                     )
                     .await
                     .map_err(pg_error)?,
@@ -613,7 +637,7 @@ impl Store for PostgresStore {
         let n = client
             .execute(
                 "UPDATE jobs SET status = 'queued', attempts = 0, run_at = $2, last_error = NULL, updated_at = $2
-                 WHERE id = $1 AND status IN ('dead', 'succeeded')",
+                 WHERE id = $1 AND status IN ('dead', 'succeeded', 'cancelled')",
                 &[&job_id, &now],
             )
             .await
@@ -674,7 +698,8 @@ impl Store for PostgresStore {
                         COUNT(j.id) FILTER (WHERE j.status = 'queued') AS queued,
                         COUNT(j.id) FILTER (WHERE j.status = 'running') AS running,
                         COUNT(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded,
-                        COUNT(j.id) FILTER (WHERE j.status = 'dead') AS dead
+                        COUNT(j.id) FILTER (WHERE j.status = 'dead') AS dead,
+                        COUNT(j.id) FILTER (WHERE j.status = 'cancelled') AS cancelled
                  FROM (SELECT * FROM deliveries
                        WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR event = $2)
                          AND ($3::text IS NULL OR id < $3)
@@ -699,6 +724,7 @@ impl Store for PostgresStore {
                     running: r.get::<_, i64>("running") as u64,
                     succeeded: r.get::<_, i64>("succeeded") as u64,
                     dead: r.get::<_, i64>("dead") as u64,
+                    cancelled: r.get::<_, i64>("cancelled") as u64,
                 },
             })
             .collect();
@@ -729,6 +755,7 @@ impl Store for PostgresStore {
     /// skipped rather than waited for; the next purge takes them.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         self.client().await?.execute(FOLD_COUNTERS, &[]).await.map_err(pg_error)?;
+        bulk::forget_keys(&**self.client().await?, now_ms()).await?;
         let mut cursor: (Millis, String) = (Millis::MIN, String::new());
         let mut total = 0;
         loop {
@@ -783,6 +810,27 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client.query(JOB_COUNTS, &[]).await.map_err(pg_error)?;
         row::job_counts(rows.iter().map(|r| (r.get::<_, &str>(0), r.get::<_, i64>(1))))
+    }
+
+    async fn bulk_jobs(&self, op: BulkJobs) -> Result<BulkAnswer, StoreError> {
+        self.bulk_jobs_tx(op).await
+    }
+
+    async fn find_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.find_deliveries_tx(filter, after, limit).await
+    }
+
+    async fn replay_deliveries(&self, replay: BulkReplay) -> Result<BulkAnswer, StoreError> {
+        self.replay_tx(replay).await
+    }
+
+    async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError> {
+        bulk::stored_answer(&**self.client().await?, key, now).await
     }
 }
 
@@ -871,6 +919,43 @@ mod tests {
         let Some(store) = store().await else { return };
         store.migrate().await.unwrap();
         assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
+    }
+
+    /// Migration 6 swaps the jobs status CHECK for one that admits `cancelled`: added NOT VALID inside the
+    /// migration, validated after it; the rows of a version-5 schema stay, and unknown statuses are still refused.
+    #[tokio::test]
+    async fn a_version_5_schema_with_rows_migrates_and_its_status_check_is_validated() {
+        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let url = fresh_schema_url(&base).await.unwrap();
+        let options = connect_options(&url).unwrap();
+        let manager = Manager::from_config(options.config, options.tls, ManagerConfig::default());
+        let old = PostgresStore { pool: Pool::builder(manager).max_size(2).build().unwrap() };
+        old.migrate_to(5).await.unwrap();
+        let j = job("r", None);
+        old.insert_delivery(delivery("github", "d1"), vec![j.clone(), job("r", None)]).await.unwrap();
+        let client = old.client().await.unwrap();
+        assert!(client.execute("UPDATE jobs SET status = 'cancelled'", &[]).await.is_err(), "version 5");
+        drop(client);
+
+        let store = PostgresStore::open(&url).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATIONS.last().unwrap().0);
+        let client = store.client().await.unwrap();
+        let validated: bool = client
+            .query_one(
+                "SELECT convalidated FROM pg_constraint WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_check'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(validated);
+        assert_eq!(client.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", &[&j.id]).await.unwrap(), 1);
+        assert!(client.execute("UPDATE jobs SET status = 'paused'", &[]).await.is_err());
+        let counts = store.job_counts().await.unwrap();
+        assert_eq!((counts.queued, counts.cancelled), (1, 1));
     }
 
     #[tokio::test]

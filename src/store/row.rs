@@ -91,12 +91,7 @@ pub fn job_counts<S: AsRef<str>>(rows: impl IntoIterator<Item = (S, i64)>) -> Re
     for (status, n) in rows {
         // A negative sum would be a bug; it reads as empty, not as a huge number.
         let n = n.max(0) as u64;
-        match status_of(status.as_ref())? {
-            JobStatus::Queued => counts.queued = n,
-            JobStatus::Running => counts.running = n,
-            JobStatus::Succeeded => counts.succeeded = n,
-            JobStatus::Dead => counts.dead = n,
-        }
+        counts.set(status_of(status.as_ref())?, n);
     }
     Ok(counts)
 }

@@ -185,4 +185,27 @@ impl Store for Watched {
     async fn control_state(&self) -> Result<control::ControlState, StoreError> {
         self.inner.control_state().await
     }
+
+    async fn bulk_jobs(&self, op: BulkJobs) -> Result<BulkAnswer, StoreError> {
+        let result = self.inner.bulk_jobs(op).await;
+        self.observe(result, |answer| matches!(answer, BulkAnswer::Done(o) if o.count > 0))
+    }
+
+    async fn find_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.find_deliveries(filter, after, limit).await
+    }
+
+    async fn replay_deliveries(&self, replay: BulkReplay) -> Result<BulkAnswer, StoreError> {
+        let result = self.inner.replay_deliveries(replay).await;
+        self.observe(result, |answer| matches!(answer, BulkAnswer::Done(o) if o.jobs > 0))
+    }
+
+    async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError> {
+        self.inner.idempotent_answer(key, now).await
+    }
 }

@@ -252,6 +252,7 @@ async fn full_count(store: &DynStore) -> JobCounts {
             JobStatus::Running => counts.running = n,
             JobStatus::Succeeded => counts.succeeded = n,
             JobStatus::Dead => counts.dead = n,
+            JobStatus::Cancelled => counts.cancelled = n,
         }
     }
     counts

@@ -8,8 +8,10 @@
 //! Reads run on their own connections under `spawn_blocking` and never wait for the writer.
 //!
 //! Files by concern: `setup` opens the file (permissions, pragmas, migrations), `writer` runs the group
-//! commit, `wal` keeps the WAL bounded with checkpoints, `writes` and `queries` hold the SQL.
+//! commit, `wal` keeps the WAL bounded with checkpoints, `writes` and `queries` hold the SQL, `bulk` the bulk
+//! operations' (retry, cancel and replay by filter, with idempotency keys).
 
+mod bulk;
 mod control;
 mod queries;
 mod setup;
@@ -349,7 +351,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE jobs SET status = 'queued', attempts = 0, run_at = ?2, last_error = NULL,
                                      lease_owner = NULL, lease_until = NULL, updated_at = ?2
-                     WHERE id = ?1 AND status IN ('dead', 'succeeded')",
+                     WHERE id = ?1 AND status IN ('dead', 'succeeded', 'cancelled')",
                 )
                 .map_err(sql_error)?
                 .execute(params![job_id, now])
@@ -375,6 +377,7 @@ impl Store for SqliteStore {
     /// Each batch is one command for the writer: writes that queued up while it ran are committed before the
     /// next batch is even sent.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
+        self.write(|c| bulk::forget_keys_tx(c, now_ms())).await?;
         let mut cursor = PurgeCursor::START;
         let mut total = 0;
         loop {
@@ -415,5 +418,28 @@ impl Store for SqliteStore {
 
     async fn job_counts(&self) -> Result<JobCounts, StoreError> {
         self.read(job_counts_tx).await
+    }
+
+    async fn bulk_jobs(&self, op: BulkJobs) -> Result<BulkAnswer, StoreError> {
+        self.write(move |c| bulk::bulk_jobs_tx(c, &op)).await
+    }
+
+    async fn find_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let (filter, after) = (filter.clone(), after.map(str::to_string));
+        self.read(move |c| bulk::find_deliveries_tx(c, &filter, after.as_deref(), limit)).await
+    }
+
+    async fn replay_deliveries(&self, replay: BulkReplay) -> Result<BulkAnswer, StoreError> {
+        self.write(move |c| bulk::replay_tx(c, &replay)).await
+    }
+
+    async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError> {
+        let key = key.clone();
+        self.read(move |c| bulk::stored_answer(c, &key, now)).await
     }
 }

@@ -155,7 +155,8 @@ pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result
     let sql = format!(
         "SELECT d.id, d.source, d.event, d.delivery, d.received_at,
                 COALESCE(SUM(j.status = 'queued'), 0), COALESCE(SUM(j.status = 'running'), 0),
-                COALESCE(SUM(j.status = 'succeeded'), 0), COALESCE(SUM(j.status = 'dead'), 0)
+                COALESCE(SUM(j.status = 'succeeded'), 0), COALESCE(SUM(j.status = 'dead'), 0),
+                COALESCE(SUM(j.status = 'cancelled'), 0)
          FROM (SELECT id, source, event, delivery, received_at FROM deliveries
                WHERE 1 = 1{filter} ORDER BY id DESC LIMIT ?) d
          LEFT JOIN jobs j ON j.delivery_id = d.id
@@ -176,6 +177,7 @@ pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result
                     running: r.get::<_, i64>(6)? as u64,
                     succeeded: r.get::<_, i64>(7)? as u64,
                     dead: r.get::<_, i64>(8)? as u64,
+                    cancelled: r.get::<_, i64>(9)? as u64,
                 },
             })
         })

@@ -8,14 +8,57 @@ use super::{internal, sql_error, unavailable, SqliteOptions};
 use crate::store::{now_ms, StoreError};
 
 /// Versioned schema steps, applied in order at open; a step never changes once released.
-pub(super) const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, include_str!("../migrations/sqlite/0002_claim_order.sql")),
-    (3, include_str!("../migrations/sqlite/0003_body_codec.sql")),
-    (4, include_str!("../migrations/sqlite/0004_replay_key.sql")),
-    (5, include_str!("../migrations/sqlite/0005_job_counts.sql")),
-    (7, include_str!("../migrations/sqlite/0007_control.sql")),
+pub(super) const MIGRATIONS: &[(i64, Step)] = &[
+    (1, Step::Sql(include_str!("../migrations/sqlite/0001_init.sql"))),
+    (2, Step::Sql(include_str!("../migrations/sqlite/0002_claim_order.sql"))),
+    (3, Step::Sql(include_str!("../migrations/sqlite/0003_body_codec.sql"))),
+    (4, Step::Sql(include_str!("../migrations/sqlite/0004_replay_key.sql"))),
+    (5, Step::Sql(include_str!("../migrations/sqlite/0005_job_counts.sql"))),
+    (
+        6,
+        Step::EditSchema {
+            sql: include_str!("../migrations/sqlite/0006_cancelled.sql"),
+            proof: "SELECT instr(sql, '''cancelled''') > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'jobs'",
+        },
+    ),
+    (7, Step::Sql(include_str!("../migrations/sqlite/0007_control.sql"))),
 ];
+
+/// One schema step.
+pub(super) enum Step {
+    Sql(&'static str),
+    /// SQL that also edits table definitions in `sqlite_schema` itself, to loosen a constraint that SQLite
+    /// cannot alter (https://www.sqlite.org/lang_altertable.html section 7): it runs with `writable_schema` on,
+    /// then `schema_version` grows by one so every connection reads the schema again. `proof` answers 1 once
+    /// the edit took; a definition that did not read as expected stops the migration instead.
+    EditSchema {
+        sql: &'static str,
+        proof: &'static str,
+    },
+}
+
+impl Step {
+    fn apply(&self, tx: &Connection) -> Result<(), StoreError> {
+        match self {
+            Step::Sql(sql) => tx.execute_batch(sql).map_err(sql_error),
+            Step::EditSchema { sql, proof } => {
+                tx.pragma_update(None, "writable_schema", true).map_err(sql_error)?;
+                let edited = tx.execute_batch(sql).map_err(sql_error).and_then(|()| {
+                    let version: i64 =
+                        tx.pragma_query_value(None, "schema_version", |r| r.get(0)).map_err(sql_error)?;
+                    tx.pragma_update(None, "schema_version", version + 1).map_err(sql_error)
+                });
+                tx.pragma_update(None, "writable_schema", false).map_err(sql_error)?;
+                edited?;
+                let took: bool = tx.query_row(proof, [], |r| r.get(0)).map_err(sql_error)?;
+                if !took {
+                    return Err(internal(format!("a schema edit did not apply (`{proof}` is false)")));
+                }
+                Ok(())
+            }
+        }
+    }
+}
 
 pub(super) fn configure_writer(conn: &Connection, options: &SqliteOptions) -> Result<(), StoreError> {
     conn.busy_timeout(options.busy_timeout).map_err(sql_error)?;
@@ -74,6 +117,11 @@ pub(super) fn owner_only(path: &Path) -> Result<(), StoreError> {
 
 /// Apply every migration not yet recorded in `schema_migrations`, in one transaction.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, i64::MAX)
+}
+
+/// Apply the migrations not yet recorded up to version `last`, in one transaction (tests build old schemas).
+pub(super) fn migrate_to(conn: &mut Connection, last: i64) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_error)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -82,8 +130,8 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     .map_err(sql_error)?;
     let current: i64 =
         tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| r.get(0)).map_err(sql_error)?;
-    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-        tx.execute_batch(sql).map_err(sql_error)?;
+    for (version, step) in MIGRATIONS.iter().filter(|(v, _)| *v > current && *v <= last) {
+        step.apply(&tx)?;
         tx.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)", params![version, now_ms()])
             .map_err(sql_error)?;
     }

@@ -358,3 +358,61 @@ async fn a_full_database_is_unavailable_and_the_error_names_the_cause() {
     // Reads still work, and what was committed before stays.
     assert!(store.list_deliveries(Default::default()).await.unwrap().items.iter().any(|d| d.delivery == "before"));
 }
+
+/// Migration 6 loosens the jobs table's CHECK by editing its stored definition (SQLite cannot alter a CHECK,
+/// and rebuilding `jobs` would cascade into `attempts`): a version-5 database with rows keeps every row, passes
+/// SQLite's own integrity and foreign-key checks, takes cancelled jobs and still refuses unknown statuses.
+#[tokio::test]
+async fn a_version_5_database_with_rows_migrates_in_place_and_takes_cancelled_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookgate.db");
+    {
+        let mut conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        super::setup::migrate_to(&mut conn, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
+                 VALUES ('d1', 'github', 'push', 'g1', 1, '[]', x'7b7d');
+             INSERT INTO jobs (id, delivery_id, route, status, attempts, run_at, created_at, updated_at)
+                 VALUES ('j1', 'd1', 'r', 'dead', 2, 1, 1, 1), ('j2', 'd1', 'r', 'queued', 0, 1, 1, 1),
+                        ('j3', 'd1', 'r', 'succeeded', 1, 1, 1, 1);
+             INSERT INTO attempts (job_id, attempt, started_at, finished_at, ok)
+                 VALUES ('j1', 1, 1, 1, 0), ('j1', 2, 1, 1, 0), ('j3', 1, 1, 1, 1);",
+        )
+        .unwrap();
+        let refused = conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = 'j2'", []);
+        assert!(refused.is_err(), "version 5 knows no cancelled status");
+    }
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), super::setup::MIGRATIONS.last().unwrap().0);
+    let cancel = BulkJobs {
+        action: BulkAction::Cancel,
+        status: JobStatus::Queued,
+        route: None,
+        since: None,
+        until: None,
+        limit: BULK_LIMIT,
+        now: now_ms(),
+        key: None,
+    };
+    assert_eq!(
+        store.bulk_jobs(cancel).await.unwrap(),
+        BulkAnswer::Done(BulkOutcome { count: 1, jobs: 0, more: false })
+    );
+    let counts = store.job_counts().await.unwrap();
+    assert_eq!((counts.cancelled, counts.dead, counts.succeeded, counts.queued), (1, 1, 1, 0));
+    store.close().await;
+
+    let conn = Connection::open(&path).unwrap();
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(integrity, "ok");
+    let orphans: i64 = conn.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(orphans, 0);
+    let attempts: i64 = conn.query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0)).unwrap();
+    assert_eq!(attempts, 3, "no attempt was lost");
+    let status: String = conn.query_row("SELECT status FROM jobs WHERE id = 'j2'", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "cancelled");
+    let bogus = conn.execute("UPDATE jobs SET status = 'paused' WHERE id = 'j2'", []);
+    assert!(bogus.is_err(), "the loosened CHECK still refuses unknown statuses");
+}
