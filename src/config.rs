@@ -439,6 +439,12 @@ fn validate_source(
     if !is_valid_name(&name) {
         return Err(invalid(key("name"), "use letters, digits, '-', '_' or '.' (at most 64)"));
     }
+    if name == crate::events::SOURCE {
+        return Err(invalid(
+            key("name"),
+            format!("`{name}` is reserved: routes take hookgate's operational events with source = \"{name}\""),
+        ));
+    }
     let key = |k: &str| format!("sources[{i}].{k}");
     let provider_name = raw.provider.ok_or_else(|| invalid(key("provider"), "missing"))?;
     let provider = crate::verify::provider(&provider_name).ok_or_else(|| {
@@ -495,7 +501,8 @@ fn validate_route(
         return Err(invalid(key("name"), "use letters, digits, '-', '_' or '.' (at most 64)"));
     }
     let source = raw.source.ok_or_else(|| invalid(key("source"), "missing"))?;
-    if !sources.iter().any(|s| s.name == source) {
+    // The built-in source of operational events needs no `[[sources]]` entry (see `crate::events`).
+    if source != crate::events::SOURCE && !sources.iter().any(|s| s.name == source) {
         return Err(invalid(key("source"), format!("no source named `{source}`")));
     }
     let action = raw.action.ok_or_else(|| invalid(key("action"), "missing"))?;
@@ -958,5 +965,25 @@ mod tests {
         let e = env(&[("GH_SECRET", "x"), ("HOOKGATE_STORE_URL", "postgres://app:hunter2-pw@db/h?sslmode=require")]);
         let cfg = parse(MINIMAL, Path::new(""), &e).unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2-pw"));
+    }
+
+    #[test]
+    fn a_route_takes_the_built_in_hookgate_source_without_a_sources_entry() {
+        let text = format!(
+            "{MINIMAL}\n[[routes]]\nname = \"alerts\"\nsource = \"hookgate\"\nfilter = 'event == \"job.dead\"'\naction = {{ type = \"http\", url = \"https://pager.example/hook\" }}\n"
+        );
+        let cfg = parse(&text, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap();
+        assert_eq!(cfg.routes[1].source, "hookgate");
+        assert!(cfg.source("hookgate").is_none(), "no webhook source: POST /hooks/hookgate stays 404");
+        let unknown = text.replace("source = \"hookgate\"", "source = \"hookgat\"");
+        let err = parse(&unknown, Path::new(""), &env(&[])).unwrap_err().to_string();
+        assert_eq!(err, "routes[1].source: no source named `hookgat`");
+    }
+
+    #[test]
+    fn a_source_named_hookgate_is_refused_because_the_name_is_reserved() {
+        let text = MINIMAL.replace("name = \"github\"", "name = \"hookgate\"");
+        let err = parse(&text, Path::new(""), &env(&[("GH_SECRET", "s")])).unwrap_err().to_string();
+        assert!(err.starts_with("sources[0].name: `hookgate` is reserved"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod error;
+pub mod events;
 pub mod guard;
 pub mod live;
 pub mod metrics;

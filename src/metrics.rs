@@ -14,6 +14,10 @@ pub const CIRCUIT_STATE: &str = "hookgate_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "hookgate_circuit_transitions_total";
 /// Jobs that ended `dead` (attempts used up, a failure that retrying cannot fix, or 410 Gone), by route.
 pub const JOBS_DEAD: &str = "hookgate_jobs_dead_total";
+/// How long the longest-waiting due job of a route has been due (queued, `run_at` passed), in seconds.
+pub const QUEUE_OLDEST: &str = "hookgate_queue_oldest_seconds";
+/// Operational events of the `hookgate` source, by event and outcome (stored, failed, suppressed).
+pub const EVENTS_TOTAL: &str = "hookgate_events_total";
 /// Writes committed together by one store transaction (group commit).
 pub const STORE_BATCH_SIZE: &str = "hookgate_store_batch_size";
 /// Time one store transaction took, from BEGIN to a durable COMMIT.
@@ -60,6 +64,15 @@ fn describe() {
     metrics::describe_gauge!(CIRCUIT_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open");
     metrics::describe_counter!(CIRCUIT_TRANSITIONS, "Circuit breaker state changes by route and state entered");
     metrics::describe_counter!(JOBS_DEAD, "Jobs that ended dead, by route");
+    metrics::describe_gauge!(
+        QUEUE_OLDEST,
+        metrics::Unit::Seconds,
+        "How long the oldest due queued job of each route has been waiting to run (0 when none is due)"
+    );
+    metrics::describe_counter!(
+        EVENTS_TOTAL,
+        "Operational events (source hookgate) by event and outcome: stored, failed (store error), suppressed (about an events route)"
+    );
     metrics::describe_histogram!(STORE_BATCH_SIZE, "Writes committed together by one store transaction");
     metrics::describe_histogram!(
         STORE_COMMIT_DURATION,

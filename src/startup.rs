@@ -13,6 +13,7 @@ use crate::actions::Runner;
 use crate::config::Config;
 use crate::edge::{connection_cap, serve, ServeLimits};
 use crate::error::ApiError;
+use crate::events::Events;
 use crate::guard::EdgeGuards;
 use crate::live::{Live, LiveHandle};
 use crate::state::AppState;
@@ -64,9 +65,10 @@ impl Application {
         let listener = TcpListener::bind(live.config.server.listen).await?;
         let live = LiveHandle::new(live);
         let wake = Arc::new(Notify::new());
-        let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new()));
+        let events = Events::new(store.clone(), live.clone(), wake.clone());
+        let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new(), events.clone()));
         let guards = Arc::new(EdgeGuards::new(&live.current().config.server));
-        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards };
+        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards, events };
         Ok(Application { listener, state, worker, limits })
     }
 

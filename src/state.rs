@@ -5,6 +5,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
+use crate::events::Events;
 use crate::guard::EdgeGuards;
 use crate::live::LiveHandle;
 use crate::store::DynStore;
@@ -19,4 +20,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Limits on what clients hold before they verify (memory, failed verifications per address).
     pub guards: Arc<EdgeGuards>,
+    /// Operational events (the `hookgate` source).
+    pub events: Events,
 }

@@ -42,8 +42,11 @@ fn request(body: &Bytes) -> Result<Request, ApiError> {
     Ok(request)
 }
 
+/// Who changed something when the request does not say.
+const DEFAULT_BY: &str = "admin API";
+
 fn pause_of(request: Request) -> Pause {
-    Pause { by: request.by.unwrap_or_else(|| "admin API".to_string()), reason: request.reason, at: now_ms() }
+    Pause { by: request.by.unwrap_or_else(|| DEFAULT_BY.to_string()), reason: request.reason, at: now_ms() }
 }
 
 fn pause_json(p: &Option<Pause>) -> Value {
@@ -102,13 +105,14 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-async fn change_route(state: &AppState, name: &str, change: RouteChange) -> Result<Json<Value>, ApiError> {
+async fn change_route(state: &AppState, name: &str, change: RouteChange, by: &str) -> Result<Json<Value>, ApiError> {
     let live = state.live.current();
     live.routes.get(name).ok_or(ApiError::NotFound)?;
     let (before, after) = state.store.change_route(name, change, now_ms()).await?;
     let mut answer = json!({ "name": name });
     merge(&mut answer, route_state_json(&after));
-    state.live.shared.route_changed(&before, after);
+    let transitions = state.live.shared.route_changed(&before, after);
+    state.events.route_changed(name, &transitions, by).await;
     // A resumed route has jobs waiting.
     state.wake.notify_one();
     Ok(Json(answer))
@@ -122,7 +126,8 @@ pub async fn pause_route(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let pause = pause_of(request(&body)?);
-    change_route(&state, &name, RouteChange::Pause(pause)).await
+    let by = pause.by.clone();
+    change_route(&state, &name, RouteChange::Pause(pause), &by).await
 }
 
 /// Let a route run again: clears a pause, a peer's 410 stop and an open circuit. `/enable` is the older name.
@@ -133,9 +138,8 @@ pub async fn resume_route(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let request = request(&body)?;
-    let by = request.by.unwrap_or_else(|| "admin API".to_string());
-    tracing::info!(route = %name, by = %by, "route resumed by an operator");
-    change_route(&state, &name, RouteChange::Resume).await
+    let by = request.by.unwrap_or_else(|| DEFAULT_BY.to_string());
+    change_route(&state, &name, RouteChange::Resume, &by).await
 }
 
 /// Every configured source and whether it is paused.

@@ -7,9 +7,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use crate::metrics::QUEUE_DEPTH;
+use crate::metrics::{QUEUE_DEPTH, QUEUE_OLDEST};
 use crate::state::AppState;
-use crate::store::{JobStatus, NotReady};
+use crate::store::{now_ms, JobStatus, NotReady};
 
 pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
@@ -38,6 +38,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(Ok(counts)) = tokio::time::timeout(Duration::from_secs(2), state.store.job_counts()).await {
         for status in JobStatus::ALL {
             metrics::gauge!(QUEUE_DEPTH, "status" => status.as_str()).set(counts.of(status) as f64);
+        }
+    }
+    // One index seek per configured route; a route with nothing due reads 0, so an alert sees it recover.
+    let routes: Vec<String> = state.live.current().routes.routes().map(|r| r.name().to_string()).collect();
+    let now = now_ms();
+    if let Ok(Ok(oldest)) = tokio::time::timeout(Duration::from_secs(2), state.store.oldest_due(&routes, now)).await {
+        for route in routes {
+            let due_since = oldest.iter().find(|(r, _)| *r == route).map(|(_, at)| *at);
+            let age = due_since.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+            metrics::gauge!(QUEUE_OLDEST, "route" => route).set(age);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())

@@ -67,6 +67,9 @@ macro_rules! contract_suite {
             an_expired_key_is_forgotten_and_purged,
             deliveries_are_found_by_filter_oldest_first_and_replayed_with_their_jobs,
             purge_takes_deliveries_whose_jobs_were_cancelled,
+
+            // Operational signals.
+            the_oldest_due_job_of_each_route_is_found_and_future_running_and_finished_ones_are_not,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {
@@ -940,4 +943,28 @@ pub async fn purge_takes_deliveries_whose_jobs_were_cancelled(f: &dyn Fixture) {
     assert!(store.get_delivery(&d.id).await.unwrap().is_none());
     assert_eq!(f.rows("jobs").await, 0);
     assert_eq!(store.job_counts().await.unwrap().cancelled, 0);
+}
+
+pub async fn the_oldest_due_job_of_each_route_is_found_and_future_running_and_finished_ones_are_not(f: &dyn Fixture) {
+    let store = f.store();
+    let now = now_ms();
+    let routes: Vec<String> = ["late", "future", "busy", "done", "idle"].map(String::from).to_vec();
+    store_one(store, "a", vec![job_at("late", None, now - 1_000), job_at("late", None, now + HOUR)]).await;
+    store_one(store, "b", vec![job_at("late", None, now - 5_000), job_at("future", None, now + 60_000)]).await;
+    // `busy`: its older job is running (leased), so the queued one is the oldest due.
+    store_one(store, "c", vec![job_at("busy", None, now - 3_000), job_at("busy", None, now - 500)]).await;
+    let running = store.claim_jobs(claim("o", &["busy"], 1)).await.unwrap();
+    assert_eq!(running.len(), 1);
+    // `done`: a due job that succeeded is no longer in the queue.
+    store_one(store, "d", vec![job_at("done", None, now - 9_000)]).await;
+    let finished = store.claim_jobs(claim("o", &["done"], 1)).await.unwrap();
+    assert!(store.finish_job(&finished[0].id, "o", record(1, true), NextState::Succeeded).await.unwrap());
+
+    let mut oldest = store.oldest_due(&routes, now).await.unwrap();
+    oldest.sort();
+    assert_eq!(oldest, vec![("busy".to_string(), now - 500), ("late".to_string(), now - 5_000)]);
+    // Once the future job is due, it counts; nothing is found for routes not asked about.
+    let later = store.oldest_due(&routes[1..2], now + 60_000).await.unwrap();
+    assert_eq!(later, vec![("future".to_string(), now + 60_000)]);
+    assert!(store.oldest_due(&[], now).await.unwrap().is_empty());
 }

@@ -490,6 +490,13 @@ pub trait Store: Send + Sync + 'static {
     /// What an earlier request with this key answered (`Repeat` or `KeyReused`); `None` for a key unknown or
     /// expired. Only reads: it spares a repeated replay its planning, the write decides.
     async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError>;
+
+    // Operational signals (issue 14).
+
+    /// For each of `routes` with a due job (queued, `run_at <= now`), the `run_at` of its earliest: how long
+    /// the route's queue has kept a job waiting (`hookgate_queue_oldest_seconds`). Routes without a due job
+    /// are left out. One index lookup per route (migration 8), however long the backlog.
+    async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("migrations/postgres/0005_job_counts.sql")),
     (6, include_str!("migrations/postgres/0006_cancelled.sql")),
     (7, include_str!("migrations/postgres/0007_control.sql")),
+    (8, include_str!("migrations/postgres/0008_queue_oldest.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -832,7 +833,19 @@ impl Store for PostgresStore {
     async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError> {
         bulk::stored_answer(&**self.client().await?, key, now).await
     }
+
+    async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(OLDEST_DUE, &[&routes, &now]).await.map_err(pg_error)?;
+        Ok(rows.iter().filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)?))).collect())
+    }
 }
+
+/// Each route's earliest due job, from the `jobs_route_queue` index (migration 8): one index seek per route, in
+/// one round trip.
+const OLDEST_DUE: &str = "SELECT r.route, (SELECT j.run_at FROM jobs j
+         WHERE j.route = r.route AND j.status = 'queued' AND j.run_at <= $2 ORDER BY j.run_at LIMIT 1)
+     FROM unnest($1::text[]) AS r(route)";
 
 /// Queue depths from the counter rows the `job_counts` triggers keep (migration 5): one per (route, status) and
 /// database connection, plus one for connections that are gone.

@@ -208,4 +208,8 @@ impl Store for Watched {
     async fn idempotent_answer(&self, key: &IdempotencyKey, now: Millis) -> Result<Option<BulkAnswer>, StoreError> {
         self.inner.idempotent_answer(key, now).await
     }
+
+    async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
+        self.inner.oldest_due(routes, now).await
+    }
 }

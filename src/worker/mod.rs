@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{AttemptResult, Outcome, Runner};
+use crate::events::{Events, OpsEvent};
 use crate::live::{Live, LiveHandle};
 use crate::metrics::{CIRCUIT_TRANSITIONS, DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
 use crate::store::control::{RouteChange, Stop};
@@ -34,6 +35,8 @@ pub struct Worker {
     slots: Arc<Semaphore>,
     /// Fires when the shutdown grace is over: running actions are stopped.
     force: CancellationToken,
+    /// Operational events: `job.dead` when a job ends dead.
+    events: Events,
 }
 
 /// What a claim task hands back: the configuration it claimed under and the jobs it leased.
@@ -46,7 +49,7 @@ struct Running {
 }
 
 impl Worker {
-    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<Notify>, runner: Runner) -> Self {
+    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<Notify>, runner: Runner, events: Events) -> Self {
         let concurrency = live.current().config.worker.concurrency;
         let id = crate::store::new_id();
         Worker {
@@ -57,6 +60,7 @@ impl Worker {
             wake,
             slots: Arc::new(Semaphore::new(concurrency)),
             force: CancellationToken::new(),
+            events,
         }
     }
 
@@ -225,7 +229,8 @@ impl Worker {
         for change in changes {
             match self.store.change_route(&route.name, change, at).await {
                 Ok((before, after)) => {
-                    self.live.shared.route_changed(&before, after);
+                    let transitions = self.live.shared.route_changed(&before, after);
+                    self.events.route_changed(&route.name, &transitions, "hookgate").await;
                 }
                 Err(e) => tracing::warn!(route = %route.name, error = %e, "could not record the route's new state"),
             }
@@ -304,21 +309,38 @@ impl Worker {
                 tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt")
             }
         }
-        self.finish(job, record, next).await;
+        let error = record.error.clone();
+        // Only the runner that recorded the death tells of it (a lost lease means another took the job).
+        if self.finish(job, record, next).await && next == NextState::Dead {
+            let delivery = &job.delivery;
+            self.events
+                .emit(OpsEvent::JobDead {
+                    route: route_label,
+                    job: job.id.clone(),
+                    delivery: delivery.id.clone(),
+                    source: delivery.source.clone(),
+                    event: delivery.event.clone(),
+                    attempts: job.attempt,
+                    error,
+                })
+                .await;
+        }
     }
 
-    /// Record the attempt; a store hiccup is retried briefly, after which the lease expiry takes over.
-    async fn finish(&self, job: &ClaimedJob, record: AttemptRecord, next: NextState) {
+    /// Record the attempt; a store hiccup is retried briefly, after which the lease expiry takes over. True
+    /// when it was recorded.
+    async fn finish(&self, job: &ClaimedJob, record: AttemptRecord, next: NextState) -> bool {
         for pause_ms in [0u64, 200, 1000, 3000] {
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             match self.store.finish_job(&job.id, &self.owner, record.clone(), next).await {
-                Ok(true) => return,
+                Ok(true) => return true,
                 Ok(false) => {
                     tracing::warn!(job = %job.id, "lease was lost before the attempt was recorded");
-                    return;
+                    return false;
                 }
                 Err(e) => tracing::warn!(job = %job.id, error = %e, "could not record attempt; retrying"),
             }
         }
+        false
     }
 }

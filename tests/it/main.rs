@@ -38,6 +38,7 @@ mod commands_env;
 mod delivery;
 mod durability;
 mod edge;
+mod events;
 mod helpers;
 mod hooks;
 mod hostile;

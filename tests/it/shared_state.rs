@@ -269,6 +269,9 @@ action = {{ type = "http", url = "{peer}/hook", timeout = "5s" }}
         let partner = routes["items"].as_array().unwrap().iter().find(|r| r["name"] == "partner").unwrap().clone();
         assert_eq!(partner["stopped"]["status"], 410, "{partner}");
     }
+    // One instance saw the 410 and told of it once, as a `route.stopped` event.
+    let stopped = admin_json(&bases[0], "/api/v1/deliveries?source=hookgate&event=route.stopped").await;
+    assert_eq!(stopped["items"].as_array().unwrap().len(), 1, "{stopped}");
     peer.status.store(200, Ordering::SeqCst);
     assert_eq!(post_json(&client, &bases[1], "/api/v1/routes/partner/resume", "").await.status(), 200);
     eventually(Duration::from_secs(20), "the 8 held requests after the resume", || async {

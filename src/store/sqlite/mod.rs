@@ -442,4 +442,9 @@ impl Store for SqliteStore {
         let key = key.clone();
         self.read(move |c| bulk::stored_answer(c, &key, now)).await
     }
+
+    async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
+        let routes = routes.to_vec();
+        self.read(move |c| oldest_due_tx(c, &routes, now)).await
+    }
 }

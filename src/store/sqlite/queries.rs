@@ -228,3 +228,22 @@ pub(super) fn job_counts_tx(conn: &Connection) -> Result<JobCounts, StoreError> 
         .map_err(sql_error)?;
     row::job_counts(rows)
 }
+
+/// The earliest due job of one route, from the `jobs_route_queue` index (migration 8): one seek.
+pub(super) const OLDEST_DUE: &str =
+    "SELECT run_at FROM jobs WHERE route = ?1 AND status = 'queued' AND run_at <= ?2 ORDER BY run_at LIMIT 1";
+
+pub(super) fn oldest_due_tx(
+    conn: &Connection,
+    routes: &[String],
+    now: Millis,
+) -> Result<Vec<(String, Millis)>, StoreError> {
+    let mut statement = conn.prepare_cached(OLDEST_DUE).map_err(sql_error)?;
+    let mut out = Vec::new();
+    for route in routes {
+        let run_at: Option<Millis> =
+            statement.query_row(rusqlite::params![route, now], |r| r.get(0)).optional().map_err(sql_error)?;
+        out.extend(run_at.map(|at| (route.clone(), at)));
+    }
+    Ok(out)
+}
