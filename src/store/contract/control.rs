@@ -121,21 +121,22 @@ pub async fn an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go(f: &
 
 pub async fn each_route_is_leased_for_its_own_time(f: &dyn Fixture) {
     let store = f.store();
-    store_one(store, "d1", vec![job("quick", None), job("slow", None)]).await;
+    // A dot in a name is a plain character, not a JSON path.
+    store_one(store, "d1", vec![job("quick.v2", None), job("slow", None)]).await;
     let now = now_ms();
     let first = Claim {
         lease_until: now + HOUR,
-        leases: HashMap::from([("quick".to_string(), now + 1)]),
-        ..claim("a", &["quick", "slow"], 10)
+        leases: HashMap::from([("quick.v2".to_string(), now + 1)]),
+        ..claim("a", &["quick.v2", "slow"], 10)
     };
     let claimed = store.claim_jobs(first).await.unwrap();
     assert_eq!(claimed.len(), 2);
     tokio::time::sleep(Duration::from_millis(20)).await;
     // Only the quick route's lease has run out: its job is settled and claimable again after its backoff.
     let no_pause = crate::retry::Retry { initial: Duration::ZERO, max: Duration::ZERO, ..Default::default() };
-    let mut again = claim("b", &["quick", "slow"], 10);
-    again.retry = HashMap::from([("quick".to_string(), no_pause.clone()), ("slow".to_string(), no_pause)]);
+    let mut again = claim("b", &["quick.v2", "slow"], 10);
+    again.retry = HashMap::from([("quick.v2".to_string(), no_pause.clone()), ("slow".to_string(), no_pause)]);
     let retaken = store.claim_jobs(again).await.unwrap();
-    assert_eq!(retaken.iter().map(|j| j.route.as_str()).collect::<Vec<_>>(), ["quick"]);
+    assert_eq!(retaken.iter().map(|j| j.route.as_str()).collect::<Vec<_>>(), ["quick.v2"]);
     assert_eq!(retaken[0].attempt, 2, "the lost run counted as an attempt");
 }

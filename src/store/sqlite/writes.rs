@@ -184,7 +184,8 @@ pub(super) fn claim_tx(conn: &Connection, claim: &Claim) -> Result<Vec<LeasedJob
         let mut update = conn
             .prepare_cached(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
-                                 lease_until = COALESCE(?5 ->> jobs.route, ?3), updated_at = ?4
+                                 lease_until = COALESCE((SELECT value FROM json_each(?5) WHERE key = jobs.route), ?3),
+                                 updated_at = ?4
                  WHERE id IN (SELECT value FROM json_each(?1))
                  RETURNING id, attempts, created_at, delivery_id",
             )
