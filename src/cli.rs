@@ -47,10 +47,10 @@ enum Command {
     Jobs(JobsCommand),
     /// List, pause and resume routes on every instance (admin API).
     #[command(subcommand)]
-    Routes(control::RoutesCommand),
+    Routes(control::ControlCommand),
     /// List, pause and resume sources on every instance (admin API).
     #[command(subcommand)]
-    Sources(control::SourcesCommand),
+    Sources(control::ControlCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -284,8 +284,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Send(a) => send(a).await,
         Command::Deliveries(c) => deliveries(c).await,
         Command::Jobs(c) => jobs(c).await,
-        Command::Routes(c) => control::routes(c).await,
-        Command::Sources(c) => control::sources(c).await,
+        Command::Routes(c) => control::run("routes", c).await,
+        Command::Sources(c) => control::run("sources", c).await,
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::REFERENCE);
             Ok(())

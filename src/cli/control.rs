@@ -1,18 +1,20 @@
 //! `hookgate routes …` and `hookgate sources …`: the shared route and source controls of a running gateway,
-//! through its admin API.
+//! through its admin API. Both take the same three commands.
 
 use clap::Subcommand;
 
 use super::{admin_call, admin_request, AdminArgs};
 
+/// `routes` or `sources`: a paused route holds its jobs in the queue, a paused source answers 503 with
+/// `Retry-After` and stores nothing — on every instance, until resumed.
 #[derive(Subcommand)]
-pub enum RoutesCommand {
-    /// List routes with their state on every instance: paused, stopped by a 410, circuit.
+pub enum ControlCommand {
+    /// List them with their state on every instance (routes: paused, stopped by a 410, circuit).
     List {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Hold a route's jobs in the queue, on every instance, until it is resumed.
+    /// Pause one on every instance (a route's jobs wait in the queue; a source's webhooks answer 503).
     Pause {
         #[command(flatten)]
         admin: AdminArgs,
@@ -20,32 +22,7 @@ pub enum RoutesCommand {
         #[command(flatten)]
         why: Why,
     },
-    /// Let a route run again: clears a pause, a 410 stop and an open circuit.
-    Resume {
-        #[command(flatten)]
-        admin: AdminArgs,
-        name: String,
-        #[command(flatten)]
-        why: Why,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum SourcesCommand {
-    /// List sources and whether they are paused.
-    List {
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Answer a source's webhooks with 503 and Retry-After, storing nothing, on every instance.
-    Pause {
-        #[command(flatten)]
-        admin: AdminArgs,
-        name: String,
-        #[command(flatten)]
-        why: Why,
-    },
-    /// Take a source's webhooks again.
+    /// Let it run again (for a route this also clears a 410 stop and an open circuit).
     Resume {
         #[command(flatten)]
         admin: AdminArgs,
@@ -66,34 +43,16 @@ pub struct Why {
     by: String,
 }
 
-impl Why {
-    fn body(&self) -> serde_json::Value {
-        serde_json::json!({ "reason": self.reason, "by": self.by })
-    }
-}
-
-pub async fn routes(cmd: RoutesCommand) -> anyhow::Result<()> {
-    let post = reqwest::Method::POST;
-    match cmd {
-        RoutesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/routes", &[]).await,
-        RoutesCommand::Pause { admin, name, why } => {
-            admin_request(&admin, post, &format!("/api/v1/routes/{name}/pause"), &[], Some(why.body()), None).await
+/// Run a command on `kind`, `"routes"` or `"sources"` (the admin API's collection).
+pub async fn run(kind: &str, cmd: ControlCommand) -> anyhow::Result<()> {
+    let (admin, name, why, action) = match cmd {
+        ControlCommand::List { admin } => {
+            return admin_call(&admin, reqwest::Method::GET, &format!("/api/v1/{kind}"), &[]).await;
         }
-        RoutesCommand::Resume { admin, name, why } => {
-            admin_request(&admin, post, &format!("/api/v1/routes/{name}/resume"), &[], Some(why.body()), None).await
-        }
-    }
-}
-
-pub async fn sources(cmd: SourcesCommand) -> anyhow::Result<()> {
-    let post = reqwest::Method::POST;
-    match cmd {
-        SourcesCommand::List { admin } => admin_call(&admin, reqwest::Method::GET, "/api/v1/sources", &[]).await,
-        SourcesCommand::Pause { admin, name, why } => {
-            admin_request(&admin, post, &format!("/api/v1/sources/{name}/pause"), &[], Some(why.body()), None).await
-        }
-        SourcesCommand::Resume { admin, name, why } => {
-            admin_request(&admin, post, &format!("/api/v1/sources/{name}/resume"), &[], Some(why.body()), None).await
-        }
-    }
+        ControlCommand::Pause { admin, name, why } => (admin, name, why, "pause"),
+        ControlCommand::Resume { admin, name, why } => (admin, name, why, "resume"),
+    };
+    let body = serde_json::json!({ "reason": why.reason, "by": why.by });
+    let path = format!("/api/v1/{kind}/{name}/{action}");
+    admin_request(&admin, reqwest::Method::POST, &path, &[], Some(body), None).await
 }

@@ -24,12 +24,7 @@ async fn all_jobs(base: &str) -> Vec<serde_json::Value> {
 }
 
 async fn send(client: &reqwest::Client, base: &str, delivery: &str) -> Option<reqwest::StatusCode> {
-    let body = push_body("refs/heads/main", "acme/fleet");
-    let mut request = client.post(format!("{base}/hooks/github")).body(body.clone());
-    for (k, v) in github_headers("push", delivery, &body) {
-        request = request.header(k, v);
-    }
-    request.send().await.ok().map(|r| r.status())
+    send_push(client, base, delivery).await.ok().map(|r| r.status())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,30 +39,39 @@ impl Peer {
     }
 }
 
-/// A token source `app`, a route `deploy` to `target` that gives up after one attempt, and a route `alerts`
-/// that sends `job.dead` events to `pager`, also after one attempt.
-fn config(target: &Peer, pager: &Peer) -> String {
-    format!(
-        r#"[[sources]]
+/// The token source `app` that every test here publishes to.
+const APP_SOURCE: &str = r#"[[sources]]
 name = "app"
 provider = "token"
-secrets = ["{APP_TOKEN}"]
+secrets = ["events-app-token"]
+"#;
 
+/// The source `app`, a route `deploy` to `target` (with `deploy_extra` keys), and a route `alerts` that sends
+/// the events `filter` takes to `pager`.
+fn routes(target: &Peer, deploy_extra: &str, pager: &Peer, filter: &str) -> String {
+    format!(
+        r#"{APP_SOURCE}
 [[routes]]
 name = "deploy"
 source = "app"
 action = {{ type = "http", url = "{}/deploy", timeout = "2s" }}
-retry = {{ max_attempts = 1 }}
+{deploy_extra}
 
 [[routes]]
 name = "alerts"
 source = "hookgate"
-filter = 'event == "job.dead"'
+filter = '{filter}'
 action = {{ type = "http", url = "{}/page", timeout = "2s" }}
 retry = {{ max_attempts = 1 }}
 "#,
         target.url, pager.url
     )
+}
+
+/// A route `deploy` to `target` that gives up after one attempt, and a route `alerts` that sends `job.dead`
+/// events to `pager`, also after one attempt.
+fn config(target: &Peer, pager: &Peer) -> String {
+    routes(target, "retry = { max_attempts = 1 }", pager, r#"event == "job.dead""#)
 }
 
 async fn publish(app: &TestApp, body: &str) -> String {
@@ -145,11 +154,7 @@ store_test! {
         // Metrics are process-wide and tests run in parallel: these route names are this test's own.
         let (parked, idle) = (format!("parked-{}", backend.name()), format!("idle-{}", backend.name()));
         let body = format!(
-            r#"[[sources]]
-name = "app"
-provider = "token"
-secrets = ["{APP_TOKEN}"]
-
+            r#"{APP_SOURCE}
 [[routes]]
 name = "{parked}"
 source = "app"
@@ -192,27 +197,9 @@ store_test! {
     async fn pauses_resumes_and_the_circuit_opening_and_closing_are_events_too(backend) {
         let target = Peer::start(503).await;
         let pager = Peer::start(200).await;
-        let body = format!(
-            r#"[[sources]]
-name = "app"
-provider = "token"
-secrets = ["{APP_TOKEN}"]
-
-[[routes]]
-name = "deploy"
-source = "app"
-action = {{ type = "http", url = "{}/deploy", timeout = "2s" }}
-retry = {{ max_attempts = 5, initial = "10ms", max = "10ms" }}
-circuit_breaker = {{ window = "60s", max_failures = 2, open_for = "1h" }}
-
-[[routes]]
-name = "alerts"
-source = "hookgate"
-filter = 'event != "job.dead"'
-action = {{ type = "http", url = "{}/page", timeout = "2s" }}
-"#,
-            target.url, pager.url
-        );
+        let breaker = r#"retry = { max_attempts = 5, initial = "10ms", max = "10ms" }
+circuit_breaker = { window = "60s", max_failures = 2, open_for = "1h" }"#;
+        let body = routes(&target, breaker, &pager, r#"event != "job.dead""#);
         let app = spawn_app(&backend, &body).await;
         let events = |n: usize| {
             let pager = pager.clone();

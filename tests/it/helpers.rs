@@ -192,6 +192,16 @@ provider = "github"
 secrets = ["It's a Secret to Everybody"]
 "#;
 
+/// POST a correctly signed GitHub `push` with delivery id `delivery` to `base`'s `/hooks/github`.
+pub async fn send_push(client: &reqwest::Client, base: &str, delivery: &str) -> reqwest::Result<reqwest::Response> {
+    let body = push_body("refs/heads/main", "acme/fleet");
+    let mut request = client.post(format!("{base}/hooks/github")).body(body.clone());
+    for (k, v) in github_headers("push", delivery, &body) {
+        request = request.header(k, v);
+    }
+    request.send().await
+}
+
 /// Poll `check` until it returns Some, for at most `limit`; panics with `what` on timeout.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where
