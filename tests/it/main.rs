@@ -31,6 +31,7 @@ macro_rules! store_test {
 
 mod admin;
 mod admin_auth;
+mod browser;
 mod bulk;
 mod cli;
 mod cluster;

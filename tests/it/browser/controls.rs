@@ -1,0 +1,83 @@
+//! The dashboard's pause and resume buttons, clicked in headless Chromium and checked through the admin API
+//! and on the page itself.
+
+use fantoccini::Locator;
+
+use super::Browser;
+use crate::helpers::*;
+
+const ROUTE: &str = r#"
+[[routes]]
+name = "deploy"
+source = "github"
+action = { type = "command", argv = ["true"], timeout = "5s" }
+"#;
+
+/// Markup in the reason shows up as text: the page inserts API values with `textContent`.
+const ROUTE_REASON: &str = "deploy freeze <b>until 16:00</b>";
+const SOURCE_REASON: &str = "GitHub is replaying old events";
+
+fn first_named<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list["items"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("{name} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pauses_a_route_with_the_operators_reason_and_resumes_it() {
+    let Some(browser) = Browser::start().await else { return };
+    let app = spawn_app(&Backend::Sqlite, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
+    browser.open_dashboard(&app).await;
+
+    browser.click(Locator::Css(r#"[data-action="pause-route:deploy"]"#), "the route's Pause button").await;
+    let question = browser.answer_prompt(ROUTE_REASON).await;
+    assert!(question.contains("deploy"), "the prompt names the route: {question}");
+
+    let row = browser
+        .row_text_when("routes", "deploy", "the route's row to say paused", |t| t.contains("paused by dashboard"))
+        .await;
+    assert!(row.contains(&format!("paused by dashboard: {ROUTE_REASON}")), "{row}");
+    browser.wait_for(Locator::Css(r#"[data-action="resume-route:deploy"]"#), "the route's Resume button").await;
+    let routes = app.admin_get("/api/v1/routes").await;
+    let route = first_named(&routes, "deploy");
+    assert_eq!(route["paused"]["by"], "dashboard", "{route}");
+    assert_eq!(route["paused"]["reason"], ROUTE_REASON, "{route}");
+
+    browser.click(Locator::Css(r#"[data-action="resume-route:deploy"]"#), "the route's Resume button").await;
+    let row =
+        browser.row_text_when("routes", "deploy", "the route's row to say running", |t| t.contains("running")).await;
+    assert!(!row.contains("paused"), "{row}");
+    browser.wait_for(Locator::Css(r#"[data-action="pause-route:deploy"]"#), "the route's Pause button again").await;
+    let routes = app.admin_get("/api/v1/routes").await;
+    assert!(first_named(&routes, "deploy")["paused"].is_null(), "{routes}");
+
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pauses_a_source_so_its_webhooks_get_503_until_resumed() {
+    let Some(browser) = Browser::start().await else { return };
+    let app = spawn_app(&Backend::Sqlite, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
+    let body = push_body("refs/heads/main", "acme/app");
+    browser.open_dashboard(&app).await;
+
+    browser.click(Locator::Css(r#"[data-action="pause-source:github"]"#), "the source's Pause button").await;
+    browser.answer_prompt(SOURCE_REASON).await;
+    let row = browser
+        .row_text_when("sources", "github", "the source's row to say paused", |t| t.contains("paused by dashboard"))
+        .await;
+    assert!(row.contains(&format!("paused by dashboard: {SOURCE_REASON}")), "{row}");
+    browser.wait_for(Locator::Css(r#"[data-action="resume-source:github"]"#), "the source's Resume button").await;
+    let sources = app.admin_get("/api/v1/sources").await;
+    let source = first_named(&sources, "github");
+    assert_eq!(source["paused"]["by"], "dashboard", "{source}");
+    assert_eq!(source["paused"]["reason"], SOURCE_REASON, "{source}");
+    assert_eq!(app.github("push", "while-paused", &body).await.status(), 503);
+
+    browser.click(Locator::Css(r#"[data-action="resume-source:github"]"#), "the source's Resume button").await;
+    browser.row_text_when("sources", "github", "the source's row to say running", |t| t.contains("running")).await;
+    browser.wait_for(Locator::Css(r#"[data-action="pause-source:github"]"#), "the source's Pause button again").await;
+    let sources = app.admin_get("/api/v1/sources").await;
+    assert!(first_named(&sources, "github")["paused"].is_null(), "{sources}");
+    assert_eq!(app.github("push", "after-resume", &body).await.status(), 202);
+
+    browser.close().await;
+}
