@@ -252,7 +252,11 @@ enum JobsCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `serve` starts logging once its configuration says how (`[log] format`); the other commands at once.
+    if !matches!(cli.command, Command::Serve(_)) {
+        let format = std::env::var("HOOKGATE_LOG_FORMAT").ok().and_then(|f| config::LogFormat::parse(&f));
+        crate::logging::init(format.unwrap_or_default());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -261,18 +265,6 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(cli))
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKGATE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -349,6 +341,7 @@ async fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    crate::logging::init(live.config.log_format);
     let shutdown = CancellationToken::new();
     // Before any command runs: as PID 1 in a container, nothing else would reap their orphans.
     crate::actions::reaper::start();

@@ -73,6 +73,8 @@ pub mod raw {
         #[serde(default)]
         pub worker: Worker,
         #[serde(default)]
+        pub log: Log,
+        #[serde(default)]
         pub sources: Vec<Source>,
         #[serde(default)]
         pub routes: Vec<Route>,
@@ -114,6 +116,12 @@ pub mod raw {
         pub shutdown_grace: Option<String>,
         pub output_cap: Option<String>,
         pub lease_margin: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Log {
+        pub format: Option<String>,
     }
 
     /// A source as written: the keys every source has, and its provider's own keys. Which of those a
@@ -184,10 +192,30 @@ pub struct Config {
     /// Failed admin authentications allowed per client address.
     pub admin_auth_failure_limit: RateLimit,
     pub worker: WorkerConfig,
+    /// How log lines are written (`[log] format`, `HOOKGATE_LOG_FORMAT` overrides).
+    pub log_format: LogFormat,
     pub sources: Vec<Source>,
     pub routes: Vec<Route>,
     /// Weak spots worth a warning at start (never holding a secret's value).
     pub warnings: Vec<ConfigWarning>,
+}
+
+/// One line of text per event for people, or one JSON object per line for log collectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 /// Something that works but should not stay that way.
@@ -392,6 +420,10 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         return Err(invalid("worker.lease_margin", "must be at least 1s"));
     }
 
+    let log_format_text = env.var("HOOKGATE_LOG_FORMAT").or(file.log.format).unwrap_or_else(|| "text".into());
+    let log_format = LogFormat::parse(&log_format_text)
+        .ok_or_else(|| invalid("log.format", format!("must be \"text\" or \"json\", not `{log_format_text}`")))?;
+
     let mut sources = Vec::new();
     for (i, raw) in file.sources.into_iter().enumerate() {
         let source = validate_source(i, raw, max_body, base, env)?;
@@ -418,7 +450,7 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         routes.push(route);
     }
 
-    Ok(Config { server, store, admin_token, admin_auth_failure_limit, worker, sources, routes, warnings })
+    Ok(Config { server, store, admin_token, admin_auth_failure_limit, worker, log_format, sources, routes, warnings })
 }
 
 fn is_valid_name(name: &str) -> bool {
@@ -630,6 +662,18 @@ mod tests {
         assert_eq!(cfg.store.purge_interval, Duration::from_secs(600));
         let err = parse(&format!("[store]\npurge_interval = \"0s\"\n{MINIMAL}"), Path::new(""), &vars).unwrap_err();
         assert!(err.to_string().contains("store.purge_interval"), "{err}");
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_and_the_environment_overrides_it() {
+        let vars = env(&[("GH_SECRET", "s3cret")]);
+        assert_eq!(parse(MINIMAL, Path::new(""), &vars).unwrap().log_format, LogFormat::Text);
+        let json = parse(&format!("[log]\nformat = \"json\"\n{MINIMAL}"), Path::new(""), &vars).unwrap();
+        assert_eq!(json.log_format, LogFormat::Json);
+        let err = parse(&format!("[log]\nformat = \"xml\"\n{MINIMAL}"), Path::new(""), &vars).unwrap_err();
+        assert!(err.to_string().contains("log.format") && err.to_string().contains("xml"), "{err}");
+        let overridden = env(&[("GH_SECRET", "s3cret"), ("HOOKGATE_LOG_FORMAT", "json")]);
+        assert_eq!(parse(MINIMAL, Path::new(""), &overridden).unwrap().log_format, LogFormat::Json);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod guard;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod retry;
 pub mod route;

@@ -301,14 +301,7 @@ impl Worker {
             let latency = (finished_ms - job.delivery.received_at).max(0) as f64 / 1000.0;
             metrics::histogram!(DELIVERY_LATENCY, "route" => route_label.clone()).record(latency);
         }
-        match &result.error {
-            Some(error) => {
-                tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, error = %error, "job attempt")
-            }
-            None => {
-                tracing::info!(route = %route_label, job = %job.id, attempt = job.attempt, outcome = label, "job attempt")
-            }
-        }
+        log_attempt(&route_label, job, retry.max_attempts, label, &result, started.elapsed());
         let error = record.error.clone();
         // Only the runner that recorded the death tells of it (a lost lease means another took the job).
         if self.finish(job, record, next).await && next == NextState::Dead {
@@ -342,5 +335,32 @@ impl Worker {
             }
         }
         false
+    }
+}
+
+/// The one line per attempt operators read and parse: which route ran which job for which delivery and
+/// event, attempt n of N, the outcome, the peer's status code when there was one, how long it took, and the
+/// error text (never a secret).
+fn log_attempt(
+    route: &str,
+    job: &ClaimedJob,
+    max_attempts: u32,
+    outcome: &str,
+    result: &AttemptResult,
+    took: Duration,
+) {
+    let attempt = format!("{}/{}", job.attempt, max_attempts);
+    let duration_ms = took.as_millis() as u64;
+    let (delivery, event) = (&job.delivery.id, &job.delivery.event);
+    let status = result.status_code;
+    match &result.error {
+        Some(error) => tracing::info!(
+            route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
+            error = %error, "job attempt"
+        ),
+        None => tracing::info!(
+            route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
+            "job attempt"
+        ),
     }
 }

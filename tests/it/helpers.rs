@@ -235,6 +235,16 @@ pub async fn terminal_jobs(app: &TestApp, id: &str) -> Vec<serde_json::Value> {
 }
 
 /// The real `hookgate` binary serving a config file; its port is read from the "listening" log line.
+/// The address in the server's `listening` line, text (`listening addr=…`) or JSON (`"addr":"…"`).
+fn listening_addr(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return (value["message"] == "listening").then(|| value["addr"].as_str().map(String::from)).flatten();
+    }
+    let pos = line.find("listening addr=")?;
+    Some(line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string())
+}
+
 pub struct BinaryServer {
     pub child: Child,
     pub addr: String,
@@ -277,9 +287,7 @@ impl BinaryServer {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(pos) = line.find("listening addr=") {
-                    let addr =
-                        line[pos + "listening addr=".len()..].split_whitespace().next().unwrap_or("").to_string();
+                if let Some(addr) = listening_addr(&line) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }

@@ -211,20 +211,56 @@ async fn the_log_holds_no_secret_signature_body_fragment_email_or_client_ip() {
     assert!(server.terminate().success());
     let log = server.log_text();
     assert!(log.contains("webhook"), "the webhook lines are there: {log}");
+    assert_nothing_leaks(&log, &signatures);
+}
 
+/// The same traffic with `[log] format = "json"`: every line is one JSON object, the attempt lines carry the
+/// fields operators filter on, and nothing leaks that the text format keeps out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_the_attempt_fields_and_hold_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), false);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("[log]\nformat = \"json\"\n{text}")).unwrap();
+    let envs = [("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let mut server = BinaryServer::start(&path, &envs);
+    let signatures = exercise(&server).await;
+    assert!(server.terminate().success());
+    let log = server.log_text();
+    assert_nothing_leaks(&log, &signatures);
+
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(line.get(key).is_some(), "{key} missing: {line}");
+        }
+    }
+    let attempts: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "job attempt").collect();
+    assert!(attempts.len() >= 7, "{log}");
+    let ok = attempts.iter().find(|l| l["outcome"] == "succeeded").expect("a succeeded attempt");
+    assert_eq!(ok["route"], "fetch");
+    assert_eq!(ok["event"], "push");
+    assert_eq!(ok["attempt"], "1/5", "attempt n/N: {ok}");
+    assert!(ok["job"].as_str().is_some_and(|j| j.len() == 36), "{ok}");
+    assert!(ok["delivery"].as_str().is_some_and(|d| d.len() == 36), "{ok}");
+    assert!(ok["duration_ms"].as_u64().is_some(), "{ok}");
+}
+
+fn assert_nothing_leaks(log: &str, signatures: &[String]) {
     for secret in [GITHUB_SECRET, INFISICAL_SECRET, ADMIN_TOKEN, "guessed-admin-token"] {
         assert!(!log.contains(secret), "the log holds a secret {secret:?}:\n{log}");
     }
-    for signature in &signatures {
+    for signature in signatures {
         let hex = signature.trim_start_matches("sha256=");
         assert!(!log.contains(hex), "the log holds a signature {hex}:\n{log}");
     }
     for marker in BODY_MARKERS {
         assert!(!log.contains(marker), "the log holds a body fragment {marker:?}:\n{log}");
     }
-    assert!(!has_email(&log), "the log holds an e-mail address:\n{log}");
+    assert!(!has_email(log), "the log holds an e-mail address:\n{log}");
     for line in log.lines().filter(|l| l.contains("127.0.0.1")) {
-        assert!(line.contains("listening addr="), "a client IP in the log: {line}");
+        assert!(line.contains("listening") && line.contains("addr"), "a client IP in the log: {line}");
     }
 }
 
@@ -251,4 +287,50 @@ fn the_email_detector_finds_addresses_and_ignores_plain_text() {
     assert!(has_email("user octo@example.com pushed"));
     assert!(!has_email("source=github outcome=accepted \"webhook\""));
     assert!(!has_email("@ alone, or a@b without a dot"));
+}
+
+/// An http attempt's line carries the peer's status code, and the breaker's transition is its own line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_attempt_lines_carry_the_status_code_and_every_breaker_transition_is_logged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let rest = format!(
+        r#"[log]
+format = "json"
+{GITHUB_SOURCE}
+[[routes]]
+name = "partner"
+source = "github"
+action = {{ type = "http", url = "{peer}/hook", timeout = "2s" }}
+retry = {{ max_attempts = 3, initial = "10ms", max = "10ms" }}
+circuit_breaker = {{ window = "60s", max_failures = 2, open_for = "1h" }}
+"#
+    );
+    let path = binary_config(dir.path(), "", &rest);
+    let server = BinaryServer::start(&path, &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let client = reqwest::Client::new();
+    assert_eq!(send_push(&client, &server.addr, "json-breaker").await.unwrap().status(), 202);
+
+    let lines = eventually(Duration::from_secs(10), "two attempts and the circuit opening", || async {
+        let lines: Vec<serde_json::Value> =
+            server.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        lines.iter().any(|l| l["message"] == "circuit breaker changed").then_some(lines)
+    })
+    .await;
+    let attempts: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "job attempt").collect();
+    assert_eq!(attempts.len(), 2, "the open circuit holds the third: {attempts:?}");
+    assert_eq!(attempts[0]["status"], 503);
+    assert_eq!(attempts[0]["outcome"], "retry");
+    assert_eq!(attempts[0]["attempt"], "1/3");
+    assert_eq!(attempts[1]["attempt"], "2/3");
+    assert!(attempts[0]["error"].as_str().is_some_and(|e| e.contains("503")), "{:?}", attempts[0]);
+    let change = lines.iter().find(|l| l["message"] == "circuit breaker changed").unwrap();
+    assert_eq!(
+        (change["route"].as_str(), change["from"].as_str(), change["to"].as_str()),
+        (Some("partner"), Some("closed"), Some("open"))
+    );
+    assert_eq!(change["failures"], 2);
 }
