@@ -16,6 +16,7 @@ pub const CIRCUIT_TRANSITIONS: &str = "hookgate_circuit_transitions_total";
 pub const JOBS_DEAD: &str = "hookgate_jobs_dead_total";
 /// How long the longest-waiting due job of a route has been due (queued, `run_at` passed), in seconds.
 pub const QUEUE_OLDEST: &str = "hookgate_queue_oldest_seconds";
+pub const STORE_READY: &str = "hookgate_store_ready";
 /// Operational events of the `hookgate` source, by event and outcome (stored, failed, suppressed).
 pub const EVENTS_TOTAL: &str = "hookgate_events_total";
 /// Writes committed together by one store transaction (group commit).
@@ -56,6 +57,7 @@ fn describe() {
     metrics::describe_counter!(JOBS_TOTAL, "Job attempts by route and outcome");
     metrics::describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Time one action attempt took");
     metrics::describe_gauge!(QUEUE_DEPTH, "Jobs in each status");
+    metrics::describe_gauge!(STORE_READY, "1 while a delivery can be committed now (what /readyz answers), else 0");
     metrics::describe_histogram!(
         DELIVERY_LATENCY,
         metrics::Unit::Seconds,

@@ -240,6 +240,7 @@ store_test! {
             assert!(metrics.contains(name), "{name} missing from /metrics");
         }
         assert!(metrics.contains(r#"hookgate_requests_total{source="github",outcome="accepted"}"#), "{metrics}");
+        assert!(metrics.contains("hookgate_store_ready 1"), "{metrics}");
     }
 }
 

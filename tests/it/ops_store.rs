@@ -152,6 +152,9 @@ async fn on_a_full_disk_readyz_answers_503_until_a_write_commits_again() {
     assert!(refused > 0, "the file size limit never made a write fail");
     let body = not_ready.expect("/readyz said ready while writes failed");
     assert_eq!(body["code"], "store_write_failed", "{body}");
+    // Alerts that read /metrics see it too.
+    let metrics = client.get(format!("{}/metrics", server.addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("hookgate_store_ready 0"), "{metrics}");
     // Nothing about the failure is guessable from outside beyond the code; the reason is in the log.
     assert!(server.log_text().contains("a store write failed"), "{}", server.log_text());
     // Each refused webhook is logged once, at the HTTP boundary, with the cause an operator can act on.
