@@ -306,7 +306,24 @@ mod tests {
             kinds(),
             [
                 ("command", &["argv", "env", "env_pass", "cwd", "timeout"][..]),
-                ("http", &["url", "method", "headers", "body", "timeout", "sign", "allowed_hosts"][..]),
+                (
+                    "http",
+                    &[
+                        "url",
+                        "method",
+                        "headers",
+                        "body",
+                        "timeout",
+                        "sign",
+                        "allowed_hosts",
+                        "bearer_token",
+                        "ca",
+                        "ca_only",
+                        "client_cert",
+                        "client_key",
+                        "unix_socket"
+                    ][..]
+                ),
             ]
         );
     }

@@ -5,6 +5,11 @@
 //! (default 10s) and `sign` (`scheme`: any provider in `verify`'s table, default `standard`, with those of
 //! that provider's keys `sign` has — `hmac`'s header, algorithm, timestamp, content, id and event keys).
 //!
+//! To reach internal and cluster APIs: a header value may be a secret (`env:NAME`, `file:PATH`; see
+//! `secret_header`), `bearer_token` sends one as `Authorization: Bearer …`, and `ca`, `ca_only`, `client_cert`,
+//! `client_key` and `unix_socket` give the action its own client (see `transport`). Both clients go through the
+//! same request, timeout, output cap, signing and `Retry-After` code below.
+//!
 //! Errors recorded on the attempt are short and built from status codes and transport error kinds only:
 //! never from header values, the URL (its query may hold a token) or the secret.
 
@@ -19,6 +24,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER
 use minijinja::Environment;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+
+mod secret_header;
+mod transport;
+
+pub use self::secret_header::SecretHeader;
 
 use super::command::human;
 use super::{table_as, AttemptResult, Hint, JobContext, Outcome, Runner};
@@ -47,6 +57,13 @@ pub(super) struct Raw {
     /// Read as [`RawSign`] once its key path is known.
     sign: Option<toml::Table>,
     allowed_hosts: Option<Vec<String>>,
+    /// `env:NAME` or `file:PATH`, sent as `Authorization: Bearer …`.
+    bearer_token: Option<String>,
+    ca: Option<String>,
+    ca_only: Option<bool>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    unix_socket: Option<String>,
 }
 
 /// `sign = { … }` as written.
@@ -78,6 +95,10 @@ pub struct Http<T = String> {
     pub sign: Option<SignSpec>,
     /// Hosts a template value may choose in `url` (`*.domain` for subdomains); none by default.
     pub allowed_hosts: Vec<String>,
+    /// Headers whose values are secrets (and `bearer_token`): never templates.
+    pub secret_headers: Vec<SecretHeader>,
+    /// The action's own client (private CA, client certificate, Unix socket); None: the shared one.
+    pub client: Option<reqwest::Client>,
 }
 
 /// How an outbound request is signed.
@@ -92,6 +113,8 @@ pub struct HttpSpec {
     pub url: String,
     pub method: http::Method,
     pub headers: Vec<(String, String)>,
+    pub secret_headers: Vec<SecretHeader>,
+    pub client: Option<reqwest::Client>,
     pub body: Bytes,
     pub timeout: Duration,
     pub sign: Option<SignSpec>,
@@ -112,12 +135,33 @@ pub(super) fn validate(key: &str, raw: Raw, base: &Path, env: &dyn Env) -> Resul
     let method = http::Method::from_bytes(method_text.as_bytes())
         .map_err(|_| invalid(k("method"), format!("`{method_text}` is not an HTTP method")))?;
     let mut headers = Vec::new();
+    let mut secret_headers = Vec::new();
     for (name, value) in raw.headers.unwrap_or_default() {
+        let key = k(&format!("headers.{name}"));
         if HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(invalid(k(&format!("headers.{name}")), "not a valid header name"));
+            return Err(invalid(key, "not a valid header name"));
         }
-        headers.push((name, value));
+        if secret_header::is_reference(&value) {
+            secret_headers.push(secret_header::resolve(&key, &name, "", &value, base, env)?);
+        } else {
+            headers.push((name, value));
+        }
     }
+    if let Some(reference) = &raw.bearer_token {
+        let taken = headers.iter().map(|(n, _)| n).chain(secret_headers.iter().map(|h| &h.name));
+        if taken.into_iter().any(|n| n.eq_ignore_ascii_case("authorization")) {
+            return Err(invalid(k("bearer_token"), "headers already set Authorization"));
+        }
+        secret_headers.push(secret_header::bearer(&k("bearer_token"), reference, base, env)?);
+    }
+    let options = transport::TransportOptions {
+        ca: raw.ca,
+        ca_only: raw.ca_only,
+        client_cert: raw.client_cert,
+        client_key: raw.client_key,
+        unix_socket: raw.unix_socket,
+    };
+    let client = transport::client(key, options, base)?;
     let sign = raw.sign.map(|s| validate_sign(&k("sign"), table_as(&k("sign"), s)?, base, env)).transpose()?;
     let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
     if let Some((i, _)) = allowed_hosts.iter().enumerate().find(|(_, h)| !is_host_pattern(h)) {
@@ -131,6 +175,8 @@ pub(super) fn validate(key: &str, raw: Raw, base: &Path, env: &dyn Env) -> Resul
         timeout: opt_duration(&k("timeout"), raw.timeout.as_deref(), DEFAULT_TIMEOUT)?,
         sign,
         allowed_hosts,
+        secret_headers,
+        client,
     })
 }
 
@@ -181,10 +227,12 @@ fn validate_sign(key: &str, raw: RawSign, base: &Path, env: &dyn Env) -> Result<
     Ok(SignSpec { scheme, secret })
 }
 
-/// `sign.secret` as written, for the warning about literal secrets.
+/// `sign.secret` and `bearer_token` as written, for the warning about literal secrets (a literal
+/// `bearer_token` is refused anyway).
 pub(super) fn secret_refs(options: &toml::Table) -> Vec<(&'static str, &str)> {
     let secret = options.get("sign").and_then(|s| s.get("secret")).and_then(toml::Value::as_str);
-    secret.map(|s| ("sign.secret", s)).into_iter().collect()
+    let bearer = options.get("bearer_token").and_then(toml::Value::as_str);
+    secret.map(|s| ("sign.secret", s)).into_iter().chain(bearer.map(|b| ("bearer_token", b))).collect()
 }
 
 impl Http {
@@ -202,13 +250,19 @@ impl Http {
             timeout: self.timeout,
             sign: self.sign.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
+            secret_headers: self.secret_headers.clone(),
+            client: self.client.clone(),
         })
     }
 }
 
 impl Http<Text> {
     pub(super) fn render(&self, job: &JobContext<'_>) -> Result<HttpSpec, RenderError> {
-        let (templates, vars) = (job.templates, job.vars);
+        // `now`: this attempt's time, RFC 3339 with nanoseconds (as Flux's own receiver writes
+        // `reconcile.fluxcd.io/requestedAt`); a retry sends a fresh one.
+        let now = humantime::format_rfc3339_nanos(SystemTime::now()).to_string();
+        let vars = &minijinja::context! { now => now, ..job.vars.clone() };
+        let templates = job.templates;
         // Values are encoded for the part of the URL they land in.
         let marked = self.url.render(templates, vars)?;
         let url = crate::template::url::finish(self.url.key(), &marked, &self.allowed_hosts)?.to_string();
@@ -225,6 +279,8 @@ impl Http<Text> {
             url,
             method: self.method.clone(),
             headers,
+            secret_headers: self.secret_headers.clone(),
+            client: self.client.clone(),
             body,
             timeout: self.timeout,
             sign: self.sign.clone(),
@@ -235,24 +291,29 @@ impl Http<Text> {
     }
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the 4xx answers that an API gives most often mean (the Kubernetes API's among them); they fail at once.
+const UNAUTHORIZED: &str = "the credentials were refused (a missing, wrong or expired token)";
+const FORBIDDEN: &str =
+    "the credentials are valid but not allowed this (for Kubernetes: the service account's Role lacks this verb on this resource)";
+const NOT_FOUND: &str =
+    "nothing at this URL (for Kubernetes: no such object in that namespace, or its API or CRD is not installed)";
+
 /// A peer cannot park a job for longer than this with `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The shared client: rustls, redirects are answers (3xx fails the attempt), not followed.
 pub(super) fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .user_agent("hookgate")
-        .build()
-        .expect("the HTTP client (rustls) can be built")
+    transport::shared()
 }
 
 pub(super) async fn run(runner: &Runner, spec: HttpSpec, cancel: &CancellationToken) -> AttemptResult {
-    let client = &runner.http;
-    let request = match build(client, &spec) {
+    let client = spec.client.as_ref().unwrap_or(&runner.http);
+    // A secret file that cannot be read now may be back at the next attempt (a volume being remounted).
+    let secret_headers = match spec.secret_headers.iter().map(SecretHeader::value).collect::<Result<Vec<_>, _>>() {
+        Ok(headers) => headers,
+        Err(error) => return result(retry(None, false), Some(error), None, None),
+    };
+    let request = match build(client, &spec, secret_headers) {
         Ok(request) => request,
         Err(error) => return result(Outcome::Failed, Some(error), None, None),
     };
@@ -262,7 +323,11 @@ pub(super) async fn run(runner: &Runner, spec: HttpSpec, cancel: &CancellationTo
     }
 }
 
-fn build(client: &reqwest::Client, spec: &HttpSpec) -> Result<reqwest::Request, String> {
+fn build(
+    client: &reqwest::Client,
+    spec: &HttpSpec,
+    secret_headers: Vec<(HeaderName, HeaderValue)>,
+) -> Result<reqwest::Request, String> {
     let url = reqwest::Url::parse(&spec.url).map_err(|e| format!("invalid URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("invalid URL: unsupported scheme `{}`", url.scheme()));
@@ -272,6 +337,9 @@ fn build(client: &reqwest::Client, spec: &HttpSpec) -> Result<reqwest::Request, 
         let name = HeaderName::try_from(name.as_str()).map_err(|_| format!("invalid header name `{name}`"))?;
         let value = HeaderValue::try_from(value.as_str()).map_err(|_| format!("invalid value for header `{name}`"))?;
         headers.append(name, value);
+    }
+    for (name, value) in secret_headers {
+        headers.insert(name, value);
     }
     if let Some(sign) = &spec.sign {
         let message =
@@ -317,6 +385,9 @@ async fn send(client: &reqwest::Client, request: reqwest::Request, spec: &HttpSp
         408 | 429 => (retry(retry_after, true), Some(format!("HTTP {}", status.as_u16()))),
         500..=599 => (retry(retry_after, false), Some(format!("HTTP {}", status.as_u16()))),
         300..=399 => (Outcome::Failed, Some(format!("HTTP {} (redirects are not followed)", status.as_u16()))),
+        401 => (Outcome::Failed, Some(format!("HTTP 401 Unauthorized: {UNAUTHORIZED}"))),
+        403 => (Outcome::Failed, Some(format!("HTTP 403 Forbidden: {FORBIDDEN}"))),
+        404 => (Outcome::Failed, Some(format!("HTTP 404 Not Found: {NOT_FOUND}"))),
         _ => (Outcome::Failed, Some(format!("HTTP {}", status.as_u16()))),
     };
     result(outcome, error, output, Some(status.as_u16()))
@@ -438,6 +509,7 @@ mod tests {
     use sha2::Sha256;
     use tokio::sync::mpsc;
 
+    use super::secret_header::SecretSource;
     use super::*;
     use crate::actions::ActionSpec;
     use crate::route::Routes;
@@ -550,6 +622,78 @@ mod tests {
         assert!(from_env.unwrap().warnings.is_empty());
     }
 
+    #[test]
+    fn secret_headers_are_resolved_at_load_and_never_rendered_or_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t0ken-from-file\n").unwrap();
+        let text = "[[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"s\"]\n\
+             [[routes]]\nname = \"scan\"\nsource = \"github\"\n\
+             action = { type = \"http\", url = \"http://a/\", bearer_token = \"file:token\", \
+             headers = { \"X-Key\" = \"env:KEY\", \"X-Repo\" = \"{{ body.repo }}\" } }\n";
+        let env: BTreeMap<String, String> = [("KEY".to_string(), "{{ body.repo }}-k3y".to_string())].into();
+        let cfg = crate::config::parse(text, dir.path(), &env).unwrap();
+        let routes = Routes::compile(&cfg).unwrap();
+        let ctx = EventContext::new("github", "push", "d", "i", serde_json::json!({ "repo": "octo/r" }), vec![]);
+        let ActionSpec::Http(spec) = routes.render_action(routes.get("scan").unwrap(), &ctx, "job", 10).unwrap() else {
+            panic!("an http spec")
+        };
+        assert_eq!(spec.headers, [("X-Repo".to_string(), "octo/r".to_string())]);
+        let values: Vec<_> = spec.secret_headers.iter().map(|h| h.value().unwrap()).collect();
+        let shown: Vec<_> = values.iter().map(|(n, v)| (n.as_str(), v.to_str().unwrap())).collect();
+        // Sorted by header name as written; the env value is sent as it is, not as a template.
+        assert_eq!(shown, [("x-key", "{{ body.repo }}-k3y"), ("authorization", "Bearer t0ken-from-file")]);
+        let debug = format!("{spec:?} {:?}", cfg.routes[0]);
+        assert!(!debug.contains("k3y") && !debug.contains("t0ken"), "{debug}");
+    }
+
+    #[test]
+    fn secret_header_mistakes_are_refused_by_key() {
+        let cases = [
+            (r#"bearer_token = "literal""#, "routes[0].action.bearer_token: must be `env:NAME` or `file:PATH`"),
+            (r#"bearer_token = "env:UNSET""#, "routes[0].action.bearer_token: resolves to nothing"),
+            (r#"headers = { "X-K" = "env:UNSET" }"#, "routes[0].action.headers.X-K: resolves to nothing"),
+            (r#"headers = { "X-K" = "file:/nonexistent/token" }"#, "routes[0].action.headers.X-K: cannot read secret file"),
+            (
+                r#"bearer_token = "env:SCAN_SECRET", headers = { authorization = "x" }"#,
+                "routes[0].action.bearer_token: headers already set Authorization",
+            ),
+            (r#"client_key = "k.pem""#, "routes[0].action.client_cert: missing"),
+            (r#"unix_socket = """#, "routes[0].action.unix_socket: empty"),
+        ];
+        for (options, expected) in cases {
+            let err = config(&format!(r#"{{ type = "http", url = "http://a/", {options} }}"#)).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{options}: {err}");
+        }
+    }
+
+    #[test]
+    fn templates_see_now_fresh_at_each_render() {
+        let cfg = config(r#"{ type = "http", url = "http://a/", body = "{{ now }}" }"#).unwrap();
+        let routes = Routes::compile(&cfg).unwrap();
+        let ctx = EventContext::new("github", "push", "d", "i", serde_json::json!({}), vec![]);
+        let before = SystemTime::now();
+        let ActionSpec::Http(spec) = routes.render_action(routes.get("scan").unwrap(), &ctx, "job", 10).unwrap() else {
+            panic!("an http spec")
+        };
+        let at = humantime::parse_rfc3339(std::str::from_utf8(&spec.body).unwrap()).unwrap();
+        assert!(before <= at && at <= SystemTime::now(), "{:?}", spec.body);
+    }
+
+    #[tokio::test]
+    async fn a_secret_header_file_gone_at_attempt_time_is_retried_naming_the_path_only() {
+        let (url, _seen) = recording().await;
+        let mut s = spec(url);
+        let path = std::path::PathBuf::from("/nonexistent/hookgate/token");
+        s.secret_headers =
+            vec![SecretHeader { name: "Authorization".into(), prefix: "Bearer ", source: SecretSource::File(path) }];
+        let result = run_spec(s).await;
+        assert_eq!(result.outcome, Outcome::Retryable(Hint::default()));
+        assert_eq!(
+            result.error.as_deref(),
+            Some("cannot read header `authorization` from /nonexistent/hookgate/token: entity not found")
+        );
+    }
+
     /// What the test server saw.
     #[derive(Debug)]
     struct Received {
@@ -608,6 +752,8 @@ mod tests {
             url: url.into(),
             method: http::Method::POST,
             headers: Vec::new(),
+            secret_headers: Vec::new(),
+            client: None,
             body: Bytes::from_static(br#"{"hello":"world"}"#),
             timeout: Duration::from_secs(10),
             sign: None,
@@ -669,7 +815,7 @@ mod tests {
         let result = run_spec(spec(url)).await;
         assert_eq!(result.outcome, Outcome::Failed);
         assert_eq!(result.status_code, Some(404));
-        assert_eq!(result.error.as_deref(), Some("HTTP 404"));
+        assert_eq!(result.error.as_deref(), Some(format!("HTTP 404 Not Found: {NOT_FOUND}").as_str()));
     }
 
     #[tokio::test]
