@@ -37,6 +37,7 @@ mod cli;
 mod cluster;
 mod commands_env;
 mod delivery;
+mod deploy;
 mod durability;
 mod edge;
 mod events;
