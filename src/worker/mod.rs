@@ -355,11 +355,11 @@ fn log_attempt(
     let status = result.status_code;
     match &result.error {
         Some(error) => tracing::info!(
-            route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
+            route = %route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
             error = %error, "job attempt"
         ),
         None => tracing::info!(
-            route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
+            route = %route, job = %job.id, delivery = %delivery, event = %event, attempt, outcome, status, duration_ms,
             "job attempt"
         ),
     }

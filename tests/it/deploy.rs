@@ -345,19 +345,21 @@ action = {{ type = "command", argv = ["/bin/sleep", "60"], timeout = "120s" }}
     let (bin, config_dir_s) = (hookgate_bin().to_string(), config_dir.display().to_string());
     let (data_s, tmp_s, home_s) = (data.display().to_string(), tmp.display().to_string(), home.display().to_string());
     // The host's nobody (setpriv), in a root of its own (an unprivileged user namespace), read-only: /usr
-    // (and the links into it) and /etc from the host, the binary and its config read-only at their host
-    // paths, /data, and /tmp and $HOME only to prove they stay empty.
+    // (and the links into it) and /etc from the host, the binary at /opt/hookgate and its config at /config
+    // read-only (their host paths may lie under /tmp, which the sandbox gets from a directory of its own),
+    // /data, and /tmp and $HOME only to prove they stay empty.
     #[rustfmt::skip]
     let wrapper = [
         "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
         bwrap.to_str().unwrap(), "--unshare-user", "--uid", "65534", "--gid", "65534", "--die-with-parent",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
         "--symlink", "usr/lib64", "/lib64", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
-        "--ro-bind", &bin, &bin, "--ro-bind", &config_dir_s, &config_dir_s,
+        "--ro-bind", &bin, "/opt/hookgate/hookgate", "--ro-bind", &config_dir_s, "/config",
         "--bind", &data_s, "/data", "--bind", &tmp_s, "/tmp", "--bind", &home_s, "/home/hookgate",
         "--remount-ro", "/",
     ];
-    let server = BinaryServer::start_wrapped(&wrapper, &config, &[("HOME", "/home/hookgate"), ("TMPDIR", "/tmp")]);
+    let envs = [("HOME", "/home/hookgate"), ("TMPDIR", "/tmp")];
+    let server = BinaryServer::start_as(&wrapper, "/opt/hookgate/hookgate", Path::new("/config/hookgate.toml"), &envs);
     let hookgate_pid = sandboxed_pid(server.child.id());
     let status = std::fs::read_to_string(format!("/proc/{hookgate_pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap().split_whitespace().nth(1).unwrap().to_string();

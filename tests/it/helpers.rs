@@ -262,13 +262,18 @@ impl BinaryServer {
 
     /// Start the binary under `wrapper` (a program and its arguments, such as `prlimit --nofile=…`).
     pub fn start_wrapped(wrapper: &[&str], config: &Path, envs: &[(&str, &str)]) -> BinaryServer {
+        Self::start_as(wrapper, hookgate_bin(), config, envs)
+    }
+
+    /// Start `binary` (the path the wrapper sees it at, such as inside a sandbox) under `wrapper`.
+    pub fn start_as(wrapper: &[&str], binary: &str, config: &Path, envs: &[(&str, &str)]) -> BinaryServer {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg(hookgate_bin());
+                cmd.args(args).arg(binary);
                 cmd
             }
-            None => Command::new(hookgate_bin()),
+            None => Command::new(binary),
         };
         cmd.args(["serve", "--config"])
             .arg(config)
