@@ -42,7 +42,7 @@ store_test! {
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(app.run_until_stopped(stop.clone()));
         let client = reqwest::Client::new();
-        for path in ["/api/v1/deliveries", "/api/v1/jobs", "/ui/"] {
+        for path in ["/api/v1/deliveries", "/api/v1/jobs", "/ui/", "/ui/app.js", "/ui/app.css"] {
             let status = client.get(format!("{base}{path}")).bearer_auth("anything").send().await.unwrap().status();
             assert_eq!(status, 404, "{path}");
         }
@@ -145,8 +145,17 @@ store_test! {
         let response = app.client.get(format!("{}/ui/", app.addr)).send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+        let policy = response.headers()["content-security-policy"].to_str().unwrap().to_string();
+        assert!(!policy.contains("unsafe-inline"), "{policy}");
+        assert!(policy.contains("script-src 'self'") && policy.contains("style-src 'self'"), "{policy}");
         let html = response.text().await.unwrap();
-        assert!(html.contains("/api/v1/deliveries"));
-        assert!(!html.contains("innerHTML"), "payload values must be inserted as text");
+        assert!(!html.contains("<script>") && !html.contains("<style>") && !html.contains(" on"), "inline code: {html}");
+        let script = app.client.get(format!("{}/ui/app.js", app.addr)).send().await.unwrap();
+        assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+        let script = script.text().await.unwrap();
+        assert!(script.contains("/api/v1/deliveries"));
+        assert!(!script.contains("innerHTML"), "payload values must be inserted as text");
+        let style = app.client.get(format!("{}/ui/app.css", app.addr)).send().await.unwrap();
+        assert_eq!(style.headers()["content-type"], "text/css; charset=utf-8");
     }
 }
