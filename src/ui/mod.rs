@@ -1,7 +1,8 @@
-//! ui: the dashboard at `/ui/` — recent deliveries, their jobs and attempts, replay and retry buttons, and the
-//! routes and sources with pause and resume buttons.
+//! ui: the dashboard at `/ui/` — an overview of charts (deliveries, job outcomes, action durations, queue
+//! depth and age, from `/api/v1/stats`), delivery search with each delivery's jobs and attempts, the routes and
+//! sources with pause and resume, and the dead letters with retry; all kept live by polling.
 //!
-//! The page is static — `index.html`, `app.js` and `app.css`, compiled into the binary — and reads everything
+//! The page is static — `index.html`, `app.css` and a few ES modules, compiled into the binary — and reads everything
 //! through the admin API with the token it asks for, so the dashboard can show nothing the API would not. No
 //! inline script or style: the content policy allows only these files. Off (404) when no admin token is
 //! configured.
@@ -15,20 +16,35 @@ use axum::Router;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-const INDEX: &str = include_str!("index.html");
-const SCRIPT: &str = include_str!("app.js");
-const STYLE: &str = include_str!("app.css");
+/// Every file the dashboard is made of: its path under `/ui/`, content type and text (compiled in).
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/ui/", HTML, include_str!("index.html")),
+    ("/ui/app.css", CSS, include_str!("app.css")),
+    // The page's ES modules: the shell, then one file per page and the parts they share.
+    ("/ui/app.js", JS, include_str!("app.js")),
+    ("/ui/api.js", JS, include_str!("api.js")),
+    ("/ui/dom.js", JS, include_str!("dom.js")),
+    ("/ui/keys.js", JS, include_str!("keys.js")),
+    ("/ui/chart.js", JS, include_str!("chart.js")),
+    ("/ui/overview.js", JS, include_str!("overview.js")),
+    ("/ui/deliveries.js", JS, include_str!("deliveries.js")),
+    ("/ui/routes.js", JS, include_str!("routes.js")),
+    ("/ui/dead.js", JS, include_str!("dead.js")),
+];
+
+const HTML: &str = "text/html; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// Scripts and styles only from the served files; API calls only to this origin; never framed.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|state| asset(state, "text/html; charset=utf-8", INDEX)))
-        .route("/ui/app.js", get(|state| asset(state, "text/javascript; charset=utf-8", SCRIPT)))
-        .route("/ui/app.css", get(|state| asset(state, "text/css; charset=utf-8", STYLE)))
+    let router = Router::new().route("/ui", get(|| async { Redirect::permanent("/ui/") }));
+    ASSETS.iter().fold(router, |router, &(path, content_type, body)| {
+        router.route(path, get(move |state| asset(state, content_type, body)))
+    })
 }
 
 async fn asset(State(state): State<AppState>, content_type: &'static str, body: &'static str) -> Response {

@@ -149,13 +149,35 @@ store_test! {
         assert!(!policy.contains("unsafe-inline"), "{policy}");
         assert!(policy.contains("script-src 'self'") && policy.contains("style-src 'self'"), "{policy}");
         let html = response.text().await.unwrap();
-        assert!(!html.contains("<script>") && !html.contains("<style>") && !html.contains(" on"), "inline code: {html}");
-        let script = app.client.get(format!("{}/ui/app.js", app.addr)).send().await.unwrap();
-        assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
-        let script = script.text().await.unwrap();
-        assert!(script.contains("/api/v1/deliveries"));
-        assert!(!script.contains("innerHTML"), "payload values must be inserted as text");
+        assert!(!html.contains("<script>") && !html.contains("<style>") && !html.contains(" style="), "inline code: {html}");
+        assert!(!has_inline_handler(&html), "inline event handler: {html}");
+        // Every module the page loads is served as JavaScript, and none of them parses API values as markup.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut queue = vec!["app.js".to_string()];
+        while let Some(name) = queue.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let script = app.client.get(format!("{}/ui/{name}", app.addr)).send().await.unwrap();
+            assert_eq!(script.status(), 200, "{name}");
+            assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8", "{name}");
+            let script = script.text().await.unwrap();
+            for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+                assert!(!script.contains(sink), "{name} uses {sink}: payload values must be inserted as text");
+            }
+            queue.extend(script.split("from \"./").skip(1).filter_map(|rest| rest.split('"').next()).map(String::from));
+        }
+        assert!(seen.contains("deliveries.js") && seen.contains("chart.js"), "{seen:?}");
         let style = app.client.get(format!("{}/ui/app.css", app.addr)).send().await.unwrap();
         assert_eq!(style.headers()["content-type"], "text/css; charset=utf-8");
     }
+}
+
+/// An attribute like ` onclick=` or ` onerror =` anywhere in the markup.
+fn has_inline_handler(html: &str) -> bool {
+    let lower = html.to_ascii_lowercase();
+    lower.match_indices(" on").any(|(at, _)| {
+        let rest = lower[at + 3..].trim_start_matches(|c: char| c.is_ascii_lowercase());
+        rest.len() < lower.len() - at - 3 && rest.trim_start().starts_with('=')
+    })
 }

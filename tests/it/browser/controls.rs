@@ -21,11 +21,12 @@ fn first_named<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::V
     list["items"].as_array().unwrap().iter().find(|i| i["name"] == name).unwrap_or_else(|| panic!("{name} in {list}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_pauses_a_route_with_the_operators_reason_and_resumes_it() {
+store_test! {
+async fn the_dashboard_pauses_a_route_with_the_operators_reason_and_resumes_it(backend) {
     let Some(browser) = Browser::start().await else { return };
-    let app = spawn_app(&Backend::Sqlite, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
+    let app = spawn_app(&backend, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
     browser.open_dashboard(&app).await;
+    browser.page("routes").await;
 
     browser.click(Locator::Css(r#"[data-action="pause-route:deploy"]"#), "the route's Pause button").await;
     let question = browser.answer_prompt(ROUTE_REASON).await;
@@ -51,13 +52,15 @@ async fn the_dashboard_pauses_a_route_with_the_operators_reason_and_resumes_it()
 
     browser.close().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_pauses_a_source_so_its_webhooks_get_503_until_resumed() {
+store_test! {
+async fn the_dashboard_pauses_a_source_so_its_webhooks_get_503_until_resumed(backend) {
     let Some(browser) = Browser::start().await else { return };
-    let app = spawn_app(&Backend::Sqlite, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
+    let app = spawn_app(&backend, &format!("{GITHUB_SOURCE}{ROUTE}")).await;
     let body = push_body("refs/heads/main", "acme/app");
     browser.open_dashboard(&app).await;
+    browser.page("routes").await;
 
     browser.click(Locator::Css(r#"[data-action="pause-source:github"]"#), "the source's Pause button").await;
     browser.answer_prompt(SOURCE_REASON).await;
@@ -80,4 +83,5 @@ async fn the_dashboard_pauses_a_source_so_its_webhooks_get_503_until_resumed() {
     assert_eq!(app.github("push", "after-resume", &body).await.status(), 202);
 
     browser.close().await;
+}
 }

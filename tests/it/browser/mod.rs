@@ -7,6 +7,8 @@
 //! the browser fails the test.
 
 mod controls;
+mod dashboard;
+mod hostile;
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -18,7 +20,7 @@ use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::helpers::{eventually, TestApp, ADMIN_TOKEN};
+use crate::helpers::{eventually, Backend, TestApp, ADMIN_TOKEN};
 
 /// How long a page gets to show what a test waits for.
 const PAGE_WAIT: Duration = Duration::from_secs(10);
@@ -144,7 +146,7 @@ impl Browser {
                     "--disable-dev-shm-usage",
                     "--disable-gpu",
                     "--no-first-run",
-                    "--window-size=1280,900",
+                    "--window-size=1280,800",
                     format!("--user-data-dir={}", profile.display()),
                 ],
             },
@@ -170,6 +172,58 @@ impl Browser {
         self.client.goto(&format!("{}/ui/", app.addr)).await.expect("the dashboard loads");
         self.wait_for(Locator::Id("token"), "the token input").await.send_keys(ADMIN_TOKEN).await.unwrap();
         self.click(Locator::Id("save"), "the Use token button").await;
+    }
+
+    /// Go to one of the dashboard's pages (`overview`, `deliveries`, `routes`, `dead`) by its link, as a user would.
+    pub async fn page(&self, name: &str) {
+        self.click(Locator::Css(&format!(r#"nav a[data-page="{name}"]"#)), &format!("the {name} link")).await;
+        let section = format!("page-{name}");
+        eventually(PAGE_WAIT, &format!("the {name} page to show"), || async {
+            let hidden = self.client.find(Locator::Id(&section)).await.ok()?.attr("hidden").await.ok()?;
+            hidden.is_none().then_some(())
+        })
+        .await;
+    }
+
+    /// Resize the window (CSS pixels of the viewport's outer window; Chromium headless matches it).
+    pub async fn window(&self, width: u32, height: u32) {
+        self.client.set_window_size(width, height).await.expect("window resized");
+    }
+
+    /// A PNG of the window into `target/screenshots/<store>-<name>.png`; with `HOOKGATE_UPDATE_SCREENSHOTS=1`,
+    /// the SQLite run's go into `docs/screenshots/<name>.png` as well (how the README's pictures are made).
+    pub async fn screenshot(&self, backend: &Backend, name: &str) {
+        let png = self.client.screenshot().await.expect("a screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("target/screenshots").join(format!("{}-{name}.png", backend.name()))];
+        if matches!(backend, Backend::Sqlite) && std::env::var("HOOKGATE_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
+            files.push(root.join("docs/screenshots").join(format!("{name}.png")));
+        }
+        for file in files {
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, &png).unwrap();
+        }
+    }
+
+    /// Run `script` in the page and return what it returns.
+    pub async fn eval(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script {script}: {e}"))
+    }
+
+    /// The text of the element `locator` finds, once `check` accepts it.
+    pub async fn text_when(&self, locator: Locator<'_>, what: &str, check: impl Fn(&str) -> bool) -> String {
+        use futures_util::FutureExt;
+        let last_seen = std::sync::Mutex::new(None::<String>);
+        let found = eventually(PAGE_WAIT, what, || async {
+            let text = self.client.find(locator).await.ok()?.text().await.ok()?;
+            *last_seen.lock().unwrap() = Some(text.clone());
+            check(&text).then_some(text)
+        });
+        match std::panic::AssertUnwindSafe(found).catch_unwind().await {
+            Ok(text) => text,
+            Err(_) => panic!("{what}: the element last read {:?}", last_seen.lock().unwrap()),
+        }
     }
 
     /// The element `locator` finds, once the page shows it.

@@ -1,0 +1,70 @@
+// dom: building the page from API values. Every value is inserted as text (textContent, attributes set one
+// by one), never parsed as markup: payloads, headers and event names come from the outside world.
+export const $ = (id) => document.getElementById(id);
+
+export function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+export function svg(tag, attrs = {}) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  return e;
+}
+
+export function button(text, onClick, cls) {
+  const b = el("button", text, cls);
+  b.type = "button";
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+/// "12 s ago", "3 min ago", "2 h ago", or the date for older times; the full time goes in the title.
+export function ago(iso) {
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return String(iso ?? "");
+  const s = Math.max(0, (Date.now() - t) / 1000);
+  if (s < 60) return Math.round(s) + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  if (s < 86400) return Math.round(s / 3600) + " h ago";
+  return new Date(t).toISOString().slice(0, 16).replace("T", " ");
+}
+
+export function timeCell(iso) {
+  const td = el("td", ago(iso));
+  td.title = String(iso ?? "");
+  return td;
+}
+
+export function clock(iso) {
+  const d = new Date(iso);
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+export function number(n) {
+  if (n === null || n === undefined) return "–";
+  if (n >= 10000) return Math.round(n / 1000) + "k";
+  if (n >= 1000) return (n / 1000).toFixed(1) + "k";
+  return Number.isInteger(n) ? String(n) : n.toFixed(1);
+}
+
+export function setStatus(text, kind) {
+  const s = $("status");
+  s.textContent = text;
+  s.className = "status" + (kind ? " " + kind : "");
+}
+
+/// A short error cell: the first line, cut; the whole text in the title.
+export function errorCell(text) {
+  const td = el("td", "", "error-text");
+  if (!text) { td.append(el("span", "–", "muted")); return td; }
+  const first = String(text).split("\n")[0];
+  td.textContent = first.length > 120 ? first.slice(0, 117) + "…" : first;
+  td.title = String(text);
+  return td;
+}
