@@ -16,7 +16,7 @@ function stateCell(item) {
   if (item.circuit === "open") td.append(el("span", "circuit open" + (item.circuit_open_until ? " until " + new Date(item.circuit_open_until).toLocaleTimeString() : ""), "tag open"), " ");
   else if (item.circuit && item.circuit !== "closed") td.append(el("span", "circuit " + item.circuit, "tag " + item.circuit), " ");
   if (item.enabled === false) td.append(el("span", "off in the configuration", "tag muted"));
-  if (!td.childNodes.length) td.append(el("span", "running", "tag succeeded"));
+  if (!td.childNodes.length) td.append(el("span", "active", "tag succeeded"));
   return td;
 }
 
