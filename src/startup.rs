@@ -17,6 +17,7 @@ use crate::events::Events;
 use crate::guard::EdgeGuards;
 use crate::live::{Live, LiveHandle};
 use crate::state::AppState;
+use crate::store::stats::Recorder;
 use crate::worker::Worker;
 
 /// The whole HTTP application: the webhook edge, the admin API and the dashboard, with the headers every
@@ -66,9 +67,17 @@ impl Application {
         let live = LiveHandle::new(live);
         let wake = Arc::new(Notify::new());
         let events = Events::new(store.clone(), live.clone(), wake.clone());
-        let worker = Arc::new(Worker::new(store.clone(), live.clone(), wake.clone(), Runner::new(), events.clone()));
+        let stats = Arc::new(Recorder::new());
+        let worker = Arc::new(Worker::new(
+            store.clone(),
+            live.clone(),
+            wake.clone(),
+            Runner::new(),
+            events.clone(),
+            stats.clone(),
+        ));
         let guards = Arc::new(EdgeGuards::new(&live.current().config.server));
-        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards, events };
+        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards, events, stats };
         Ok(Application { listener, state, worker, limits })
     }
 
@@ -94,11 +103,16 @@ impl Application {
             self.state.store.clone(),
             self.state.live.clone(),
             self.state.wake.clone(),
+            self.state.stats.clone(),
             shutdown.clone(),
         ));
         serve(self.listener, app(self.state.clone()), self.limits, shutdown.clone()).await;
         let _ = maintenance.await;
         let _ = worker.await;
+        // What the last requests and jobs counted since the last flush.
+        if let Err(e) = crate::worker::maintenance::flush_stats(&self.state.store, &self.state.stats).await {
+            tracing::warn!(error = %e, "could not write the last dashboard statistics");
+        }
         tracing::info!("stopped");
         Ok(())
     }

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use crate::events::Events;
 use crate::guard::EdgeGuards;
 use crate::live::LiveHandle;
+use crate::store::stats::Recorder;
 use crate::store::DynStore;
 
 /// The application state handed to every router.
@@ -22,4 +23,6 @@ pub struct AppState {
     pub guards: Arc<EdgeGuards>,
     /// Operational events (the `hookgate` source).
     pub events: Events,
+    /// Per-minute counts for the dashboard, flushed to the store by the maintenance loop.
+    pub stats: Arc<Recorder>,
 }

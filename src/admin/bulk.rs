@@ -242,7 +242,11 @@ fn fingerprint<T: Serialize>(operation: &str, filter: &T) -> String {
 }
 
 /// `since` and `until` as times; `since` must come before `until`.
-fn window(since: Option<&str>, until: Option<&str>, now: Millis) -> Result<(Option<Millis>, Option<Millis>), ApiError> {
+pub(super) fn window(
+    since: Option<&str>,
+    until: Option<&str>,
+    now: Millis,
+) -> Result<(Option<Millis>, Option<Millis>), ApiError> {
     let since = since.map(|t| instant("since", t, now)).transpose()?;
     let until = until.map(|t| instant("until", t, now)).transpose()?;
     if let (Some(s), Some(u)) = (since, until) {
@@ -254,7 +258,7 @@ fn window(since: Option<&str>, until: Option<&str>, now: Millis) -> Result<(Opti
 }
 
 /// An RFC 3339 time (`2026-12-01T10:00:00Z`, `…+01:00`), or a duration meaning that long before `now` (`90m`).
-fn instant(field: &str, text: &str, now: Millis) -> Result<Millis, ApiError> {
+pub(super) fn instant(field: &str, text: &str, now: Millis) -> Result<Millis, ApiError> {
     let text = text.trim();
     if let Ok(ago) = humantime::parse_duration(text) {
         return Ok(now.saturating_sub(ago.as_millis().min(i64::MAX as u128) as i64));

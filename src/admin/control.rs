@@ -76,9 +76,11 @@ fn route_state_json(s: &RouteState) -> Value {
     })
 }
 
-/// Every configured route with its configuration and the state every instance shares, read from the store.
+/// Every configured route with its configuration, the state every instance shares and its last error (from the
+/// dashboard statistics), read from the store.
 pub async fn list_routes(_auth: AdminAuth, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let shared = state.store.control_state().await?;
+    let errors = state.store.last_errors().await?;
     let live = state.live.current();
     let items: Vec<Value> = live
         .routes
@@ -93,6 +95,9 @@ pub async fn list_routes(_auth: AdminAuth, State(state): State<AppState>) -> Res
                 "circuit_breaker": r.config.circuit_breaker.is_some(),
             });
             merge(&mut item, route_state_json(&s));
+            let error = errors.iter().find(|(route, _, _)| route == r.name());
+            item["last_error"] =
+                error.map_or(Value::Null, |(_, message, at)| json!({ "message": message, "at": timestamp(*at) }));
             item
         })
         .collect();

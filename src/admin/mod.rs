@@ -1,9 +1,11 @@
 //! admin: the bearer-token API over the store — deliveries, jobs, replay and retry (one, or in bulk by filter),
-//! and the shared route and source controls ([`control`]). Off (404) without a token.
+//! the shared route and source controls ([`control`]) and the dashboard's statistics ([`stats`]). Off (404)
+//! without a token.
 
 mod auth;
 mod bulk;
 mod control;
+mod stats;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sources", get(control::list_sources))
         .route("/api/v1/sources/{name}/pause", post(control::pause_source))
         .route("/api/v1/sources/{name}/resume", post(control::resume_source))
+        .route("/api/v1/stats", get(stats::show_stats))
         // One guard per application (this router is built once per app), so tests never share one.
         .layer(Extension(auth::Guard::new()))
 }

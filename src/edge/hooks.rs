@@ -42,6 +42,14 @@ pub async fn receive(
         Err(e) => e.code(),
     };
     metrics::counter!(REQUESTS_TOTAL, "source" => label.clone(), "outcome" => outcome).increment(1);
+    // Configured sources only, as for the metric labels: an unknown name must not grow the stats table.
+    if let Some(source) = source {
+        match &result {
+            Ok(Accepted::Stored { .. }) => state.stats.accepted(&source.name),
+            Ok(Accepted::Duplicate { .. }) => state.stats.duplicate(&source.name),
+            Err(e) => state.stats.rejected(&source.name, e.status().as_u16()),
+        }
+    }
     metrics::histogram!(REQUEST_DURATION, "source" => label.clone()).record(started.elapsed().as_secs_f64());
     // Client addresses are personal data: logged only when the operator asked for them.
     let client = client.filter(|_| live.config.server.log_client_ip).map(|Extension(ClientAddr(a))| a.ip());

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use super::*;
 
 mod control;
+mod stats;
 pub use control::*;
+pub use stats::*;
 
 /// A fresh, empty store of one backend, for one test.
 #[async_trait]
@@ -70,6 +72,13 @@ macro_rules! contract_suite {
 
             // Operational signals.
             the_oldest_due_job_of_each_route_is_found_and_future_running_and_finished_ones_are_not,
+
+            // Dashboard statistics (contract/stats.rs).
+            stats_of_two_instances_for_one_minute_add_up_and_gauges_take_the_max,
+            stats_group_minutes_into_buckets_within_the_window,
+            the_newest_error_of_each_route_is_its_last_error,
+            purge_drops_stats_rows_past_their_retention,
+            queued_jobs_are_counted_per_route,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {

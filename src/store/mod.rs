@@ -13,6 +13,7 @@ mod postgres_control;
 pub mod postgres_tls;
 mod row;
 pub mod sqlite;
+pub mod stats;
 mod url;
 pub mod watched;
 
@@ -497,6 +498,22 @@ pub trait Store: Send + Sync + 'static {
     /// the route's queue has kept a job waiting (`hookgate_queue_oldest_seconds`). Routes without a due job
     /// are left out. One index lookup per route (migration 8), however long the backlog.
     async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError>;
+
+    /// Jobs queued per route, from the counters the writes keep (migration 5); routes with none are left out.
+    async fn queued_by_route(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    // Dashboard statistics (see [`stats`]).
+
+    /// Merge per-minute deltas into `stats_minute` in one transaction: counters add, gauges take the max,
+    /// the newer error wins; so the deltas of several instances for one row add up as their events did.
+    /// Rows older than [`stats::STATS_RETENTION_MS`] go with [`Store::purge`].
+    async fn record_stats(&self, rows: Vec<stats::StatsDelta>) -> Result<(), StoreError>;
+
+    /// The rows with `since <= minute < until`, grouped by (scope, name, `(minute / bucket) * bucket`).
+    async fn stats(&self, query: stats::StatsQuery) -> Result<stats::StatsSeries, StoreError>;
+
+    /// Each route's newest recorded error: (route, error, when), by route.
+    async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -7,6 +7,7 @@
 //! replay by filter, with idempotency keys) are in `postgres/bulk.rs`.
 
 mod bulk;
+mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -30,6 +31,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/postgres/0006_cancelled.sql")),
     (7, include_str!("migrations/postgres/0007_control.sql")),
     (8, include_str!("migrations/postgres/0008_queue_oldest.sql")),
+    (9, include_str!("migrations/postgres/0009_stats.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -757,6 +759,7 @@ impl Store for PostgresStore {
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         self.client().await?.execute(FOLD_COUNTERS, &[]).await.map_err(pg_error)?;
         bulk::forget_keys(&**self.client().await?, now_ms()).await?;
+        stats::purge_stats(&**self.client().await?, now_ms() - super::stats::STATS_RETENTION_MS).await?;
         let mut cursor: (Millis, String) = (Millis::MIN, String::new());
         let mut total = 0;
         loop {
@@ -838,6 +841,22 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client.query(OLDEST_DUE, &[&routes, &now]).await.map_err(pg_error)?;
         Ok(rows.iter().filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<i64>>(1)?))).collect())
+    }
+
+    async fn queued_by_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.queued_by_route_query().await
+    }
+
+    async fn record_stats(&self, rows: Vec<super::stats::StatsDelta>) -> Result<(), StoreError> {
+        self.record_stats_tx(rows).await
+    }
+
+    async fn stats(&self, query: super::stats::StatsQuery) -> Result<super::stats::StatsSeries, StoreError> {
+        self.stats_query(query).await
+    }
+
+    async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
+        self.last_errors_query().await
     }
 }
 

@@ -212,4 +212,23 @@ impl Store for Watched {
     async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
         self.inner.oldest_due(routes, now).await
     }
+
+    async fn queued_by_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.inner.queued_by_route().await
+    }
+
+    async fn record_stats(&self, rows: Vec<stats::StatsDelta>) -> Result<(), StoreError> {
+        // An empty flush commits nothing, so it proves nothing.
+        let wrote = !rows.is_empty();
+        let result = self.inner.record_stats(rows).await;
+        self.observe(result, |_| wrote)
+    }
+
+    async fn stats(&self, query: stats::StatsQuery) -> Result<stats::StatsSeries, StoreError> {
+        self.inner.stats(query).await
+    }
+
+    async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
+        self.inner.last_errors().await
+    }
 }

@@ -20,6 +20,7 @@ use crate::events::{Events, OpsEvent};
 use crate::live::{Live, LiveHandle};
 use crate::metrics::{CIRCUIT_TRANSITIONS, DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
 use crate::store::control::{RouteChange, Stop};
+use crate::store::stats::{JobOutcome, Recorder};
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, Millis, NextState, RouteLimits, StoreError};
 use crate::template::EventContext;
 
@@ -37,6 +38,8 @@ pub struct Worker {
     force: CancellationToken,
     /// Operational events: `job.dead` when a job ends dead.
     events: Events,
+    /// The dashboard's per-minute counts (outcomes, durations, last errors).
+    stats: Arc<Recorder>,
 }
 
 /// What a claim task hands back: the configuration it claimed under and the jobs it leased.
@@ -49,7 +52,14 @@ struct Running {
 }
 
 impl Worker {
-    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<Notify>, runner: Runner, events: Events) -> Self {
+    pub fn new(
+        store: DynStore,
+        live: LiveHandle,
+        wake: Arc<Notify>,
+        runner: Runner,
+        events: Events,
+        stats: Arc<Recorder>,
+    ) -> Self {
         let concurrency = live.current().config.worker.concurrency;
         let id = crate::store::new_id();
         Worker {
@@ -61,6 +71,7 @@ impl Worker {
             slots: Arc::new(Semaphore::new(concurrency)),
             force: CancellationToken::new(),
             events,
+            stats,
         }
     }
 
@@ -297,6 +308,15 @@ impl Worker {
             metrics::counter!(JOBS_DEAD, "route" => route_label.clone()).increment(1);
         }
         metrics::histogram!(JOB_DURATION, "route" => route_label.clone()).record(started.elapsed().as_secs_f64());
+        let outcome = match next {
+            NextState::Succeeded => JobOutcome::Succeeded,
+            NextState::Retry { .. } => JobOutcome::Failed,
+            NextState::Dead => JobOutcome::Dead,
+        };
+        self.stats.job(&route_label, outcome, started.elapsed());
+        if let Some(error) = record.error.as_deref().filter(|_| !record.ok) {
+            self.stats.error(&route_label, error, finished_ms);
+        }
         if next == NextState::Succeeded {
             let latency = (finished_ms - job.delivery.received_at).max(0) as f64 / 1000.0;
             metrics::histogram!(DELIVERY_LATENCY, "route" => route_label.clone()).record(latency);

@@ -58,5 +58,6 @@ mod roundtrip;
 mod scenarios;
 mod secret_sync;
 mod shared_state;
+mod stats;
 mod store_url;
 mod worker;

@@ -15,6 +15,7 @@ mod bulk;
 mod control;
 mod queries;
 mod setup;
+mod stats;
 mod wal;
 mod writer;
 mod writes;
@@ -378,6 +379,7 @@ impl Store for SqliteStore {
     /// next batch is even sent.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         self.write(|c| bulk::forget_keys_tx(c, now_ms())).await?;
+        self.write(|c| self::stats::purge_stats_tx(c, now_ms() - super::stats::STATS_RETENTION_MS)).await?;
         let mut cursor = PurgeCursor::START;
         let mut total = 0;
         loop {
@@ -446,5 +448,25 @@ impl Store for SqliteStore {
     async fn oldest_due(&self, routes: &[String], now: Millis) -> Result<Vec<(String, Millis)>, StoreError> {
         let routes = routes.to_vec();
         self.read(move |c| oldest_due_tx(c, &routes, now)).await
+    }
+
+    async fn queued_by_route(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(self::stats::queued_by_route_tx).await
+    }
+
+    /// Through the writer like every write: the deltas share a batch's transaction (and its one sync).
+    async fn record_stats(&self, rows: Vec<super::stats::StatsDelta>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| self::stats::record_stats_tx(c, &rows)).await
+    }
+
+    async fn stats(&self, query: super::stats::StatsQuery) -> Result<super::stats::StatsSeries, StoreError> {
+        self.read(move |c| self::stats::stats_tx(c, &query)).await
+    }
+
+    async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
+        self.read(self::stats::last_errors_tx).await
     }
 }
