@@ -148,7 +148,7 @@ struct AdminArgs {
 
 #[derive(Subcommand)]
 enum DeliveriesCommand {
-    /// List recent deliveries, newest first.
+    /// List recent deliveries, newest first, or search them.
     List {
         #[command(flatten)]
         admin: AdminArgs,
@@ -156,6 +156,22 @@ enum DeliveriesCommand {
         source: Option<String>,
         #[arg(long)]
         event: Option<String>,
+        /// The provider's delivery id (GitHub's X-GitHub-Delivery, …), exactly.
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Received from this time: RFC 3339 ("2026-12-01T10:00:00Z") or a duration ago ("1h").
+        #[arg(long)]
+        since: Option<String>,
+        /// Received before this time (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only deliveries with a job in this status: queued, running, succeeded, dead or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// A route filter expression on the delivery ('body.repository.full_name == "octo/hello"'); one
+        /// request reads at most 2 000 deliveries, and `next` continues from where it stopped.
+        #[arg(long)]
+        filter: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         #[arg(long)]
@@ -561,10 +577,15 @@ fn opt(pairs: &mut Vec<(&'static str, String)>, key: &'static str, value: Option
 
 async fn deliveries(cmd: DeliveriesCommand) -> anyhow::Result<()> {
     match cmd {
-        DeliveriesCommand::List { admin, source, event, limit, cursor } => {
+        DeliveriesCommand::List { admin, source, event, delivery, since, until, status, filter, limit, cursor } => {
             let mut q = vec![("limit", limit.to_string())];
             opt(&mut q, "source", source);
             opt(&mut q, "event", event);
+            opt(&mut q, "delivery", delivery);
+            opt(&mut q, "since", since);
+            opt(&mut q, "until", until);
+            opt(&mut q, "status", status);
+            opt(&mut q, "filter", filter);
             opt(&mut q, "cursor", cursor);
             admin_call(&admin, reqwest::Method::GET, "/api/v1/deliveries", &q).await
         }

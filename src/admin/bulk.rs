@@ -211,7 +211,7 @@ fn parse_filter<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiErro
     serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the filter is not valid: {e}")))
 }
 
-fn parse_status(text: &str) -> Result<JobStatus, ApiError> {
+pub(super) fn parse_status(text: &str) -> Result<JobStatus, ApiError> {
     JobStatus::parse(text).ok_or_else(|| {
         let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
         ApiError::BadRequest(format!("status must be one of {}, not `{text}`", known.join(", ")))

@@ -5,6 +5,7 @@
 mod auth;
 mod bulk;
 mod control;
+pub mod search;
 mod stats;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,14 +24,12 @@ use crate::edge::{is_credential_header, REDACTED};
 use crate::error::ApiError;
 use crate::guard::ClientAddr;
 use crate::state::AppState;
-use crate::store::{
-    now_ms, Delivery, DeliveryQuery, DeliverySummary, JobDetail, JobQuery, JobStatus, JobSummary, Millis,
-};
+use crate::store::{now_ms, Delivery, DeliverySummary, JobDetail, JobQuery, JobSummary, Millis};
 use crate::template::EventContext;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/deliveries", get(list_deliveries))
+        .route("/api/v1/deliveries", get(search::list_deliveries))
         .route("/api/v1/deliveries/{id}", get(show_delivery))
         .route("/api/v1/deliveries/{id}/replay", post(replay_delivery))
         .route("/api/v1/jobs", get(list_jobs))
@@ -131,6 +130,7 @@ fn job_summary(j: &JobSummary) -> Value {
         "attempts": j.attempts, "last_error": j.last_error,
         "next_attempt_at": j.next_attempt_at.map(timestamp),
         "created_at": timestamp(j.created_at), "updated_at": timestamp(j.updated_at), "merged": j.merged,
+        "source": j.source, "event": j.event,
     })
 }
 
@@ -147,32 +147,6 @@ fn job_detail(j: &JobDetail) -> Value {
         })
         .collect();
     v
-}
-
-#[derive(Deserialize)]
-struct DeliveriesParams {
-    source: Option<String>,
-    event: Option<String>,
-    limit: Option<usize>,
-    cursor: Option<String>,
-}
-
-async fn list_deliveries(
-    _auth: AdminAuth,
-    State(state): State<AppState>,
-    Query(p): Query<DeliveriesParams>,
-) -> Result<Json<Value>, ApiError> {
-    let page = state
-        .store
-        .list_deliveries(DeliveryQuery {
-            source: p.source,
-            event: p.event,
-            limit: p.limit.unwrap_or(50).clamp(1, 1000),
-            before: p.cursor,
-        })
-        .await?;
-    let items: Vec<Value> = page.items.iter().map(delivery_summary).collect();
-    Ok(Json(json!({ "items": items, "next": page.next })))
 }
 
 async fn show_delivery(
@@ -212,6 +186,8 @@ async fn replay_delivery(
 struct JobsParams {
     status: Option<String>,
     route: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -223,14 +199,19 @@ async fn list_jobs(
 ) -> Result<Json<Value>, ApiError> {
     let status = match p.status.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            let known: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::BadRequest(format!("status must be one of {}, not `{s}`", known.join(", ")))
-        })?),
+        Some(s) => Some(bulk::parse_status(s)?),
     };
+    let (since, until) = bulk::window(p.since.as_deref(), p.until.as_deref(), now_ms())?;
     let page = state
         .store
-        .list_jobs(JobQuery { status, route: p.route, limit: p.limit.unwrap_or(50).clamp(1, 1000), before: p.cursor })
+        .list_jobs(JobQuery {
+            status,
+            route: p.route.filter(|r| !r.is_empty()),
+            since,
+            until,
+            limit: p.limit.unwrap_or(50).clamp(1, 1000),
+            before: p.cursor.filter(|c| !c.is_empty()),
+        })
         .await?;
     let items: Vec<Value> = page.items.iter().map(job_summary).collect();
     Ok(Json(json!({ "items": items, "next": page.next })))

@@ -13,8 +13,10 @@ use bytes::Bytes;
 use super::*;
 
 mod control;
+mod search;
 mod stats;
 pub use control::*;
+pub use search::*;
 pub use stats::*;
 
 /// A fresh, empty store of one backend, for one test.
@@ -79,6 +81,10 @@ macro_rules! contract_suite {
             the_newest_error_of_each_route_is_its_last_error,
             purge_drops_stats_rows_past_their_retention,
             queued_jobs_are_counted_per_route,
+            // The dashboard's search (contract/search.rs).
+            deliveries_are_searched_by_delivery_id_time_and_job_status_alone_and_together,
+            the_scan_reads_headers_bodies_and_job_counts_and_pages_with_filters,
+            jobs_list_by_time_with_the_source_and_event_of_their_delivery,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {

@@ -287,6 +287,9 @@ pub struct JobSummary {
     pub updated_at: Millis,
     /// How many later deliveries were merged into this job by coalescing.
     pub merged: u32,
+    /// The source and event of the job's delivery, so a list of jobs says where each came from.
+    pub source: String,
+    pub event: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -331,6 +334,27 @@ pub struct DeliverySummary {
     pub jobs: JobCounts,
 }
 
+/// A delivery as a search reads it: stored (headers and body, for its body filter), with its jobs counted.
+#[derive(Debug, Clone)]
+pub struct ScannedDelivery {
+    pub delivery: Delivery,
+    pub jobs: JobCounts,
+}
+
+impl ScannedDelivery {
+    pub fn summary(&self) -> DeliverySummary {
+        let d = &self.delivery;
+        DeliverySummary {
+            id: d.id.clone(),
+            source: d.source.clone(),
+            event: d.event.clone(),
+            delivery: d.delivery.clone(),
+            received_at: d.received_at,
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JobDetail {
     pub job: JobSummary,
@@ -347,6 +371,16 @@ pub struct DeliveryDetail {
 pub struct DeliveryQuery {
     pub source: Option<String>,
     pub event: Option<String>,
+    /// The provider's delivery id (`X-GitHub-Delivery`, …), exactly.
+    pub delivery: Option<String>,
+    /// hookgate's own id, exactly.
+    pub id: Option<String>,
+    /// `received_at` at or after this time.
+    pub since: Option<Millis>,
+    /// `received_at` before this time.
+    pub until: Option<Millis>,
+    /// Deliveries with at least one job in this status.
+    pub status: Option<JobStatus>,
     pub limit: usize,
     /// Return deliveries with an id strictly below this one (the `next` of the previous page).
     pub before: Option<String>,
@@ -356,6 +390,10 @@ pub struct DeliveryQuery {
 pub struct JobQuery {
     pub status: Option<JobStatus>,
     pub route: Option<String>,
+    /// `updated_at` at or after this time (for a terminal job: when it ended).
+    pub since: Option<Millis>,
+    /// `updated_at` before this time.
+    pub until: Option<Millis>,
     pub limit: usize,
     pub before: Option<String>,
 }
@@ -437,6 +475,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_delivery(&self, id: &str) -> Result<Option<DeliveryDetail>, StoreError>;
     async fn list_deliveries(&self, query: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError>;
     async fn list_jobs(&self, query: JobQuery) -> Result<Page<JobSummary>, StoreError>;
+
+    /// The deliveries [`Store::list_deliveries`] would list, newest first, with headers and bodies: the
+    /// candidates a search evaluates its body filter on. `next` as in `list_deliveries`.
+    async fn scan_deliveries(&self, query: DeliveryQuery) -> Result<Page<ScannedDelivery>, StoreError>;
 
     /// Delete deliveries received before `before` whose jobs are all terminal, with their jobs and attempts,
     /// in transactions of at most [`PURGE_BATCH`] deliveries with a pause after each (see [`purge_pause`]), so

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::postgres_control;
 use super::postgres_tls::connect_options;
-use super::row::{self, headers_from_text, headers_to_text, page, page_limit, JobRow, JOB_COLUMNS};
+use super::row::{self, headers_from_text, headers_to_text, page, page_limit, JobRow, JOB_COLUMNS, JOB_FROM};
 use super::*;
 
 /// Versioned schema steps; a step never changes once released.
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/postgres/0007_control.sql")),
     (8, include_str!("migrations/postgres/0008_queue_oldest.sql")),
     (9, include_str!("migrations/postgres/0009_stats.sql")),
+    (10, include_str!("migrations/postgres/0010_search.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -337,6 +339,8 @@ fn job_summary(row: &Row) -> Result<JobSummary, StoreError> {
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
         merged: row.get::<_, i32>("merged") as u32,
+        source: row.get("source"),
+        event: row.get("event"),
     }
     .into_summary()
 }
@@ -354,6 +358,35 @@ fn stored_delivery(row: &Row) -> Result<Delivery, StoreError> {
         body: Bytes::from(row.get::<_, Vec<u8>>("body")),
         replay_key: row.get("replay_key"),
     })
+}
+
+/// Each job status counted over the jobs `j` joined to a delivery, read back by [`job_counts_of`].
+const JOB_COUNT_COLUMNS: &str = "COUNT(j.id) FILTER (WHERE j.status = 'queued') AS queued,
+    COUNT(j.id) FILTER (WHERE j.status = 'running') AS running,
+    COUNT(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded,
+    COUNT(j.id) FILTER (WHERE j.status = 'dead') AS dead,
+    COUNT(j.id) FILTER (WHERE j.status = 'cancelled') AS cancelled";
+
+fn job_counts_of(r: &Row) -> JobCounts {
+    JobCounts {
+        queued: r.get::<_, i64>("queued") as u64,
+        running: r.get::<_, i64>("running") as u64,
+        succeeded: r.get::<_, i64>("succeeded") as u64,
+        dead: r.get::<_, i64>("dead") as u64,
+        cancelled: r.get::<_, i64>("cancelled") as u64,
+    }
+}
+
+/// The conditions of a delivery query on `deliveries`, with the arguments of [`delivery_args`] ($9 is left
+/// for the limit).
+const DELIVERY_FILTER: &str = "($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR event = $2)
+     AND ($3::text IS NULL OR delivery = $3) AND ($4::text IS NULL OR id = $4)
+     AND ($5::bigint IS NULL OR received_at >= $5) AND ($6::bigint IS NULL OR received_at < $6)
+     AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM jobs s WHERE s.delivery_id = deliveries.id AND s.status = $7))
+     AND ($8::text IS NULL OR id < $8)";
+
+fn delivery_args<'a>(q: &'a DeliveryQuery, status: &'a Option<&'a str>, limit: &'a i64) -> [&'a (dyn ToSql + Sync); 9] {
+    [&q.source, &q.event, &q.delivery, &q.id, &q.since, &q.until, status, &q.before, limit]
 }
 
 /// Insert jobs for a delivery inside `tx`, merging keyed jobs into a queued one of the same route and key.
@@ -659,7 +692,10 @@ impl Store for PostgresStore {
         };
         let delivery = stored_delivery(&row)?;
         let job_rows = client
-            .query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = $1 ORDER BY created_at, id"), &[&id])
+            .query(
+                &format!("SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.delivery_id = $1 ORDER BY j.created_at, j.id"),
+                &[&id],
+            )
             .await
             .map_err(pg_error)?;
         let job_ids: Vec<String> = job_rows.iter().map(|r| r.get("id")).collect();
@@ -694,23 +730,19 @@ impl Store for PostgresStore {
 
     async fn list_deliveries(&self, q: DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
         let limit = page_limit(q.limit);
+        let status = q.status.map(|s| s.as_str());
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT d.id, d.source, d.event, d.delivery, d.received_at,
-                        COUNT(j.id) FILTER (WHERE j.status = 'queued') AS queued,
-                        COUNT(j.id) FILTER (WHERE j.status = 'running') AS running,
-                        COUNT(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded,
-                        COUNT(j.id) FILTER (WHERE j.status = 'dead') AS dead,
-                        COUNT(j.id) FILTER (WHERE j.status = 'cancelled') AS cancelled
-                 FROM (SELECT * FROM deliveries
-                       WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR event = $2)
-                         AND ($3::text IS NULL OR id < $3)
-                       ORDER BY id DESC LIMIT $4) d
+                &format!(
+                    "SELECT d.id, d.source, d.event, d.delivery, d.received_at, {JOB_COUNT_COLUMNS}
+                 FROM (SELECT id, source, event, delivery, received_at FROM deliveries
+                       WHERE {DELIVERY_FILTER} ORDER BY id DESC LIMIT $9) d
                  LEFT JOIN jobs j ON j.delivery_id = d.id
                  GROUP BY d.id, d.source, d.event, d.delivery, d.received_at
-                 ORDER BY d.id DESC",
-                &[&q.source, &q.event, &q.before, &(limit as i64)],
+                 ORDER BY d.id DESC"
+                ),
+                &delivery_args(&q, &status, &(limit as i64)),
             )
             .await
             .map_err(pg_error)?;
@@ -722,13 +754,7 @@ impl Store for PostgresStore {
                 event: r.get("event"),
                 delivery: r.get("delivery"),
                 received_at: r.get("received_at"),
-                jobs: JobCounts {
-                    queued: r.get::<_, i64>("queued") as u64,
-                    running: r.get::<_, i64>("running") as u64,
-                    succeeded: r.get::<_, i64>("succeeded") as u64,
-                    dead: r.get::<_, i64>("dead") as u64,
-                    cancelled: r.get::<_, i64>("cancelled") as u64,
-                },
+                jobs: job_counts_of(r),
             })
             .collect();
         Ok(page(items, limit, |d| &d.id))
@@ -741,17 +767,43 @@ impl Store for PostgresStore {
         let rows = client
             .query(
                 &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs
-                     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR route = $2)
-                       AND ($3::text IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4"
+                    "SELECT {JOB_COLUMNS} FROM {JOB_FROM}
+                     WHERE ($1::text IS NULL OR j.status = $1) AND ($2::text IS NULL OR j.route = $2)
+                       AND ($3::text IS NULL OR j.id < $3)
+                       AND ($5::bigint IS NULL OR j.updated_at >= $5) AND ($6::bigint IS NULL OR j.updated_at < $6)
+                     ORDER BY j.id DESC LIMIT $4"
                 ),
-                &[&status, &q.route, &q.before, &(limit as i64)],
+                &[&status, &q.route, &q.before, &(limit as i64), &q.since, &q.until],
             )
             .await
             .map_err(pg_error)?;
         let items = rows.iter().map(job_summary).collect::<Result<Vec<_>, _>>()?;
         Ok(page(items, limit, |j| &j.id))
+    }
+
+    async fn scan_deliveries(&self, q: DeliveryQuery) -> Result<Page<ScannedDelivery>, StoreError> {
+        let limit = page_limit(q.limit);
+        let status = q.status.map(|s| s.as_str());
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT d.*, c.*
+                     FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {DELIVERY_FILTER}
+                           ORDER BY id DESC LIMIT $9) d
+                     CROSS JOIN LATERAL (SELECT {JOB_COUNT_COLUMNS} FROM jobs j WHERE j.delivery_id = d.id) c
+                     ORDER BY d.id DESC"
+                ),
+                &delivery_args(&q, &status, &(limit as i64)),
+            )
+            .await
+            .map_err(pg_error)?;
+        let items = rows
+            .iter()
+            .map(|r| Ok(ScannedDelivery { delivery: stored_delivery(r)?, jobs: job_counts_of(r) }))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(page(items, limit, |d| &d.delivery.id))
     }
 
     /// Each batch is its own short transaction. Rows another transaction holds (another instance's purge) are

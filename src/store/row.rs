@@ -6,9 +6,12 @@
 
 use super::*;
 
-/// The job columns, in the order [`JobRow`] takes them.
-pub const JOB_COLUMNS: &str =
-    "id, delivery_id, route, status, attempts, last_error, run_at, created_at, updated_at, merged";
+/// The job columns, in the order [`JobRow`] takes them, read from [`JOB_FROM`].
+pub const JOB_COLUMNS: &str = "j.id, j.delivery_id, j.route, j.status, j.attempts, j.last_error, j.run_at, \
+                               j.created_at, j.updated_at, j.merged, d.source, d.event";
+
+/// Jobs (`j`) with their delivery (`d`), which names the job's source and event.
+pub const JOB_FROM: &str = "jobs j JOIN deliveries d ON d.id = j.delivery_id";
 
 /// Headers as stored: a JSON list of `[name, value]` pairs, in arrival order.
 pub fn headers_to_text(headers: &[(String, String)]) -> Result<String, StoreError> {
@@ -35,6 +38,8 @@ pub struct JobRow {
     pub created_at: Millis,
     pub updated_at: Millis,
     pub merged: u32,
+    pub source: String,
+    pub event: String,
 }
 
 impl JobRow {
@@ -51,6 +56,8 @@ impl JobRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             merged: self.merged,
+            source: self.source,
+            event: self.event,
         })
     }
 }

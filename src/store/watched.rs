@@ -153,6 +153,10 @@ impl Store for Watched {
         self.inner.list_jobs(query).await
     }
 
+    async fn scan_deliveries(&self, query: DeliveryQuery) -> Result<Page<ScannedDelivery>, StoreError> {
+        self.inner.scan_deliveries(query).await
+    }
+
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         let result = self.inner.purge(before).await;
         self.observe(result, |n| *n > 0)

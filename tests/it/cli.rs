@@ -180,6 +180,32 @@ async fn send_and_the_admin_commands_work_against_a_running_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_searched_from_the_command_line() {
+    let app = spawn_app(&Backend::Sqlite, GITHUB_SOURCE).await;
+    for (guid, repo) in [("guid-hello", "octo/hello"), ("guid-world", "octo/world")] {
+        assert_eq!(app.github("push", guid, &push_body("refs/heads/main", repo)).await.status(), 202);
+    }
+    let env = [("HOOKGATE_URL", app.addr.as_str()), ("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let listed = |args: &[&str]| {
+        let mut all = vec!["deliveries", "list"];
+        all.extend_from_slice(args);
+        let (code, out, err) = tokio::task::block_in_place(|| run(&all, None, &env));
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        answer["items"].as_array().unwrap().iter().map(|d| d["delivery"].as_str().unwrap().to_string()).collect()
+    };
+    let found: Vec<String> = listed(&["--filter", r#"body.repository.full_name == "octo/hello""#, "--since", "1h"]);
+    assert_eq!(found, ["guid-hello"]);
+    let found: Vec<String> = listed(&["--delivery", "guid-world", "--until", "2099-01-01T00:00:00Z"]);
+    assert_eq!(found, ["guid-world"]);
+    assert!(listed(&["--status", "dead"]).is_empty(), "no route, no job");
+    let (code, out, _) =
+        tokio::task::block_in_place(|| run(&["deliveries", "list", "--filter", "body.a =="], None, &env));
+    assert_ne!(code, 0);
+    assert!(out.contains("filter is not a valid expression"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_sources_are_paused_and_resumed_from_the_command_line() {
     let app = spawn_app(&Backend::Sqlite, &format!(
         "{GITHUB_SOURCE}\n[[routes]]\nname = \"deploy\"\nsource = \"github\"\naction = {{ type = \"command\", argv = [\"true\"] }}\n"

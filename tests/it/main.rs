@@ -56,6 +56,7 @@ mod reaper;
 mod replay;
 mod roundtrip;
 mod scenarios;
+mod search;
 mod secret_sync;
 mod shared_state;
 mod stats;

@@ -241,7 +241,7 @@ async fn full_count(store: &DynStore) -> JobCounts {
         let mut before = None;
         loop {
             let page = store
-                .list_jobs(JobQuery { status: Some(status), limit: 1000, before: before.clone(), route: None })
+                .list_jobs(JobQuery { status: Some(status), limit: 1000, before: before.clone(), ..Default::default() })
                 .await
                 .unwrap();
             n += page.items.len() as u64;

@@ -375,6 +375,10 @@ impl Store for SqliteStore {
         self.read(move |c| list_jobs_tx(c, &query)).await
     }
 
+    async fn scan_deliveries(&self, query: DeliveryQuery) -> Result<Page<ScannedDelivery>, StoreError> {
+        self.read(move |c| scan_deliveries_tx(c, &query)).await
+    }
+
     /// Each batch is one command for the writer: writes that queued up while it ran are committed before the
     /// next batch is even sent.
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {

@@ -8,7 +8,7 @@ use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
 use super::writes::LeasedJob;
 use super::{internal, sql_error};
 use crate::store::codec;
-use crate::store::row::{self, headers_from_text, page, page_limit, JobRow, JOB_COLUMNS};
+use crate::store::row::{self, headers_from_text, page, page_limit, JobRow, JOB_COLUMNS, JOB_FROM};
 use crate::store::*;
 
 const DELIVERY_COLUMNS: &str = "id, source, event, delivery, received_at, headers, body, body_codec, replay_key";
@@ -25,32 +25,21 @@ fn job_row(row: &Row) -> rusqlite::Result<JobRow> {
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
         merged: row.get(9)?,
+        source: row.get(10)?,
+        event: row.get(11)?,
     })
 }
 
-pub(super) fn load_delivery(conn: &Connection, id: &str) -> Result<Option<Delivery>, StoreError> {
-    let row = conn
-        .prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"))
-        .map_err(sql_error)?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Millis>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, Vec<u8>>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, Option<String>>(8)?,
-            ))
-        })
-        .optional()
-        .map_err(sql_error)?;
-    let Some((id, source, event, delivery, received_at, headers, body, codec, replay_key)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(Delivery {
+/// A delivery row as read with [`DELIVERY_COLUMNS`], before its headers and body are decoded.
+type DeliveryRow = (String, String, String, String, Millis, String, Vec<u8>, i64, Option<String>);
+
+fn delivery_row(r: &Row) -> rusqlite::Result<DeliveryRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+}
+
+fn decode_delivery(row: DeliveryRow) -> Result<Delivery, StoreError> {
+    let (id, source, event, delivery, received_at, headers, body, codec, replay_key) = row;
+    Ok(Delivery {
         id,
         source,
         event,
@@ -59,7 +48,17 @@ pub(super) fn load_delivery(conn: &Connection, id: &str) -> Result<Option<Delive
         headers: headers_from_text(&headers)?,
         body: codec::decode(codec, body)?,
         replay_key,
-    }))
+    })
+}
+
+pub(super) fn load_delivery(conn: &Connection, id: &str) -> Result<Option<Delivery>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?1"))
+        .map_err(sql_error)?
+        .query_row([id], delivery_row)
+        .optional()
+        .map_err(sql_error)?
+        .map(decode_delivery)
+        .transpose()
 }
 
 /// Attach their deliveries to leased jobs (deliveries never change, and a leased job's is never purged).
@@ -88,7 +87,9 @@ pub(super) fn get_delivery_tx(conn: &Connection, id: &str) -> Result<Option<Deli
         return Ok(None);
     };
     let job_rows = conn
-        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE delivery_id = ?1 ORDER BY created_at, id"))
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.delivery_id = ?1 ORDER BY j.created_at, j.id"
+        ))
         .map_err(sql_error)?
         .query_map([id], job_row)
         .map_err(sql_error)?
@@ -136,27 +137,56 @@ pub(super) fn get_delivery_tx(conn: &Connection, id: &str) -> Result<Option<Deli
     Ok(Some(DeliveryDetail { delivery, jobs }))
 }
 
-pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
-    let limit = page_limit(q.limit);
-    // Only the filters in use appear in the SQL, so SQLite can pick the matching (column, id) index.
+/// The `WHERE` conditions (after `1 = 1`) and arguments of a delivery query. Only the filters in use appear in
+/// the SQL, so SQLite can pick the matching index: (source, id), (event, id), (delivery), (received_at).
+fn delivery_filter(q: &DeliveryQuery) -> (String, Vec<Value>) {
     let mut filter = String::new();
     let mut args: Vec<Value> = Vec::new();
-    for (column, value) in [("source", &q.source), ("event", &q.event)] {
+    for (column, value) in [("source", &q.source), ("event", &q.event), ("delivery", &q.delivery), ("id", &q.id)] {
         if let Some(v) = value {
             filter.push_str(&format!(" AND {column} = ?"));
             args.push(Value::Text(v.clone()));
         }
     }
+    for (bound, value) in [(" AND received_at >= ?", q.since), (" AND received_at < ?", q.until)] {
+        if let Some(at) = value {
+            filter.push_str(bound);
+            args.push(Value::Integer(at));
+        }
+    }
+    if let Some(status) = q.status {
+        filter.push_str(" AND EXISTS (SELECT 1 FROM jobs s WHERE s.delivery_id = deliveries.id AND s.status = ?)");
+        args.push(Value::Text(status.as_str().into()));
+    }
     if let Some(before) = &q.before {
         filter.push_str(" AND id < ?");
         args.push(Value::Text(before.clone()));
     }
+    (filter, args)
+}
+
+/// Each job status counted over the jobs `j` joined to a delivery, in [`JobCounts`] order.
+const JOB_COUNT_COLUMNS: &str = "COALESCE(SUM(j.status = 'queued'), 0), COALESCE(SUM(j.status = 'running'), 0),
+    COALESCE(SUM(j.status = 'succeeded'), 0), COALESCE(SUM(j.status = 'dead'), 0),
+    COALESCE(SUM(j.status = 'cancelled'), 0)";
+
+/// The [`JOB_COUNT_COLUMNS`] of a row, starting at column `at`.
+fn job_counts_at(r: &Row, at: usize) -> rusqlite::Result<JobCounts> {
+    Ok(JobCounts {
+        queued: r.get::<_, i64>(at)? as u64,
+        running: r.get::<_, i64>(at + 1)? as u64,
+        succeeded: r.get::<_, i64>(at + 2)? as u64,
+        dead: r.get::<_, i64>(at + 3)? as u64,
+        cancelled: r.get::<_, i64>(at + 4)? as u64,
+    })
+}
+
+pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
+    let limit = page_limit(q.limit);
+    let (filter, mut args) = delivery_filter(q);
     args.push(Value::Integer(limit as i64));
     let sql = format!(
-        "SELECT d.id, d.source, d.event, d.delivery, d.received_at,
-                COALESCE(SUM(j.status = 'queued'), 0), COALESCE(SUM(j.status = 'running'), 0),
-                COALESCE(SUM(j.status = 'succeeded'), 0), COALESCE(SUM(j.status = 'dead'), 0),
-                COALESCE(SUM(j.status = 'cancelled'), 0)
+        "SELECT d.id, d.source, d.event, d.delivery, d.received_at, {JOB_COUNT_COLUMNS}
          FROM (SELECT id, source, event, delivery, received_at FROM deliveries
                WHERE 1 = 1{filter} ORDER BY id DESC LIMIT ?) d
          LEFT JOIN jobs j ON j.delivery_id = d.id
@@ -172,13 +202,7 @@ pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result
                 event: r.get(2)?,
                 delivery: r.get(3)?,
                 received_at: r.get(4)?,
-                jobs: JobCounts {
-                    queued: r.get::<_, i64>(5)? as u64,
-                    running: r.get::<_, i64>(6)? as u64,
-                    succeeded: r.get::<_, i64>(7)? as u64,
-                    dead: r.get::<_, i64>(8)? as u64,
-                    cancelled: r.get::<_, i64>(9)? as u64,
-                },
+                jobs: job_counts_at(r, 5)?,
             })
         })
         .map_err(sql_error)?
@@ -187,24 +211,54 @@ pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result
     Ok(page(items, limit, |d| &d.id))
 }
 
+pub(super) fn scan_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result<Page<ScannedDelivery>, StoreError> {
+    let limit = page_limit(q.limit);
+    let (filter, mut args) = delivery_filter(q);
+    args.push(Value::Integer(limit as i64));
+    let sql = format!(
+        "SELECT d.id, d.source, d.event, d.delivery, d.received_at, d.headers, d.body, d.body_codec, d.replay_key,
+                {JOB_COUNT_COLUMNS}
+         FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1{filter} ORDER BY id DESC LIMIT ?) d
+         LEFT JOIN jobs j ON j.delivery_id = d.id
+         GROUP BY d.id ORDER BY d.id DESC"
+    );
+    let items = conn
+        .prepare_cached(&sql)
+        .map_err(sql_error)?
+        .query_map(params_from_iter(args), |r| Ok((delivery_row(r)?, job_counts_at(r, 9)?)))
+        .map_err(sql_error)?
+        .map(|row| {
+            let (delivery, jobs) = row.map_err(sql_error)?;
+            Ok(ScannedDelivery { delivery: decode_delivery(delivery)?, jobs })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(page(items, limit, |d| &d.delivery.id))
+}
+
 pub(super) fn list_jobs_tx(conn: &Connection, q: &JobQuery) -> Result<Page<JobSummary>, StoreError> {
     let limit = page_limit(q.limit);
     let mut filter = String::new();
     let mut args: Vec<Value> = Vec::new();
     if let Some(status) = q.status {
-        filter.push_str(" AND status = ?");
+        filter.push_str(" AND j.status = ?");
         args.push(Value::Text(status.as_str().into()));
     }
     if let Some(route) = &q.route {
-        filter.push_str(" AND route = ?");
+        filter.push_str(" AND j.route = ?");
         args.push(Value::Text(route.clone()));
     }
+    for (bound, value) in [(" AND j.updated_at >= ?", q.since), (" AND j.updated_at < ?", q.until)] {
+        if let Some(at) = value {
+            filter.push_str(bound);
+            args.push(Value::Integer(at));
+        }
+    }
     if let Some(before) = &q.before {
-        filter.push_str(" AND id < ?");
+        filter.push_str(" AND j.id < ?");
         args.push(Value::Text(before.clone()));
     }
     args.push(Value::Integer(limit as i64));
-    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1{filter} ORDER BY id DESC LIMIT ?");
+    let sql = format!("SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE 1 = 1{filter} ORDER BY j.id DESC LIMIT ?");
     let items = conn
         .prepare_cached(&sql)
         .map_err(sql_error)?

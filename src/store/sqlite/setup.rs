@@ -24,6 +24,7 @@ pub(super) const MIGRATIONS: &[(i64, Step)] = &[
     (7, Step::Sql(include_str!("../migrations/sqlite/0007_control.sql"))),
     (8, Step::Sql(include_str!("../migrations/sqlite/0008_queue_oldest.sql"))),
     (9, Step::Sql(include_str!("../migrations/sqlite/0009_stats.sql"))),
+    (10, Step::Sql(include_str!("../migrations/sqlite/0010_search.sql"))),
 ];
 
 /// One schema step.
