@@ -19,7 +19,7 @@ export async function api(path, options = {}) {
   return body;
 }
 
-/// A fresh idempotency key (crypto.randomUUID needs a secure context; getRandomValues does not).
+// A fresh idempotency key (crypto.randomUUID needs a secure context; getRandomValues does not).
 export function newKey() {
   return Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -23,7 +23,7 @@ function signedIn(yes) {
   document.body.classList.toggle("anonymous", !yes);
 }
 
-/// Lists that name routes and sources (search, dead letters) follow the configuration.
+// Lists that name routes and sources (search, dead letters) follow the configuration.
 async function loadNames() {
   const [r, s] = await Promise.all([api("/api/v1/routes"), api("/api/v1/sources")]);
   deliveries.mount(s.items);

@@ -2,7 +2,8 @@
 // gauges). Labels are set as text; nothing from the API becomes markup.
 import { el, svg, clock, number } from "./dom.js";
 
-const W = 600, H = 150, LEFT = 44, RIGHT = 8, TOP = 8, BOTTOM = 22;
+// Drawn in CSS pixels of the width the chart will take (the caller knows it), so text keeps its size.
+const H = 150, LEFT = 40, RIGHT = 10, TOP = 8, BOTTOM = 22;
 
 function niceMax(max) {
   if (max <= 0) return 1;
@@ -11,21 +12,23 @@ function niceMax(max) {
   return 10 * p;
 }
 
-function frame(buckets, max, unit) {
+function frame(W, buckets, max, unit) {
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });
   const plotH = H - TOP - BOTTOM;
   for (const f of [0, 0.5, 1]) {
     const y = TOP + plotH * (1 - f);
     root.append(svg("line", { x1: LEFT, x2: W - RIGHT, y1: y, y2: y, class: "grid-line" }));
     const label = svg("text", { x: LEFT - 4, y: y + 4, class: "axis", "text-anchor": "end" });
-    label.textContent = number(max * f) + (f === 1 && unit ? " " + unit : "");
+    label.textContent = number(max * f);
     root.append(label);
   }
   const n = buckets.length;
   for (const i of [0, Math.floor(n / 2), n - 1]) {
     if (i < 0 || i >= n) continue;
     const x = LEFT + ((i + 0.5) / n) * (W - LEFT - RIGHT);
-    const t = svg("text", { x, y: H - 6, class: "axis", "text-anchor": "middle" });
+    const anchor = i === 0 ? "start" : i === n - 1 ? "end" : "middle";
+    const edge = i === 0 ? LEFT : i === n - 1 ? W - RIGHT : x;
+    const t = svg("text", { x: edge, y: H - 6, class: "axis", "text-anchor": anchor });
     t.textContent = clock(buckets[i]);
     root.append(t);
   }
@@ -42,21 +45,24 @@ function legend(series) {
   return ul;
 }
 
-function figure(title, root, series, total) {
+function figure(title, root, series, total, unit) {
   const fig = el("figure", null, "chart-box");
-  fig.append(el("figcaption", title));
+  const caption = el("figcaption", title);
+  if (unit) caption.append(el("span", " (" + unit + ")", "muted"));
+  fig.append(caption);
   root.dataset.total = String(total);
   root.setAttribute("aria-label", title + ": " + series.map((s) => s.label + " " + number(s.total)).join(", "));
   fig.append(root, legend(series));
   return fig;
 }
 
-/// Stacked bars, one per bucket: counts such as accepted and rejected deliveries.
-export function barChart(title, buckets, series) {
+// Stacked bars, one per bucket: counts such as accepted and rejected deliveries.
+export function barChart(width, title, buckets, series) {
+  const W = Math.max(200, Math.round(width));
   const n = buckets.length;
   const sums = buckets.map((_, i) => series.reduce((a, s) => a + (s.values[i] || 0), 0));
   const max = niceMax(Math.max(0, ...sums));
-  const root = frame(buckets, max);
+  const root = frame(W, buckets, max);
   const plotW = W - LEFT - RIGHT, plotH = H - TOP - BOTTOM;
   const bw = Math.max(1, plotW / Math.max(n, 1) - 1);
   for (let i = 0; i < n; i++) {
@@ -77,12 +83,13 @@ export function barChart(title, buckets, series) {
   return figure(title, root, series, series.reduce((a, s) => a + s.total, 0));
 }
 
-/// Lines with gaps where a bucket has no value: durations and queue gauges.
-export function lineChart(title, buckets, series, unit) {
+// Lines with gaps where a bucket has no value: durations and queue gauges.
+export function lineChart(width, title, buckets, series, unit) {
+  const W = Math.max(200, Math.round(width));
   const n = buckets.length;
   const all = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
   const max = niceMax(Math.max(0, ...all));
-  const root = frame(buckets, max, unit);
+  const root = frame(W, buckets, max, unit);
   const plotW = W - LEFT - RIGHT, plotH = H - TOP - BOTTOM;
   for (const s of series) {
     let d = "", pen = false;
@@ -102,5 +109,5 @@ export function lineChart(title, buckets, series, unit) {
     const seen = s.values.filter((v) => v !== null && v !== undefined);
     s.total = seen.length ? seen[seen.length - 1] : null;
   }
-  return figure(title, root, series, all.reduce((a, v) => a + v, 0));
+  return figure(title, root, series, all.reduce((a, v) => a + v, 0), unit);
 }

@@ -8,6 +8,7 @@ const PAGE = 100;
 const chosen = new Set();
 let cursor = null;
 let pages = 0;
+let lastDrawn = "";
 
 export function wire() {
   $("dead-route").addEventListener("change", () => { chosen.clear(); refresh(); });
@@ -73,6 +74,9 @@ async function load(append) {
   const p = { status: "dead", route: $("dead-route").value, limit: PAGE };
   if (append) p.cursor = cursor;
   const page = await api("/api/v1/jobs?" + query(p));
+  const seen = JSON.stringify([p, page]);
+  if (!append && seen === lastDrawn) return;
+  lastDrawn = append ? "" : seen;
   const rows = page.items.map(deadRow);
   if (append) { $("dead").append(...rows); pages += 1; } else { replaceRows($("dead"), rows); pages = 1; }
   cursor = page.next;

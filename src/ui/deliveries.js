@@ -8,6 +8,7 @@ const FIELDS = { source: "q-source", event: "q-event", delivery: "q-delivery", s
 let cursor = null;
 let pages = 0;
 let selected = null;
+let lastDrawn = "";
 
 function params() {
   const p = { limit: 50 };
@@ -48,13 +49,16 @@ function deliveryRow(d) {
   return tr;
 }
 
-/// Run the search again (first page), or fetch the next page after the last one shown.
+// Run the search again (first page), or fetch the next page after the last one shown.
 export async function search(append) {
   if (append && !cursor) return;
   const p = params();
   if (append) p.cursor = cursor;
   try {
     const page = await api("/api/v1/deliveries?" + query(p));
+    const seen = JSON.stringify([p, page]);
+    if (!append && seen === lastDrawn) { setStatus("updated " + new Date().toLocaleTimeString()); return; }
+    lastDrawn = append ? "" : seen;
     const rows = page.items.map(deliveryRow);
     if (append) { $("deliveries").append(...rows); pages += 1; } else { replaceRows($("deliveries"), rows); pages = 1; }
     cursor = page.next;
@@ -67,8 +71,8 @@ export async function search(append) {
   } catch (e) { setStatus(e.message, "error"); }
 }
 
-/// Live update: the first page again (an operator paging back through older results is left alone), and the
-/// open delivery while its jobs are still moving.
+// Live update: the first page again (an operator paging back through older results is left alone), and the
+// open delivery while its jobs are still moving.
 export async function refresh() {
   if (pages <= 1) await search(false);
   if (selected && !$("detail").dataset.settled) await show(selected);

@@ -24,26 +24,27 @@ export function button(text, onClick, cls) {
   return b;
 }
 
-/// "12 s ago", "3 min ago", "2 h ago", or the date for older times; the full time goes in the title.
-export function ago(iso) {
-  const t = Date.parse(iso);
-  if (Number.isNaN(t)) return String(iso ?? "");
-  const s = Math.max(0, (Date.now() - t) / 1000);
-  if (s < 60) return Math.round(s) + " s ago";
-  if (s < 3600) return Math.round(s / 60) + " min ago";
-  if (s < 86400) return Math.round(s / 3600) + " h ago";
-  return new Date(t).toISOString().slice(0, 16).replace("T", " ");
+// A time as the operator reads it: "16:51:30" today, "2026-11-30 16:51" before; the full time in the title.
+// Absolute, so a list redrawn with the same data reads the same (and is not redrawn at all).
+export function when(iso) {
+  const t = new Date(iso);
+  if (Number.isNaN(t.getTime())) return String(iso ?? "");
+  const today = new Date().toDateString() === t.toDateString();
+  const pad = (n) => String(n).padStart(2, "0");
+  const time = pad(t.getHours()) + ":" + pad(t.getMinutes());
+  if (today) return time + ":" + pad(t.getSeconds());
+  return t.getFullYear() + "-" + pad(t.getMonth() + 1) + "-" + pad(t.getDate()) + " " + time;
 }
 
 export function timeCell(iso) {
-  const td = el("td", ago(iso));
+  const td = el("td", when(iso), "time");
   td.title = String(iso ?? "");
   return td;
 }
 
 export function clock(iso) {
   const d = new Date(iso);
-  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
 }
 
 export function number(n) {
@@ -59,7 +60,7 @@ export function setStatus(text, kind) {
   s.className = "status" + (kind ? " " + kind : "");
 }
 
-/// A short error cell: the first line, cut; the whole text in the title.
+// A short error cell: the first line, cut; the whole text in the title.
 export function errorCell(text) {
   const td = el("td", "", "error-text");
   if (!text) { td.append(el("span", "–", "muted")); return td; }

@@ -25,7 +25,7 @@ export function listKeys(tbody, open) {
   });
 }
 
-/// A focusable row that remembers what it stands for (restored after the list is drawn again).
+// A focusable row that remembers what it stands for (restored after the list is drawn again).
 export function row(key, cls) {
   const tr = document.createElement("tr");
   tr.tabIndex = 0;
@@ -34,7 +34,7 @@ export function row(key, cls) {
   return tr;
 }
 
-/// Redraw a list's rows, keeping keyboard focus on the row with the same key if it is still there.
+// Redraw a list's rows, keeping keyboard focus on the row with the same key if it is still there.
 export function replaceRows(tbody, rows) {
   const focused = document.activeElement && tbody.contains(document.activeElement)
     ? document.activeElement.closest("tr")?.dataset.key : null;

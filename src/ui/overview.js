@@ -40,6 +40,13 @@ function panel(title, subtitle, charts) {
 export async function refresh() {
   const stats = await api("/api/v1/stats?" + query({ since: range, bucket: RANGES[range] }));
   const b = stats.buckets;
+  // Charts are drawn at the width they will take: a source's chart fills its panel, a route's four share it.
+  const area = $("source-charts").clientWidth || 1200;
+  const phone = window.matchMedia("(max-width: 760px)").matches;
+  const perRow = (n) => (phone ? 1 : Math.max(1, Math.min(n, Math.floor((area + 12) / 512))));
+  const panelWidth = (n) => (area - 12 * (perRow(n) - 1)) / perRow(n) - 26;
+  const wide = panelWidth(stats.sources.length);
+  const narrow = phone ? panelWidth(1) : panelWidth(stats.routes.length) / 2 - 6;
   $("overview-range").textContent = "buckets of " + (stats.bucket_seconds / 60) + " min · updated " + new Date().toLocaleTimeString();
   const t = stats.totals;
   const queued = stats.routes.reduce((a, r) => a + (latest(r.queue_depth) || 0), 0);
@@ -49,7 +56,7 @@ export async function refresh() {
     card("dead", t.dead, t.dead ? "bad" : ""), card("queued now", queued, queued ? "warn" : ""));
 
   $("source-charts").replaceChildren(...stats.sources.map((s) => panel(s.name, "source", [
-    barChart("deliveries", b, [
+    barChart(wide, "deliveries", b, [
       { label: "accepted", values: s.accepted, cls: "s-ok" },
       { label: "duplicate", values: s.duplicate, cls: "s-muted" },
       { label: "401", values: s.rejected["401"], cls: "s-bad" },
@@ -62,17 +69,17 @@ export async function refresh() {
   if (!stats.sources.length) $("source-charts").append(el("p", "No sources configured.", "muted"));
 
   $("route-charts").replaceChildren(...stats.routes.map((r) => panel(r.name, "route · " + r.source, [
-    barChart("jobs", b, [
+    barChart(narrow, "jobs", b, [
       { label: "succeeded", values: r.succeeded, cls: "s-ok" },
       { label: "failed (retried)", values: r.failed, cls: "s-warn" },
       { label: "dead", values: r.dead, cls: "s-bad" },
     ]),
-    lineChart("action duration", b, [
+    lineChart(narrow, "action duration", b, [
       { label: "p50", values: r.duration_p50_ms, cls: "s-info" },
       { label: "p95", values: r.duration_p95_ms, cls: "s-warn" },
     ], "ms"),
-    lineChart("queue depth", b, [{ label: "queued", values: r.queue_depth, cls: "s-info" }]),
-    lineChart("oldest queued job", b, [{ label: "age", values: r.queue_oldest_seconds, cls: "s-warn" }], "s"),
+    lineChart(narrow, "queue depth", b, [{ label: "queued", values: r.queue_depth, cls: "s-info" }]),
+    lineChart(narrow, "oldest queued job", b, [{ label: "age", values: r.queue_oldest_seconds, cls: "s-warn" }], "s"),
   ])));
   if (!stats.routes.length) $("route-charts").append(el("p", "No routes configured.", "muted"));
 }

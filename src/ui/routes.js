@@ -1,6 +1,6 @@
 // routes: every route and source with the state all instances share (paused, stopped by a peer's 410, the
 // circuit), its concurrency and last error, and the pause and resume buttons.
-import { $, el, errorCell, setStatus, ago } from "./dom.js";
+import { $, el, errorCell, setStatus, when } from "./dom.js";
 import { api, post } from "./api.js";
 import { listKeys, row, replaceRows } from "./keys.js";
 
@@ -44,12 +44,18 @@ function controlButton(kind, item) {
 
 function lastError(r) {
   const td = errorCell(r.last_error && r.last_error.message);
-  if (r.last_error) td.prepend(el("span", ago(r.last_error.at) + " · ", "muted"));
+  if (r.last_error) td.prepend(el("span", when(r.last_error.at) + " · ", "muted"));
   return td;
 }
 
+let lastDrawn = "";
+
 export async function refresh() {
   const [routes, sources] = await Promise.all([api("/api/v1/routes"), api("/api/v1/sources")]);
+  // Nothing changed since the last poll: leave the rows (and the operator's focus and hover) alone.
+  const seen = JSON.stringify([routes, sources]);
+  if (seen === lastDrawn) return { routes: routes.items, sources: sources.items };
+  lastDrawn = seen;
   replaceRows($("routes"), routes.items.map((r) => {
     const tr = row(r.name);
     const td = el("td"); td.append(controlButton("route", r));

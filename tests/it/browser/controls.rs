@@ -133,7 +133,9 @@ circuit_breaker = {{ window = "60s", max_failures = 1, open_for = "1h" }}
         .await;
     assert!(stopped.contains("unlimited") || stopped.contains('1'), "the concurrency column: {stopped}");
     let open = browser
-        .row_text_when("routes", "flapping-peer", "the open circuit", |t| t.contains("circuit open until"))
+        .row_text_when("routes", "flapping-peer", "the open circuit and its last error", |t| {
+            t.contains("circuit open until") && t.contains("500")
+        })
         .await;
     assert!(open.contains("500"), "the last error names the peer's answer: {open}");
 

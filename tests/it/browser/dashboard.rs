@@ -129,7 +129,7 @@ store_test! {
             .eval(
                 "return Array.from(document.querySelectorAll('#source-charts svg.chart, #route-charts svg.chart'),
                   (s) => [s.closest('article').querySelector('h4').firstChild.textContent,
-                          s.closest('figure').querySelector('figcaption').textContent, Number(s.dataset.total),
+                          s.closest('figure').querySelector('figcaption').firstChild.textContent, Number(s.dataset.total),
                           s.querySelectorAll('rect.bar, path.line').length])",
             )
             .await;
@@ -203,10 +203,47 @@ store_test! {
     }
 }
 
+/// The hour before the test, written through the store as the instances' recorders would have: a steady
+/// flow of pushes with a few forged ones, a slow patch of `deploy`, and `flaky` failing through an incident,
+/// so the screenshots show charts with a history rather than one bar.
+async fn an_hour_of_history(store: &hookgate::store::DynStore) {
+    use hookgate::store::stats::{duration_bucket, Counter, Scope, StatsDelta, FIRST_DURATION};
+    let now = hookgate::store::now_ms();
+    let mut rows = Vec::new();
+    for ago in 2..60i64 {
+        let minute = now - ago * 60_000;
+        let wave = ((ago as f64) / 6.0).sin();
+        let pushes = (14.0 + 8.0 * wave).round() as i64;
+        let mut source = StatsDelta::new(Scope::Source, "github", minute);
+        source.counts[Counter::Accepted as usize] = pushes;
+        source.counts[Counter::Duplicate as usize] = i64::from(ago % 7 == 0);
+        source.counts[Counter::Rejected401 as usize] = i64::from(ago % 11 == 3) * 3;
+        source.counts[Counter::Rejected429 as usize] = i64::from((20..23).contains(&ago)) * 5;
+        let mut deploy = StatsDelta::new(Scope::Route, "deploy", minute);
+        deploy.counts[Counter::Succeeded as usize] = pushes;
+        let slow = if (30..38).contains(&ago) { 400 } else { 40 + (ago % 5) as u64 * 10 };
+        deploy.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(slow))] = pushes - 1;
+        deploy.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(slow * 4))] = 1;
+        deploy.queue_depth = Some(if (30..38).contains(&ago) { 9 - (ago - 30) } else { ago % 2 });
+        deploy.queue_oldest_ms = Some(if (30..38).contains(&ago) { 12_000 } else { 300 });
+        let mut flaky = StatsDelta::new(Scope::Route, "flaky", minute);
+        let incident = (12..18).contains(&ago);
+        flaky.counts[Counter::Succeeded as usize] = if incident { 0 } else { pushes / 3 };
+        flaky.counts[Counter::Failed as usize] = if incident { 4 } else { 0 };
+        flaky.counts[Counter::Dead as usize] = i64::from(incident);
+        flaky.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(if incident { 5_000 } else { 120 }))] = 4;
+        flaky.queue_depth = Some(if incident { 6 } else { 0 });
+        flaky.queue_oldest_ms = Some(if incident { 45_000 } else { 0 });
+        rows.extend([source, deploy, flaky]);
+    }
+    store.record_stats(rows).await.expect("history stored");
+}
+
 store_test! {
     async fn every_page_fits_a_phone_and_a_laptop_and_is_photographed(backend) {
         let Some(browser) = Browser::start().await else { return };
         let app = spawn_app(&backend, &config()).await;
+        an_hour_of_history(&app.store).await;
         for i in 0..6 {
             let repo = if i % 3 == 0 { "octo/hello" } else { "acme/app" };
             let body = push_body("refs/heads/main", repo);
@@ -237,7 +274,8 @@ store_test! {
                 };
                 browser.wait_for(Locator::Css(ready), &format!("the {page} page's content")).await;
                 if page == "deliveries" {
-                    browser.click(Locator::Css("#deliveries tr"), "a delivery").await;
+                    // A GitHub push (the list also holds the built-in source's `job.dead` events).
+                    browser.click(Locator::XPath("//tbody[@id='deliveries']/tr[td[2]='github']"), "a push").await;
                     browser.wait_for(Locator::Css("#detail .job"), "its jobs").await;
                 }
                 let overflow = browser

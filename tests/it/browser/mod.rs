@@ -231,11 +231,14 @@ impl Browser {
         eventually(PAGE_WAIT, what, || async { self.client.find(locator).await.ok() }).await
     }
 
-    /// Click what `locator` finds, once it is there. The page re-renders its tables, so look it up again
-    /// rather than keeping an element across an update.
+    /// Click what `locator` finds, once it is there. The page redraws its lists while it is live, so an
+    /// element found a moment ago may be gone: find it again and retry until the click lands.
     pub async fn click(&self, locator: Locator<'_>, what: &str) {
-        let element = self.wait_for(locator, what).await;
-        element.click().await.unwrap_or_else(|e| panic!("click {what}: {e}"));
+        eventually(PAGE_WAIT, &format!("to click {what}"), || async {
+            let element = self.client.find(locator).await.ok()?;
+            element.click().await.ok()
+        })
+        .await;
     }
 
     /// Answer the page's `window.prompt` with `text` and press OK; returns the prompt's question.
