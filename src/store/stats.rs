@@ -379,6 +379,35 @@ pub(crate) mod sql {
         COUNTER_COLUMNS.iter().map(|c| format!("SUM({c}){cast}")).collect::<Vec<_>>().join(", ")
     }
 
+    /// The upsert of one row, in a dialect's placeholders (`?4`, `$4`) and its way to keep the larger of two
+    /// gauges that may each be NULL.
+    pub fn upsert(placeholder: impl Fn(usize) -> String, larger: impl Fn(&str) -> String) -> String {
+        let n = COUNTER_COLUMNS.len();
+        let values: Vec<String> = (1..=n + 7).map(&placeholder).collect();
+        let gauge = |c: &str| format!("{c} = {}", larger(c));
+        format!(
+            "INSERT INTO stats_minute (scope, name, minute, {columns}, queue_depth, queue_oldest_ms, last_error, last_error_at)
+             VALUES ({values})
+             ON CONFLICT (scope, name, minute) DO UPDATE SET {additions}, {depth}, {oldest}, {LAST_ERROR}",
+            columns = columns(),
+            values = values.join(", "),
+            additions = additions(),
+            depth = gauge("queue_depth"),
+            oldest = gauge("queue_oldest_ms"),
+        )
+    }
+
+    /// Rows of `[since, until)` (placeholders 1 and 2) grouped into buckets of placeholder 3 ms.
+    pub fn buckets(placeholder: impl Fn(usize) -> String, cast: &str) -> String {
+        let (since, until, bucket) = (placeholder(1), placeholder(2), placeholder(3));
+        format!(
+            "SELECT scope, name, (minute / {bucket}) * {bucket} AS bucket, {sums}, MAX(queue_depth), MAX(queue_oldest_ms)
+             FROM stats_minute WHERE minute >= {since} AND minute < {until}
+             GROUP BY scope, name, bucket ORDER BY scope, name, bucket",
+            sums = sums(cast),
+        )
+    }
+
     /// The newer error wins; shared by both dialects.
     pub const LAST_ERROR: &str = "last_error = CASE WHEN excluded.last_error_at IS NOT NULL
              AND (stats_minute.last_error_at IS NULL OR excluded.last_error_at >= stats_minute.last_error_at)

@@ -1,5 +1,5 @@
 // dead: dead jobs by route with their last error; retry one, the selected ones, or every dead job that matches.
-import { $, el, button, errorCell, timeCell, setStatus } from "./dom.js";
+import { $, el, button, errorCell, fillSelect, timeCell, setStatus } from "./dom.js";
 import { api, post, query, newKey } from "./api.js";
 import { listKeys, row, replaceRows } from "./keys.js";
 import { open as openDelivery } from "./deliveries.js";
@@ -21,14 +21,7 @@ export function wire() {
   listKeys($("dead"), (tr) => { location.hash = "#/deliveries"; openDelivery(tr.dataset.delivery); });
 }
 
-export function mount(routes) {
-  const select = $("dead-route");
-  const current = select.value;
-  select.replaceChildren(el("option", "all routes"));
-  select.firstChild.value = "";
-  for (const r of routes) { const o = el("option", r.name); o.value = r.name; select.append(o); }
-  select.value = current;
-}
+export function mount(routes) { fillSelect($("dead-route"), routes, "all routes"); }
 
 function selectionChanged() {
   $("dead-retry-selected").disabled = chosen.size === 0;

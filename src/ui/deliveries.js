@@ -1,6 +1,6 @@
 // deliveries: search stored deliveries (source, event, delivery id, time range, job status, a body filter in
 // the route filter language) and open one: its jobs and attempts, headers and body, replay and retry.
-import { $, el, button, timeCell, setStatus } from "./dom.js";
+import { $, el, button, fillSelect, timeCell, setStatus } from "./dom.js";
 import { api, post, query } from "./api.js";
 import { listKeys, row, replaceRows } from "./keys.js";
 
@@ -16,14 +16,7 @@ function params() {
   return p;
 }
 
-export function mount(sources) {
-  const select = $("q-source");
-  const chosen = select.value;
-  select.replaceChildren(el("option", "any"));
-  select.firstChild.value = "";
-  for (const s of sources) { const o = el("option", s.name); o.value = s.name; select.append(o); }
-  select.value = chosen;
-}
+export function mount(sources) { fillSelect($("q-source"), sources, "any"); }
 
 export function wire() {
   $("search").addEventListener("submit", (e) => { e.preventDefault(); search(false); });

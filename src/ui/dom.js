@@ -17,6 +17,16 @@ export function svg(tag, attrs = {}) {
   return e;
 }
 
+// The options of a select: "" (shown as `anyLabel`) and each item's name; the current choice is kept.
+export function fillSelect(select, items, anyLabel) {
+  const current = select.value;
+  const any = el("option", anyLabel);
+  any.value = "";
+  const options = items.map((item) => { const o = el("option", item.name); o.value = item.name; return o; });
+  select.replaceChildren(any, ...options);
+  select.value = current;
+}
+
 export function button(text, onClick, cls) {
   const b = el("button", text, cls);
   b.type = "button";

@@ -3,22 +3,7 @@
 use crate::helpers::*;
 
 fn config() -> String {
-    format!(
-        r#"{GITHUB_SOURCE}
-[[routes]]
-name = "ok"
-source = "github"
-filter = 'body.ref == "refs/heads/main"'
-action = {{ type = "command", argv = ["true"] }}
-
-[[routes]]
-name = "broken"
-source = "github"
-filter = 'body.ref == "refs/heads/broken"'
-action = {{ type = "command", argv = ["false"] }}
-retry = {{ max_attempts = 1 }}
-"#
-    )
+    ok_and_broken_routes("", "{ max_attempts = 1 }")
 }
 
 store_test! {

@@ -317,8 +317,12 @@ store_test! {
         .await;
         let id = publish(&app.addr, APP_TOKEN, r#"{"n":1}"#).await["id"].as_str().unwrap().to_string();
         eventually(Duration::from_secs(10), "three failures", || async { (peer.count() >= 3).then_some(()) }).await;
-        let routes = app.admin_get("/api/v1/routes").await;
-        assert_eq!(routes["items"][0]["circuit"], "open", "{routes}");
+        // The peer counts the third request before the worker has recorded its failure: wait for the record.
+        eventually(Duration::from_secs(5), "the circuit to open", || async {
+            let routes = app.admin_get("/api/v1/routes").await;
+            (routes["items"][0]["circuit"] == "open").then_some(())
+        })
+        .await;
         let metrics = app.client.get(format!("{}/metrics", app.addr)).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains(&format!(r#"hookgate_circuit_state{{route="{route}"}} 2"#)), "{metrics}");
         // While open the job waits: queued, not dead, and the peer hears nothing.

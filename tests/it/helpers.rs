@@ -193,6 +193,27 @@ secrets = ["It's a Secret to Everybody"]
 "#;
 
 /// POST a correctly signed GitHub `push` with delivery id `delivery` to `base`'s `/hooks/github`.
+/// The GitHub source with two routes: `ok` takes pushes to main and always succeeds; `broken` takes pushes to
+/// `refs/heads/broken` and always fails, retried as `broken_retry` says. `source_keys` go on the source.
+pub fn ok_and_broken_routes(source_keys: &str, broken_retry: &str) -> String {
+    format!(
+        r#"{GITHUB_SOURCE}{source_keys}
+[[routes]]
+name = "ok"
+source = "github"
+filter = 'body.ref == "refs/heads/main"'
+action = {{ type = "command", argv = ["true"] }}
+
+[[routes]]
+name = "broken"
+source = "github"
+filter = 'body.ref == "refs/heads/broken"'
+action = {{ type = "command", argv = ["false"] }}
+retry = {broken_retry}
+"#
+    )
+}
+
 pub async fn send_push(client: &reqwest::Client, base: &str, delivery: &str) -> reqwest::Result<reqwest::Response> {
     let body = push_body("refs/heads/main", "acme/fleet");
     let mut request = client.post(format!("{base}/hooks/github")).body(body.clone());

@@ -8,23 +8,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 fn config() -> String {
-    format!(
-        r#"{GITHUB_SOURCE}max_body = "4KiB"
-
-[[routes]]
-name = "ok"
-source = "github"
-filter = 'body.ref == "refs/heads/main"'
-action = {{ type = "command", argv = ["true"] }}
-
-[[routes]]
-name = "broken"
-source = "github"
-filter = 'body.ref == "refs/heads/broken"'
-action = {{ type = "command", argv = ["false"] }}
-retry = {{ max_attempts = 2, initial = "50ms", max = "100ms" }}
-"#
-    )
+    ok_and_broken_routes("max_body = \"4KiB\"\n", r#"{ max_attempts = 2, initial = "50ms", max = "100ms" }"#)
 }
 
 /// The sum of a series of numbers.

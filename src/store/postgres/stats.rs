@@ -13,36 +13,10 @@ use crate::store::stats::{
 use crate::store::{Millis, StoreError};
 
 /// Counters add; `GREATEST` passes over NULLs, so a gauge without a sample on one side keeps the other's.
-static UPSERT: LazyLock<String> = LazyLock::new(|| {
-    let n = COUNTER_COLUMNS.len();
-    let counters: Vec<String> = (0..n).map(|i| format!("${}", i + 4)).collect();
-    let gauge = |c: &str| format!("{c} = GREATEST(stats_minute.{c}, excluded.{c})");
-    format!(
-        "INSERT INTO stats_minute
-             (scope, name, minute, {columns}, queue_depth, queue_oldest_ms, last_error, last_error_at)
-         VALUES ($1, $2, $3, {counters}, ${a}, ${b}, ${c}, ${d})
-         ON CONFLICT (scope, name, minute) DO UPDATE SET {additions}, {depth}, {oldest}, {last_error}",
-        columns = sql::columns(),
-        counters = counters.join(", "),
-        a = n + 4,
-        b = n + 5,
-        c = n + 6,
-        d = n + 7,
-        additions = sql::additions(),
-        depth = gauge("queue_depth"),
-        oldest = gauge("queue_oldest_ms"),
-        last_error = sql::LAST_ERROR,
-    )
-});
+static UPSERT: LazyLock<String> =
+    LazyLock::new(|| sql::upsert(|i| format!("${i}"), |c| format!("GREATEST(stats_minute.{c}, excluded.{c})")));
 
-static BUCKETS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT scope, name, (minute / $3) * $3 AS bucket, {sums}, MAX(queue_depth), MAX(queue_oldest_ms)
-         FROM stats_minute WHERE minute >= $1 AND minute < $2
-         GROUP BY scope, name, bucket ORDER BY scope, name, bucket",
-        sums = sql::sums("::bigint"),
-    )
-});
+static BUCKETS: LazyLock<String> = LazyLock::new(|| sql::buckets(|i| format!("${i}"), "::bigint"));
 
 const QUEUED_BY_ROUTE: &str = "SELECT route, SUM(n)::bigint FROM job_counts WHERE status = 'queued'
      GROUP BY route HAVING SUM(n) > 0 ORDER BY route";

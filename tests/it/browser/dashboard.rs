@@ -14,7 +14,7 @@ use crate::helpers::*;
 const ENTER: &str = "\u{E007}";
 const ARROW_DOWN: &str = "\u{E015}";
 
-/// `deploy` always succeeds; `flaky` fails its first run (it leaves a marker) and succeeds after: with one
+/// `deploy` always succeeds; `refresh-mirror` fails its first run (it leaves a marker) and succeeds after: with one
 /// attempt allowed, its first job goes dead, and a retry brings it back.
 fn config() -> String {
     format!(
@@ -25,7 +25,7 @@ source = "github"
 action = {{ type = "command", argv = ["true"], timeout = "5s" }}
 
 [[routes]]
-name = "flaky"
+name = "refresh-mirror"
 source = "github"
 filter = 'body.repository.full_name == "octo/hello"'
 action = {{ type = "command", argv = ["sh", "-c", "test -e {{dir}}/ran || {{ touch {{dir}}/ran; echo 'peer refused the first run' >&2; exit 3; }}"], timeout = "5s" }}
@@ -70,7 +70,7 @@ store_test! {
         browser.client.active_element().await.unwrap().send_keys(ENTER).await.unwrap();
         let detail = browser
             .text_when(Locator::Id("detail"), "the delivery's detail with its dead job", |t| {
-                t.contains("live-delivery-1") && t.contains("flaky") && t.contains("dead")
+                t.contains("live-delivery-1") && t.contains("refresh-mirror") && t.contains("dead")
             })
             .await;
         assert!(detail.contains("github · push") && detail.contains("deploy"), "{detail}");
@@ -80,15 +80,15 @@ store_test! {
         // The dead letters list it with its error; Retry brings it back, and it succeeds.
         browser.page("dead").await;
         let dead = browser
-            .text_when(Locator::Id("dead"), "the dead job in the dead letters", |t| t.contains("flaky"))
+            .text_when(Locator::Id("dead"), "the dead job in the dead letters", |t| t.contains("refresh-mirror"))
             .await;
         assert!(dead.contains("github · push") && dead.contains("exit"), "{dead}");
         browser.click(Locator::Css("#dead tr .retry"), "the dead job's Retry button").await;
         browser.text_when(Locator::Id("dead-groups"), "the dead letters to empty", |t| t.contains("No dead jobs")).await;
-        let jobs = app.admin_get("/api/v1/jobs?route=flaky").await;
+        let jobs = app.admin_get("/api/v1/jobs?route=refresh-mirror").await;
         let job = jobs["items"][0]["id"].as_str().unwrap().to_string();
         eventually(Duration::from_secs(10), "the retried job to succeed", || async {
-            let jobs = app.admin_get("/api/v1/jobs?route=flaky").await;
+            let jobs = app.admin_get("/api/v1/jobs?route=refresh-mirror").await;
             (jobs["items"][0]["status"] == "succeeded").then_some(())
         })
         .await;
@@ -154,10 +154,10 @@ store_test! {
     async fn search_finds_deliveries_by_body_filter_delivery_id_and_job_status(backend) {
         let Some(browser) = Browser::start().await else { return };
         let app = spawn_app(&backend, &config()).await;
-        // hello-1's flaky job dies before hello-2 comes in (the marker makes every later run succeed).
+        // hello-1's refresh-mirror job dies before hello-2 comes in (the marker makes every later run succeed).
         let hello = push_body("refs/heads/main", "octo/hello");
         assert_eq!(app.github("push", "hello-1", &hello).await.status(), 202);
-        eventually(Duration::from_secs(10), "the flaky job to die", || async {
+        eventually(Duration::from_secs(10), "the refresh-mirror job to die", || async {
             let jobs = app.admin_get("/api/v1/jobs?status=dead").await;
             (jobs["items"].as_array().unwrap().len() == 1).then_some(())
         })
@@ -185,7 +185,7 @@ store_test! {
             browser.text_when(Locator::Id("deliveries"), "app-1 alone", |t| t.matches("push").count() == 1).await;
         assert!(found.contains("app-1"), "{found}");
 
-        // The flaky route ran (and died) only for octo/hello: job status dead finds exactly the first of those.
+        // The refresh-mirror route ran (and died) only for octo/hello: job status dead finds exactly the first of those.
         browser.click(Locator::Id("q-clear"), "Clear").await;
         browser.eval("const s = document.getElementById('q-status'); s.value = 'dead'; return true").await;
         browser.click(Locator::Id("q-run"), "Search").await;
@@ -204,7 +204,7 @@ store_test! {
 }
 
 /// The hour before the test, written through the store as the instances' recorders would have: a steady
-/// flow of pushes with a few forged ones, a slow patch of `deploy`, and `flaky` failing through an incident,
+/// flow of pushes with a few forged ones, a slow patch of `deploy`, and `refresh-mirror` failing through an incident,
 /// so the screenshots show charts with a history rather than one bar.
 async fn an_hour_of_history(store: &hookgate::store::DynStore) {
     use hookgate::store::stats::{duration_bucket, Counter, Scope, StatsDelta, FIRST_DURATION};
@@ -226,15 +226,15 @@ async fn an_hour_of_history(store: &hookgate::store::DynStore) {
         deploy.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(slow * 4))] = 1;
         deploy.queue_depth = Some(if (30..38).contains(&ago) { 9 - (ago - 30) } else { ago % 2 });
         deploy.queue_oldest_ms = Some(if (30..38).contains(&ago) { 12_000 } else { 300 });
-        let mut flaky = StatsDelta::new(Scope::Route, "flaky", minute);
+        let mut mirror = StatsDelta::new(Scope::Route, "refresh-mirror", minute);
         let incident = (12..18).contains(&ago);
-        flaky.counts[Counter::Succeeded as usize] = if incident { 0 } else { pushes / 3 };
-        flaky.counts[Counter::Failed as usize] = if incident { 4 } else { 0 };
-        flaky.counts[Counter::Dead as usize] = i64::from(incident);
-        flaky.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(if incident { 5_000 } else { 120 }))] = 4;
-        flaky.queue_depth = Some(if incident { 6 } else { 0 });
-        flaky.queue_oldest_ms = Some(if incident { 45_000 } else { 0 });
-        rows.extend([source, deploy, flaky]);
+        mirror.counts[Counter::Succeeded as usize] = if incident { 0 } else { pushes / 3 };
+        mirror.counts[Counter::Failed as usize] = if incident { 4 } else { 0 };
+        mirror.counts[Counter::Dead as usize] = i64::from(incident);
+        mirror.counts[FIRST_DURATION + duration_bucket(Duration::from_millis(if incident { 5_000 } else { 120 }))] = 4;
+        mirror.queue_depth = Some(if incident { 6 } else { 0 });
+        mirror.queue_oldest_ms = Some(if incident { 45_000 } else { 0 });
+        rows.extend([source, deploy, mirror]);
     }
     store.record_stats(rows).await.expect("history stored");
 }
@@ -257,7 +257,7 @@ store_test! {
             s["totals"]["succeeded"].as_u64() >= Some(6) && s["totals"]["dead"].as_u64() >= Some(1)
         })
         .await;
-        let pause = app.client.post(format!("{}/api/v1/routes/flaky/pause", app.addr)).bearer_auth(ADMIN_TOKEN)
+        let pause = app.client.post(format!("{}/api/v1/routes/refresh-mirror/pause", app.addr)).bearer_auth(ADMIN_TOKEN)
             .body(r#"{"by":"alice","reason":"peer maintenance until 14:00"}"#).send().await.unwrap();
         assert_eq!(pause.status(), 200);
 
