@@ -203,6 +203,75 @@ store_test! {
     }
 }
 
+/// `gated` fails until its gate file exists: jobs pile up dead, then the gate opens and retries succeed.
+fn gated_config() -> String {
+    format!(
+        r#"{GITHUB_SOURCE}
+[[routes]]
+name = "gated"
+source = "github"
+action = {{ type = "command", argv = ["sh", "-c", "test -e {{dir}}/gate || {{ echo 'gate closed' >&2; exit 4; }}"], timeout = "5s" }}
+retry = {{ max_attempts = 1 }}
+"#
+    )
+}
+
+async fn jobs_with_status(app: &TestApp, status: &str) -> Vec<String> {
+    let jobs = app.admin_get(&format!("/api/v1/jobs?route=gated&status={status}")).await;
+    jobs["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
+}
+
+store_test! {
+    async fn dead_letters_retry_the_jobs_ticked_from_the_keyboard_then_all_that_match(backend) {
+        let Some(browser) = Browser::start().await else { return };
+        let app = spawn_app(&backend, &gated_config()).await;
+        let body = push_body("refs/heads/main", "acme/app");
+        for i in 0..3 {
+            assert_eq!(app.github("push", &format!("gated-{i}"), &body).await.status(), 202);
+        }
+        eventually(Duration::from_secs(10), "three dead jobs", || async {
+            (jobs_with_status(&app, "dead").await.len() == 3).then_some(())
+        })
+        .await;
+        std::fs::write(app.path("gate"), b"open").unwrap();
+
+        browser.open_dashboard(&app).await;
+        browser.page("dead").await;
+        browser.text_when(Locator::Id("dead-groups"), "three dead jobs of gated", |t| t.contains("gated\n3")).await;
+        // Tick the first two rows from the keyboard: focus, Space, Down, Space.
+        browser.eval("document.querySelector('#dead tr').focus(); return true").await;
+        for key in [" ", ARROW_DOWN, " "] {
+            browser.client.active_element().await.unwrap().send_keys(key).await.unwrap();
+        }
+        let ticked = browser.eval("return Array.from(document.querySelectorAll('#dead tr'), (tr) => [tr.dataset.key, tr.querySelector('input').checked])").await;
+        let ticked: Vec<String> = ticked.as_array().unwrap().iter().filter(|r| r[1] == true).map(|r| r[0].as_str().unwrap().to_string()).collect();
+        assert_eq!(ticked.len(), 2, "two rows ticked");
+        browser.text_when(Locator::Id("dead-retry-selected"), "the button to count them", |t| t.contains("(2)")).await;
+        browser.click(Locator::Id("dead-retry-selected"), "Retry selected").await;
+        eventually(Duration::from_secs(10), "the two ticked jobs to succeed", || async {
+            let succeeded = jobs_with_status(&app, "succeeded").await;
+            (succeeded.len() == 2).then_some(succeeded)
+        })
+        .await
+        .iter()
+        .for_each(|id| assert!(ticked.contains(id), "{id} was not ticked"));
+        browser.text_when(Locator::Id("dead-groups"), "one left", |t| t.contains("gated\n1")).await;
+
+        // Retry all that match asks first, then takes every dead job of the route.
+        browser.click(Locator::Id("dead-retry-all"), "Retry all that match").await;
+        let question = eventually(Duration::from_secs(5), "the confirmation", || async { browser.client.get_alert_text().await.ok() }).await;
+        assert!(question.contains("every dead job"), "{question}");
+        browser.client.accept_alert().await.unwrap();
+        browser.text_when(Locator::Id("status"), "the count", |t| t.contains("1 job(s) queued again")).await;
+        eventually(Duration::from_secs(10), "every job to succeed", || async {
+            (jobs_with_status(&app, "succeeded").await.len() == 3).then_some(())
+        })
+        .await;
+        browser.text_when(Locator::Id("dead-groups"), "no dead jobs", |t| t.contains("No dead jobs")).await;
+        browser.close().await;
+    }
+}
+
 /// The hour before the test, written through the store as the instances' recorders would have: a steady
 /// flow of pushes with a few forged ones, a slow patch of `deploy`, and `refresh-mirror` failing through an incident,
 /// so the screenshots show charts with a history rather than one bar.
