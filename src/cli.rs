@@ -2,6 +2,7 @@
 //! command.
 
 mod control;
+mod github;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,9 @@ enum Command {
     /// List, pause and resume sources on every instance (admin API).
     #[command(subcommand)]
     Sources(control::ControlCommand),
+    /// GitHub delivery recovery: what GitHub saw beside what hookgate stored; a recovery round now (admin API).
+    #[command(subcommand)]
+    Github(github::GithubCommand),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -294,6 +298,7 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Jobs(c) => jobs(c).await,
         Command::Routes(c) => control::run("routes", c).await,
         Command::Sources(c) => control::run("sources", c).await,
+        Command::Github(c) => github::run(c).await,
         Command::Config(ConfigCommand::Example) => {
             print!("{}", config::REFERENCE);
             Ok(())

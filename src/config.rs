@@ -275,6 +275,8 @@ pub struct Source {
     /// False when disabled, or when no secret is usable ("a source with no usable secret is off").
     pub enabled: bool,
     pub disabled_reason: Option<String>,
+    /// GitHub sources: ask GitHub's API to redeliver what failed (see `crate::github`).
+    pub recovery: Option<crate::github::Recovery>,
 }
 
 pub use crate::retry::Retry;
@@ -483,8 +485,16 @@ fn validate_source(
         let known = crate::verify::provider_names().join(", ");
         invalid(key("provider"), format!("unknown provider `{provider_name}` ({known})"))
     })?;
+    let mut options = raw.options;
+    let recovery = match options.remove("recovery") {
+        Some(_) if provider.name != "github" => {
+            return Err(invalid(key("recovery"), "only a github source can recover failed deliveries"));
+        }
+        Some(value) => Some(crate::github::settings::validate(&key("recovery"), value, base, env)?),
+        None => None,
+    };
     let mut keys = Keys::default();
-    for (name, value) in raw.options {
+    for (name, value) in options {
         let value = match value {
             toml::Value::String(text) => Value::Text(text),
             toml::Value::Boolean(flag) => Value::Flag(flag),
@@ -517,6 +527,7 @@ fn validate_source(
         rate_limit,
         enabled,
         disabled_reason,
+        recovery,
     })
 }
 
@@ -1022,6 +1033,26 @@ mod tests {
         let unknown = text.replace("source = \"hookgate\"", "source = \"hookgat\"");
         let err = parse(&unknown, Path::new(""), &env(&[])).unwrap_err().to_string();
         assert_eq!(err, "routes[1].source: no source named `hookgat`");
+    }
+
+    #[test]
+    fn a_github_source_takes_a_recovery_section_and_other_providers_do_not() {
+        let vars = env(&[("GH_SECRET", "s"), ("GITHUB_TOKEN", "ghp_x")]);
+        let text = MINIMAL.replace(
+            "secrets = [\"env:GH_SECRET\"]",
+            "secrets = [\"env:GH_SECRET\"]\nrecovery = { hook = \"repos/octo/hello/hooks/1\", token = \"env:GITHUB_TOKEN\", every = \"1m\", lookback = \"1d\" }",
+        );
+        let cfg = parse(&text, Path::new(""), &vars).unwrap();
+        let recovery = cfg.sources[0].recovery.as_ref().unwrap();
+        assert_eq!(recovery.hook.path(), "repos/octo/hello/hooks/1");
+        assert_eq!((recovery.every, recovery.lookback), (Duration::from_secs(60), Duration::from_secs(86_400)));
+        let err = parse(&text.replace("\"1d\"", "\"4d\""), Path::new(""), &vars).unwrap_err().to_string();
+        assert!(err.starts_with("sources[0].recovery.lookback"), "{err}");
+        let err = parse(&text.replace("provider = \"github\"", "provider = \"gitlab\""), Path::new(""), &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("sources[0].recovery:"), "{err}");
+        assert!(parse(MINIMAL, Path::new(""), &vars).unwrap().sources[0].recovery.is_none());
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub enum ApiError {
     /// An operator paused the source: nothing was stored, the sender should retry later.
     #[error("this source is paused by an operator; nothing was stored, retry later")]
     SourcePaused { retry_after_secs: u64 },
+    /// Another instance is doing it now (it holds the lease); nothing was done here.
+    #[error("{0}")]
+    Conflict(String),
+    /// A peer API hookgate called for this request (GitHub's) refused or failed; the message says how.
+    #[error("{0}")]
+    Upstream(String),
     #[error("internal error")]
     Internal { cause: String },
 }
@@ -62,6 +68,8 @@ impl ApiError {
             ApiError::StoreUnavailable { .. } | ApiError::Overloaded { .. } | ApiError::SourcePaused { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,6 +88,8 @@ impl ApiError {
             ApiError::StoreUnavailable { .. } => "store_unavailable",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::SourcePaused { .. } => "source_paused",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Upstream(_) => "upstream_error",
             ApiError::Internal { .. } => "internal",
         }
     }
@@ -88,6 +98,7 @@ impl ApiError {
     pub fn cause(&self) -> Option<String> {
         match self {
             ApiError::StoreUnavailable { cause } | ApiError::Internal { cause } => Some(cause.clone()),
+            ApiError::Upstream(message) => Some(message.clone()),
             ApiError::Overloaded { .. } => {
                 Some("request bodies in memory reached server.max_buffered; new bodies are refused".into())
             }

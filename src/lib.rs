@@ -8,6 +8,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod events;
+pub mod github;
 pub mod guard;
 pub mod live;
 pub mod logging;

@@ -23,6 +23,9 @@ pub const EVENTS_TOTAL: &str = "hookgate_events_total";
 pub const STORE_BATCH_SIZE: &str = "hookgate_store_batch_size";
 /// Time one store transaction took, from BEGIN to a durable COMMIT.
 pub const STORE_COMMIT_DURATION: &str = "hookgate_store_commit_seconds";
+/// Redeliveries of failed GitHub deliveries asked of GitHub's API, by source and outcome (requested, refused,
+/// failed).
+pub const GITHUB_REDELIVERIES: &str = "hookgate_github_redeliveries_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -74,6 +77,10 @@ fn describe() {
     metrics::describe_counter!(
         EVENTS_TOTAL,
         "Operational events (source hookgate) by event and outcome: stored, failed (store error), suppressed (about an events route)"
+    );
+    metrics::describe_counter!(
+        GITHUB_REDELIVERIES,
+        "Redeliveries asked of GitHub for failed deliveries hookgate never stored, by source and outcome: requested (202), refused (422), failed (another error)"
     );
     metrics::describe_histogram!(STORE_BATCH_SIZE, "Writes committed together by one store transaction");
     metrics::describe_histogram!(

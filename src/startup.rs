@@ -77,7 +77,8 @@ impl Application {
             stats.clone(),
         ));
         let guards = Arc::new(EdgeGuards::new(&live.current().config.server));
-        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards, events, stats };
+        let github = Arc::new(crate::github::Recoverer::new());
+        let state = AppState { live, store, wake, metrics: crate::metrics::install(), guards, events, stats, github };
         Ok(Application { listener, state, worker, limits })
     }
 
@@ -106,7 +107,14 @@ impl Application {
             self.state.stats.clone(),
             shutdown.clone(),
         ));
+        let github = tokio::spawn(crate::github::run(
+            self.state.github.clone(),
+            self.state.store.clone(),
+            self.state.live.clone(),
+            shutdown.clone(),
+        ));
         serve(self.listener, app(self.state.clone()), self.limits, shutdown.clone()).await;
+        let _ = github.await;
         let _ = maintenance.await;
         let _ = worker.await;
         // What the last requests and jobs counted since the last flush.

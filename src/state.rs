@@ -25,4 +25,6 @@ pub struct AppState {
     pub events: Events,
     /// Per-minute counts for the dashboard, flushed to the store by the maintenance loop.
     pub stats: Arc<Recorder>,
+    /// Recovery of failed GitHub deliveries: what this instance asked for, shared by its loop and the admin API.
+    pub github: Arc<crate::github::Recoverer>,
 }

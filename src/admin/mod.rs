@@ -5,6 +5,7 @@
 mod auth;
 mod bulk;
 mod control;
+mod github;
 pub mod search;
 mod stats;
 
@@ -45,6 +46,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/sources/{name}/pause", post(control::pause_source))
         .route("/api/v1/sources/{name}/resume", post(control::resume_source))
         .route("/api/v1/stats", get(stats::show_stats))
+        .route("/api/v1/sources/{name}/github/deliveries", get(github::deliveries))
+        .route("/api/v1/sources/{name}/github/recover", post(github::recover))
         // One guard per application (this router is built once per app), so tests never share one.
         .layer(Extension(auth::Guard::new()))
 }

@@ -34,6 +34,7 @@ fn is_key(text: &str) -> bool {
 fn env() -> BTreeMap<String, String> {
     [
         ("GITHUB_WEBHOOK_SECRET", "gh"),
+        ("GITHUB_TOKEN", "ghp_reference"),
         ("PARTNER_SECRET", "partner"),
         ("APP_TOKEN", "app"),
         ("PARTNER_SIGNING_SECRET", "signing"),
@@ -56,6 +57,7 @@ fn the_reference_lists_every_key_of_the_file_format() {
         ("admin", fields_of::<raw::Admin>()),
         ("worker", fields_of::<raw::Worker>()),
         ("sources", raw::Source::COMMON),
+        ("sources.recovery", fields_of::<crate::github::settings::RawRecovery>()),
         ("routes", fields_of::<raw::Route>()),
         ("routes.action.sign", fields_of::<crate::actions::RawSign>()),
         ("routes.retry", fields_of::<raw::Retry>()),
@@ -87,6 +89,7 @@ fn the_reference_parses_as_written_and_with_every_commented_key() {
     assert_eq!(written.routes.len(), 2);
     let full = load(&uncommented());
     assert!(full.sources[0].rate_limit.is_some() && full.routes[1].circuit_breaker.is_some());
+    assert!(full.sources[0].recovery.is_some());
     assert!(full.routes[0].filter.is_some() && full.routes[0].schedule.is_some());
 }
 

@@ -13,9 +13,11 @@ use bytes::Bytes;
 use super::*;
 
 mod control;
+mod leases;
 mod search;
 mod stats;
 pub use control::*;
+pub use leases::*;
 pub use search::*;
 pub use stats::*;
 
@@ -85,6 +87,10 @@ macro_rules! contract_suite {
             deliveries_are_searched_by_delivery_id_time_and_job_status_alone_and_together,
             the_scan_reads_headers_bodies_and_job_counts_and_pages_with_filters,
             jobs_list_by_time_with_the_source_and_event_of_their_delivery,
+            // GitHub recovery (contract/leases.rs).
+            stored_deliveries_names_the_stored_ids_of_one_source_only,
+            a_lease_is_held_by_one_owner_until_it_expires_and_its_owner_may_extend_it,
+            of_concurrent_lease_takers_exactly_one_wins,
         );
     };
     (@each $fixture:path; $($test:ident),* $(,)?) => {

@@ -556,6 +556,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Each route's newest recorded error: (route, error, when), by route.
     async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError>;
+
+    // GitHub delivery recovery (issue 18).
+
+    /// Which of `ids` (provider delivery ids) are stored for `source`: one query however many, so a recovery
+    /// round asks once for a whole page of GitHub's deliveries.
+    async fn stored_deliveries(
+        &self,
+        source: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError>;
+
+    /// Take the lease `name` for `owner` until `until`: true when it was free, had expired (`until < now`), or
+    /// was already `owner`'s (then it is extended); false while another owner holds it. Atomic across
+    /// instances: of two owners asking at once, one gets it.
+    async fn take_lease(&self, name: &str, owner: &str, until: Millis, now: Millis) -> Result<bool, StoreError>;
 }
 
 pub type DynStore = Arc<dyn Store>;

@@ -7,6 +7,7 @@
 //! replay by filter, with idempotency keys) are in `postgres/bulk.rs`.
 
 mod bulk;
+mod leases;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -34,6 +35,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("migrations/postgres/0008_queue_oldest.sql")),
     (9, include_str!("migrations/postgres/0009_stats.sql")),
     (10, include_str!("migrations/postgres/0010_search.sql")),
+    (11, include_str!("migrations/postgres/0011_leases.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -909,6 +911,17 @@ impl Store for PostgresStore {
 
     async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
         self.last_errors_query().await
+    }
+
+    async fn stored_deliveries(&self, source: &str, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        leases::stored_deliveries(&**self.client().await?, source, ids).await
+    }
+
+    async fn take_lease(&self, name: &str, owner: &str, until: Millis, now: Millis) -> Result<bool, StoreError> {
+        leases::take_lease(&**self.client().await?, name, owner, until, now).await
     }
 }
 

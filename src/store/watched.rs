@@ -235,4 +235,17 @@ impl Store for Watched {
     async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
         self.inner.last_errors().await
     }
+
+    async fn stored_deliveries(
+        &self,
+        source: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.inner.stored_deliveries(source, ids).await
+    }
+
+    async fn take_lease(&self, name: &str, owner: &str, until: Millis, now: Millis) -> Result<bool, StoreError> {
+        let result = self.inner.take_lease(name, owner, until, now).await;
+        self.observe(result, |taken| *taken)
+    }
 }

@@ -42,6 +42,7 @@ mod durability;
 mod edge;
 mod events;
 mod flux;
+mod github;
 mod helpers;
 mod hooks;
 mod hostile;

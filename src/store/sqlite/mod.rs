@@ -13,6 +13,7 @@
 
 mod bulk;
 mod control;
+mod leases;
 mod queries;
 mod setup;
 mod stats;
@@ -472,5 +473,22 @@ impl Store for SqliteStore {
 
     async fn last_errors(&self) -> Result<Vec<(String, String, Millis)>, StoreError> {
         self.read(self::stats::last_errors_tx).await
+    }
+
+    async fn stored_deliveries(
+        &self,
+        source: &str,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let (source, ids) = (source.to_string(), serde_json::to_string(ids).map_err(internal)?);
+        self.read(move |c| leases::stored_deliveries_tx(c, &source, &ids)).await
+    }
+
+    async fn take_lease(&self, name: &str, owner: &str, until: Millis, now: Millis) -> Result<bool, StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.write(move |c| leases::take_lease_tx(c, &name, &owner, until, now)).await
     }
 }

@@ -25,6 +25,7 @@ pub(super) const MIGRATIONS: &[(i64, Step)] = &[
     (8, Step::Sql(include_str!("../migrations/sqlite/0008_queue_oldest.sql"))),
     (9, Step::Sql(include_str!("../migrations/sqlite/0009_stats.sql"))),
     (10, Step::Sql(include_str!("../migrations/sqlite/0010_search.sql"))),
+    (11, Step::Sql(include_str!("../migrations/sqlite/0011_leases.sql"))),
 ];
 
 /// One schema step.

@@ -1,0 +1,236 @@
+//! github::app: GitHub App credentials — an RS256 JWT signed with the App's private key, exchanged for an
+//! installation token (`POST /app/installations/{id}/access_tokens`) that is cached until shortly before it
+//! expires. The App's own hook (`app/hook`) is called with the JWT itself.
+//!
+//! The private key, the JWT and the tokens never reach a log line, an error, the API or the dashboard: errors
+//! name the key's key or file and GitHub's answer, never a value.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+
+use super::api::GithubError;
+use super::settings::{Hook, TokenSource};
+use crate::verify::Secret;
+
+/// GitHub refuses a JWT that lives longer than ten minutes; `iat` is set a minute back for clock drift.
+const JWT_LIFETIME: Duration = Duration::from_secs(9 * 60);
+/// A JWT or token is replaced this long before it expires, so none expires in the middle of a round.
+const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+/// An App's credentials and what they bought: a JWT and an installation token, each until it expires.
+pub struct App {
+    pub app_id: u64,
+    key: TokenSource,
+    /// Given in the configuration, or found from the hook's repository or organization, then kept.
+    installation: Mutex<Option<u64>>,
+    jwt: Mutex<Option<(Secret, SystemTime)>>,
+    token: Mutex<Option<(Secret, SystemTime)>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("app_id", &self.app_id).finish_non_exhaustive()
+    }
+}
+
+/// Parse a PEM private key: PKCS#1 (`RSA PRIVATE KEY`, what GitHub hands out) or PKCS#8 (`PRIVATE KEY`).
+pub fn parse_key(pem: &[u8]) -> Result<RsaKeyPair, String> {
+    let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_string())?;
+    let label = |l: &str| text.contains(&format!("-----BEGIN {l}-----"));
+    let body: String = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END "))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).map_err(|_| "not PEM: bad base64".to_string())?;
+    let key = if label("RSA PRIVATE KEY") {
+        RsaKeyPair::from_der(&der)
+    } else if label("PRIVATE KEY") {
+        RsaKeyPair::from_pkcs8(&der)
+    } else {
+        return Err("not a PEM \"RSA PRIVATE KEY\" or \"PRIVATE KEY\"".into());
+    };
+    key.map_err(|e| format!("not a usable RSA private key ({e})"))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// An RS256 JWT for `app_id` issued at `now`: `{"iat": now - 60, "exp": now + 9 min, "iss": "<app_id>"}`.
+pub fn jwt(key: &RsaKeyPair, app_id: u64, now: SystemTime) -> Result<String, String> {
+    let header = b64(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "iat": unix(now).saturating_sub(60),
+        "exp": unix(now + JWT_LIFETIME),
+        "iss": app_id.to_string(),
+    });
+    let signed = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(&RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), signed.as_bytes(), &mut signature)
+        .map_err(|_| "the private key could not sign".to_string())?;
+    Ok(format!("{signed}.{}", b64(&signature)))
+}
+
+impl App {
+    pub fn new(app_id: u64, key: TokenSource, installation: Option<u64>) -> Self {
+        App { app_id, key, installation: Mutex::new(installation), jwt: Mutex::default(), token: Mutex::default() }
+    }
+
+    /// Check the key now (at load), as every later use will.
+    pub fn check_key(key: &TokenSource) -> Result<(), String> {
+        parse_key(key.read()?.expose()).map(|_| ())
+    }
+
+    /// A JWT valid for some minutes yet: the cached one, or a new one signed with the key as it is now (a
+    /// `file:` key is read again, so a rotated key is picked up).
+    pub fn jwt(&self) -> Result<Secret, GithubError> {
+        let now = SystemTime::now();
+        let mut cached = self.jwt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((jwt, _)) = cached.as_ref().filter(|(_, until)| *until > now + RENEW_BEFORE) {
+            return Ok(jwt.clone());
+        }
+        let key = self.key.read().map_err(GithubError::Credentials)?;
+        let key =
+            parse_key(key.expose()).map_err(|e| GithubError::Credentials(format!("the App's private key: {e}")))?;
+        let jwt = Secret::new(jwt(&key, self.app_id, now).map_err(GithubError::Credentials)?);
+        *cached = Some((jwt.clone(), now + JWT_LIFETIME));
+        Ok(jwt)
+    }
+
+    /// The bearer for calls about `hook`: the JWT for the App's own hook, else an installation token.
+    pub async fn bearer(&self, http: &reqwest::Client, api_url: &str, hook: &Hook) -> Result<Secret, GithubError> {
+        if *hook == Hook::App {
+            return self.jwt();
+        }
+        let now = SystemTime::now();
+        if let Some((token, _)) = self
+            .token
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(_, expires)| *expires > now + RENEW_BEFORE)
+        {
+            return Ok(token.clone());
+        }
+        let installation = self.installation(http, api_url, hook).await?;
+        let url = format!("{api_url}/app/installations/{installation}/access_tokens");
+        let (status, headers, body) = super::api::send(http, reqwest::Method::POST, &url, &self.jwt()?).await?;
+        if !status.is_success() {
+            let what = format!("app/installations/{installation}");
+            return Err(super::api::classify(status, &headers, &body, &what, SystemTime::now()));
+        }
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            token: String,
+            expires_at: String,
+        }
+        let issued: Issued =
+            serde_json::from_slice(&body).map_err(|_| GithubError::Invalid("an installation token answer".into()))?;
+        let expires = humantime::parse_rfc3339_weak(issued.expires_at.trim_end_matches('Z'))
+            .map_err(|_| GithubError::Invalid("an installation token's expires_at".into()))?;
+        let token = Secret::new(issued.token);
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), expires));
+        Ok(token)
+    }
+
+    /// The installation: configured, or the one GitHub names for the hook's repository or organization.
+    async fn installation(&self, http: &reqwest::Client, api_url: &str, hook: &Hook) -> Result<u64, GithubError> {
+        if let Some(id) = *self.installation.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Ok(id);
+        }
+        let path = match hook {
+            Hook::Repository { owner, repo, .. } => format!("repos/{owner}/{repo}/installation"),
+            Hook::Organization { org, .. } => format!("orgs/{org}/installation"),
+            Hook::App => return Err(GithubError::Invalid("the App's hook has no installation".into())),
+        };
+        let url = format!("{api_url}/{path}");
+        let (status, headers, body) = super::api::send(http, reqwest::Method::GET, &url, &self.jwt()?).await?;
+        if !status.is_success() {
+            return Err(super::api::classify(status, &headers, &body, &path, SystemTime::now()));
+        }
+        let id = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id")?.as_u64())
+            .ok_or_else(|| GithubError::Invalid(format!("{path}: no installation id")))?;
+        tracing::info!(app_id = self.app_id, installation = id, "found the GitHub App's installation");
+        *self.installation.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use ring::signature::{UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+
+    /// A fresh 2048-bit key from `openssl genrsa` (PKCS#1 PEM, as GitHub hands out), and its public key as
+    /// PKCS#1 DER, which ring verifies with.
+    pub fn keypair(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+        let key = dir.join("app.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(&key)
+            .arg("2048")
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        let public = std::process::Command::new("openssl")
+            .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(public.status.success());
+        (key, public.stdout)
+    }
+
+    #[test]
+    fn the_jwt_is_rs256_for_the_app_and_verifies_with_the_public_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, public) = keypair(dir.path());
+        let key = parse_key(&std::fs::read(&path).unwrap()).unwrap();
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = jwt(&key, 12345, now).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let decode = |p: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&decode(parts[0])).unwrap();
+        assert_eq!(header, serde_json::json!({"alg": "RS256", "typ": "JWT"}));
+        let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).unwrap();
+        assert_eq!(claims, serde_json::json!({"iat": 1_799_999_940u64, "exp": 1_800_000_540u64, "iss": "12345"}));
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        let verifier = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &public);
+        verifier.verify(signed.as_bytes(), &decode(parts[2])).expect("the signature verifies with the public key");
+        // Another claim under the same signature does not.
+        let forged = format!("{}.{}", parts[0], b64(br#"{"iss":"666"}"#));
+        assert!(verifier.verify(forged.as_bytes(), &decode(parts[2])).is_err());
+    }
+
+    #[test]
+    fn pkcs8_keys_parse_and_other_text_is_refused_without_echoing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = keypair(dir.path());
+        let pkcs8 = std::process::Command::new("openssl")
+            .args(["pkcs8", "-topk8", "-nocrypt", "-in"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(parse_key(&pkcs8.stdout).is_ok());
+        for bad in [&b"hunter2"[..], b"-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n", b"\xff"]
+        {
+            let Err(err) = parse_key(bad) else { panic!("accepted") };
+            assert!(!err.contains("hunter2") && !err.contains("AAAA"), "{err}");
+        }
+    }
+}
