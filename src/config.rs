@@ -164,6 +164,7 @@ pub mod raw {
         pub enabled: Option<bool>,
         pub schedule: Option<String>,
         pub env_pass: Option<Vec<String>>,
+        pub github_token: Option<String>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -305,6 +306,9 @@ pub struct Route {
     pub concurrency: Option<usize>,
     pub enabled: bool,
     pub schedule: Option<Duration>,
+    /// The GitHub source whose credentials (its `recovery` token or App installation token) the action gets:
+    /// `Authorization: Bearer …` for http, `GITHUB_TOKEN` and a git credential helper for a command.
+    pub github_token: Option<String>,
 }
 
 impl Config {
@@ -607,6 +611,21 @@ fn validate_route(
     if coalesce_window.is_some() && raw.coalesce.is_none() {
         return Err(invalid(key("coalesce_window"), "needs `coalesce` (the key that events are merged by)"));
     }
+    if let Some(github) = &raw.github_token {
+        let recovering = sources.iter().find(|s| &s.name == github).is_some_and(|s| s.recovery.is_some());
+        if !recovering {
+            return Err(invalid(
+                key("github_token"),
+                format!("`{github}` is not a github source with a `recovery` section (its credentials are lent)"),
+            ));
+        }
+        if let Action::Http(http) = &action {
+            let names = http.headers.iter().map(|(n, _)| n).chain(http.secret_headers.iter().map(|h| &h.name));
+            if names.into_iter().any(|n| n.eq_ignore_ascii_case("authorization")) {
+                return Err(invalid(key("github_token"), "the http action already sends an Authorization header"));
+            }
+        }
+    }
     Ok(Route {
         name,
         source,
@@ -619,6 +638,7 @@ fn validate_route(
         concurrency: raw.concurrency,
         enabled: raw.enabled.unwrap_or(true),
         schedule,
+        github_token: raw.github_token,
     })
 }
 
@@ -1053,6 +1073,28 @@ mod tests {
             .to_string();
         assert!(err.starts_with("sources[0].recovery:"), "{err}");
         assert!(parse(MINIMAL, Path::new(""), &vars).unwrap().sources[0].recovery.is_none());
+    }
+
+    #[test]
+    fn github_token_lends_a_recovering_github_sources_credentials_and_nothing_else() {
+        let vars = env(&[("GH_SECRET", "s"), ("GITHUB_TOKEN", "ghp_x")]);
+        let recovering = MINIMAL.replace(
+            "secrets = [\"env:GH_SECRET\"]",
+            "secrets = [\"env:GH_SECRET\"]\nrecovery = { hook = \"repos/octo/hello/hooks/1\", token = \"env:GITHUB_TOKEN\" }",
+        );
+        let lent = |text: &str| {
+            text.replace("source = \"github\"\n", "source = \"github\"\n        github_token = \"github\"\n")
+        };
+        let cfg = parse(&lent(&recovering), Path::new(""), &vars).unwrap();
+        assert_eq!(cfg.routes[0].github_token.as_deref(), Some("github"));
+        let err = parse(&lent(MINIMAL), Path::new(""), &vars).unwrap_err().to_string();
+        assert!(err.starts_with("routes[0].github_token: `github` is not a github source with a `recovery`"), "{err}");
+        let http = lent(&recovering).replace(
+            "action = { type = \"command\", argv = [\"true\"] }",
+            "action = { type = \"http\", url = \"http://a/\", headers = { Authorization = \"Basic x\" } }",
+        );
+        let err = parse(&http, Path::new(""), &vars).unwrap_err().to_string();
+        assert!(err.contains("already sends an Authorization header"), "{err}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::template::{EventContext, RenderError, Text};
 pub use self::command::{Command, CommandSpec};
 #[cfg(test)]
 pub(crate) use self::http::RawSign;
-pub use self::http::{Http, HttpSpec, SignSpec};
+pub use self::http::{Http, HttpSpec, SecretHeader, SecretSource, SignSpec};
 pub use crate::retry::Hint;
 
 /// The one table of action kinds: `Variant in module => Spec`. It declares each kind's module and writes the

@@ -112,6 +112,16 @@ impl App {
         if *hook == Hook::App {
             return self.jwt();
         }
+        self.installation_token(http, api_url, hook).await
+    }
+
+    /// An installation token (what git and the API take for a repository): cached, renewed before it expires.
+    pub async fn installation_token(
+        &self,
+        http: &reqwest::Client,
+        api_url: &str,
+        hook: &Hook,
+    ) -> Result<Secret, GithubError> {
         let now = SystemTime::now();
         if let Some((token, _)) = self
             .token
@@ -148,11 +158,15 @@ impl App {
         if let Some(id) = *self.installation.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(id);
         }
-        let path = match hook {
-            Hook::Repository { owner, repo, .. } => format!("repos/{owner}/{repo}/installation"),
-            Hook::Organization { org, .. } => format!("orgs/{org}/installation"),
-            Hook::App => return Err(GithubError::Invalid("the App's hook has no installation".into())),
-        };
+        let path =
+            match hook {
+                Hook::Repository { owner, repo, .. } => format!("repos/{owner}/{repo}/installation"),
+                Hook::Organization { org, .. } => format!("orgs/{org}/installation"),
+                Hook::App => return Err(GithubError::Credentials(
+                    "the App's own hook names no repository: set recovery.installation_id to get installation tokens"
+                        .into(),
+                )),
+            };
         let url = format!("{api_url}/{path}");
         let (status, headers, body) = super::api::send(http, reqwest::Method::GET, &url, &self.jwt()?).await?;
         if !status.is_success() {

@@ -12,7 +12,7 @@ use super::api::GithubError;
 use super::settings::Recovery;
 
 /// The hosts git may ask about: the API's host, and for `api.X` also `X`.
-fn hosts(recovery: &Recovery) -> Vec<String> {
+pub(super) fn hosts(recovery: &Recovery) -> Vec<String> {
     let Ok(url) = url::Url::parse(&recovery.api_url) else { return Vec::new() };
     let Some(host) = url.host_str() else { return Vec::new() };
     let host = match url.port() {
@@ -36,7 +36,7 @@ pub async fn get(recovery: &Recovery, http: &reqwest::Client, request: &str) -> 
     if !wanted {
         return Ok(None);
     }
-    let token = recovery.credentials.bearer(http, &recovery.api_url, &recovery.hook).await?;
+    let token = recovery.credentials.repository_token(http, &recovery.api_url, &recovery.hook).await?;
     let token = String::from_utf8(token.expose().to_vec())
         .map_err(|_| GithubError::Credentials("the token is not text".into()))?;
     Ok(Some(format!("username=x-access-token\npassword={token}\n")))

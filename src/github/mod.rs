@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod credential;
+pub mod lend;
 pub mod recovery;
 pub mod settings;
 

@@ -119,6 +119,20 @@ impl Credentials {
             Credentials::App(app) => app.bearer(http, api_url, hook).await,
         }
     }
+
+    /// A token for git and the API about repositories: the token itself, or the App's installation token
+    /// (never the App's JWT, which only GitHub's App endpoints take).
+    pub async fn repository_token(
+        &self,
+        http: &reqwest::Client,
+        api_url: &str,
+        hook: &Hook,
+    ) -> Result<Secret, GithubError> {
+        match self {
+            Credentials::Token(source) => source.read().map_err(GithubError::Credentials),
+            Credentials::App(app) => app.installation_token(http, api_url, hook).await,
+        }
+    }
 }
 
 /// A source's recovery, validated.

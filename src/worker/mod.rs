@@ -15,7 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{AttemptResult, Outcome, Runner};
+use crate::actions::{ActionSpec, AttemptResult, Outcome, Runner};
 use crate::events::{Events, OpsEvent};
 use crate::live::{Live, LiveHandle};
 use crate::metrics::{CIRCUIT_TRANSITIONS, DELIVERY_LATENCY, JOBS_DEAD, JOBS_TOTAL, JOB_DURATION};
@@ -260,10 +260,14 @@ impl Worker {
         };
         let ctx = EventContext::from_stored(&job.delivery);
         let output_cap = live.config.worker.output_cap;
-        let result = match live.routes.render_action(route, &ctx, &job.id, output_cap) {
+        let spec = match live.routes.render_action(route, &ctx, &job.id, output_cap) {
+            Ok(spec) => lend_github_token(live, &route.config, spec).await,
+            Err(e) => Err(e.to_string()),
+        };
+        let result = match spec {
             Ok(spec) => self.runner.run(spec, &self.force).await,
-            Err(e) => {
-                AttemptResult { outcome: Outcome::Failed, error: Some(e.to_string()), output: None, status_code: None }
+            Err(error) => {
+                AttemptResult { outcome: Outcome::Failed, error: Some(error), output: None, status_code: None }
             }
         };
         let finished_ms = now_ms();
@@ -383,4 +387,16 @@ fn log_attempt(
             "job attempt"
         ),
     }
+}
+
+/// The action of a route with `github_token` gets its GitHub source's token; a failure to get one fails the
+/// attempt (it is retried), naming the source and GitHub's answer, never a token.
+async fn lend_github_token(live: &Live, route: &crate::config::Route, spec: ActionSpec) -> Result<ActionSpec, String> {
+    let Some(source) = &route.github_token else {
+        return Ok(spec);
+    };
+    let Some(recovery) = live.config.source(source).and_then(|s| s.recovery.as_ref()) else {
+        return Err(format!("github_token: source `{source}` has no recovery section in the running configuration"));
+    };
+    crate::github::lend::lend(recovery, spec).await.map_err(|e| format!("GitHub token of source `{source}`: {e}"))
 }

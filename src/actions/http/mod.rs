@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 mod secret_header;
 mod transport;
 
-pub use self::secret_header::SecretHeader;
+pub use self::secret_header::{SecretHeader, SecretSource};
 
 use super::command::human;
 use super::{table_as, AttemptResult, Hint, JobContext, Outcome, Runner};

@@ -464,3 +464,71 @@ async fn the_git_credential_helper_answers_with_an_installation_token_for_the_ap
     let kinds: Vec<&str> = standin.calls().iter().map(|c| c.kind).collect();
     assert_eq!(kinds, ["installation", "token"]);
 }
+
+/// A loopback peer that answers 200 and keeps each request's `Authorization` header.
+async fn authorization_recorder() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let kept = kept.clone();
+        async move {
+            let value = headers.get("authorization").map(|v| v.to_str().unwrap_or("").to_string());
+            kept.lock().unwrap().push(value.unwrap_or_default());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/api", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+store_test! {
+    async fn a_routes_actions_get_the_apps_installation_token_as_a_bearer_and_for_git(backend) {
+        let keys = tempfile::tempdir().unwrap();
+        let public_key = app_key(keys.path());
+        let standin = StandIn::start_app(HOOK, standin::AppSide { id: 4242, public_key, installation: 77 }).await;
+        let (peer, seen) = authorization_recorder().await;
+        let host = standin.url.trim_start_matches("http://").to_string();
+        let body = format!(
+            r#"
+[[sources]]
+name = "github"
+provider = "github"
+secrets = ["{GITHUB_SECRET}"]
+recovery = {{ hook = "{HOOK}", app_id = 4242, private_key = "file:{key}", api_url = "{api}", every = "1h" }}
+
+[[routes]]
+name = "git-with-the-apps-token"
+source = "github"
+github_token = "github"
+action = {{ type = "command", argv = ["sh", "-c", "printf 'protocol=http\nhost={host}\n\n' | GIT_TERMINAL_PROMPT=0 git credential fill > {{dir}}/git && printf %s \"$GITHUB_TOKEN\" > {{dir}}/token"] }}
+
+[[routes]]
+name = "api-with-the-apps-token"
+source = "github"
+github_token = "github"
+action = {{ type = "http", url = "{peer}" }}
+"#,
+            key = keys.path().join("app.pem").display(),
+            api = standin.url,
+        );
+        let app = crate::helpers::spawn_app(&backend, &body).await;
+        let push = crate::helpers::push_body("refs/heads/main", "octo/hello-world");
+        let answer = app.github("push", "lend-1", &push).await;
+        assert_eq!(answer.status(), 202);
+        let id = answer.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+        let jobs = crate::helpers::terminal_jobs(&app, &id).await;
+        assert!(jobs.iter().all(|j| j["status"] == "succeeded"), "{jobs:?}");
+
+        assert_eq!(std::fs::read_to_string(app.path("token")).unwrap(), "ghs_installation1");
+        let git = std::fs::read_to_string(app.path("git")).unwrap();
+        assert!(git.contains("username=x-access-token\npassword=ghs_installation1\n"), "git asks hookgate's helper: {git}");
+        assert_eq!(*seen.lock().unwrap(), ["Bearer ghs_installation1"]);
+        let kinds: Vec<&str> = standin.calls().iter().map(|c| c.kind).filter(|k| *k == "token").collect();
+        assert_eq!(kinds.len(), 1, "one installation token, cached for both actions and the recovery round");
+        // The token is lent, never shown: not in the delivery's jobs and attempts.
+        let detail = app.admin_get(&format!("/api/v1/deliveries/{id}")).await.to_string();
+        assert!(!detail.contains("ghs_installation1"), "{detail}");
+    }
+}
