@@ -164,6 +164,11 @@ impl StandIn {
     /// Record an attempt that failed with `status_code` without sending anything (an answer seen by GitHub
     /// from whatever stood at the hook's URL then, such as a load balancer's 503).
     pub fn record(&self, guid: &str, event: &str, body: &str, status_code: u16) -> Attempt {
+        self.keep(guid, event, body, status_code, false)
+    }
+
+    /// Add an attempt to what GitHub lists, with the next id.
+    fn keep(&self, guid: &str, event: &str, body: &str, status_code: u16, redelivery: bool) -> Attempt {
         let mut inner = self.inner();
         inner.next_id += 1;
         let attempt = Attempt {
@@ -173,7 +178,7 @@ impl StandIn {
             body: body.into(),
             delivered_at: SystemTime::now(),
             status_code,
-            redelivery: false,
+            redelivery,
         };
         inner.attempts.push(attempt.clone());
         attempt
@@ -199,19 +204,7 @@ impl StandIn {
                 sent.map_or(0, |r| r.status().as_u16())
             }
         };
-        let mut inner = self.inner();
-        inner.next_id += 1;
-        let attempt = Attempt {
-            id: inner.next_id,
-            guid: guid.into(),
-            event: event.into(),
-            body: body.into(),
-            delivered_at: SystemTime::now(),
-            status_code,
-            redelivery,
-        };
-        inner.attempts.push(attempt.clone());
-        attempt
+        self.keep(guid, event, body, status_code, redelivery)
     }
 
     /// Authenticate, count the request against the limit, and say how to refuse it, if so.
