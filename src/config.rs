@@ -48,6 +48,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     pub const OUTPUT_CAP: usize = 16 << 10;
     pub const LEASE_MARGIN: Duration = Duration::from_secs(10);
+    /// Commands run below the edge's priority, so a burst of actions cannot slow acknowledgements.
+    pub const ACTION_NICE: i32 = 10;
 
     pub const TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -116,6 +118,7 @@ pub mod raw {
         pub shutdown_grace: Option<String>,
         pub output_cap: Option<String>,
         pub lease_margin: Option<String>,
+        pub action_nice: Option<i32>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -265,6 +268,8 @@ pub struct WorkerConfig {
     pub output_cap: usize,
     /// Lease time beyond an action's timeout: a job whose runner stopped is settled once it has passed.
     pub lease_margin: Duration,
+    /// The nice value command actions (and what they start) run at: 0 (the gateway's own) to 19 (lowest).
+    pub action_nice: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -417,7 +422,12 @@ fn validate(file: raw::File, base: &Path, env: &dyn Env) -> Result<Config, Confi
         )?,
         output_cap: opt_size("worker.output_cap", file.worker.output_cap.as_deref(), defaults::OUTPUT_CAP)?,
         lease_margin: opt_duration("worker.lease_margin", file.worker.lease_margin.as_deref(), defaults::LEASE_MARGIN)?,
+        action_nice: file.worker.action_nice.unwrap_or(defaults::ACTION_NICE),
     };
+    // A negative value would need CAP_SYS_NICE, and an action above the edge is what this key exists to prevent.
+    if !(0..=19).contains(&worker.action_nice) {
+        return Err(invalid("worker.action_nice", "must be 0 (the gateway's own priority) to 19 (the lowest)"));
+    }
     if worker.concurrency == 0 {
         return Err(invalid("worker.concurrency", "must be at least 1"));
     }
@@ -772,6 +782,19 @@ mod tests {
         let short = format!("[worker]\nlease_margin = \"500ms\"\n{MINIMAL}");
         let err = parse(&short, Path::new(""), &env(&[])).unwrap_err().to_string();
         assert!(err.contains("worker.lease_margin"), "{err}");
+    }
+
+    #[test]
+    fn actions_run_at_nice_ten_unless_set_and_the_value_is_bounded() {
+        let cfg = parse(MINIMAL, Path::new(""), &env(&[])).unwrap();
+        assert_eq!(cfg.worker.action_nice, 10);
+        let zero = format!("[worker]\naction_nice = 0\n{MINIMAL}");
+        assert_eq!(parse(&zero, Path::new(""), &env(&[])).unwrap().worker.action_nice, 0);
+        for bad in ["-1", "20"] {
+            let text = format!("[worker]\naction_nice = {bad}\n{MINIMAL}");
+            let err = parse(&text, Path::new(""), &env(&[])).unwrap_err().to_string();
+            assert!(err.contains("worker.action_nice"), "{bad}: {err}");
+        }
     }
 
     #[test]

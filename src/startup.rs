@@ -72,7 +72,7 @@ impl Application {
             store.clone(),
             live.clone(),
             wake.clone(),
-            Runner::new(),
+            Runner::new().with_action_nice(live.current().config.worker.action_nice),
             events.clone(),
             stats.clone(),
         ));

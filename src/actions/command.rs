@@ -158,7 +158,7 @@ pub(super) fn secret_refs(_: &toml::Table) -> Vec<(&'static str, &str)> {
     Vec::new()
 }
 
-pub(super) async fn run(_: &Runner, spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
+pub(super) async fn run(runner: &Runner, spec: CommandSpec, cancel: &CancellationToken) -> AttemptResult {
     let Some((program, args)) = spec.argv.split_first() else {
         return failed("empty argv".into());
     };
@@ -191,6 +191,7 @@ pub(super) async fn run(_: &Runner, spec: CommandSpec, cancel: &CancellationToke
         // Only possible if the child was already reaped, which nothing here did.
         return failed(format!("cannot start `{program}`: no process id"));
     };
+    lower_priority(group, runner.action_nice);
 
     let stop_reading = CancellationToken::new();
     let mut reader =
@@ -248,6 +249,22 @@ pub(super) async fn run(_: &Runner, spec: CommandSpec, cancel: &CancellationToke
         Err(error) => (Outcome::Retryable(Hint { retry_after: None, throttled: timed_out }), Some(error)),
     };
     AttemptResult { outcome, error, output, status_code: None }
+}
+
+/// Moves the child's whole process group to `nice` (never above hookgate's own priority, which would need
+/// privilege). Done right after spawn, from outside: setting it in the child before exec needs `unsafe`
+/// (`pre_exec`). The group covers anything the child already started in the microseconds between; what it
+/// starts later inherits the value.
+fn lower_priority(group: Pid, nice: i32) {
+    let own = rustix::process::getpriority_process(None).unwrap_or(0);
+    if nice <= own {
+        return;
+    }
+    let pgid = rustix::process::Pid::from_raw(group.as_raw());
+    if let Err(e) = rustix::process::setpriority_pgrp(pgid, nice) {
+        // Only if the group is already gone (a child that exits at once): nothing left to slow down.
+        tracing::debug!(error = %e, "could not lower the priority of a command");
+    }
 }
 
 /// The part of `parent` (hookgate's environment) a command may see: the base names and `pass`.
@@ -560,6 +577,25 @@ mod tests {
 
     async fn run_spec(spec: CommandSpec) -> AttemptResult {
         run(&Runner::new(), spec, &CancellationToken::new()).await
+    }
+
+    /// Field 19 of /proc/self/stat is the nice value; `cut` reads its own, so each line is one process's.
+    const PRINT_NICE: &str = "cut -d' ' -f19 /proc/self/stat; sh -c \"cut -d' ' -f19 /proc/self/stat\"";
+
+    #[tokio::test]
+    async fn a_command_and_what_it_starts_run_at_the_action_nice_value() {
+        let runner = Runner::new().with_action_nice(13);
+        let result = run(&runner, spec(&["sh", "-c", PRINT_NICE]), &CancellationToken::new()).await;
+        assert_eq!(result.outcome, Outcome::Success, "{:?}", result.error);
+        assert_eq!(result.output.as_deref(), Some("13\n13\n"));
+    }
+
+    #[tokio::test]
+    async fn action_nice_zero_leaves_commands_at_the_gateways_own_priority() {
+        let own = rustix::process::getpriority_process(None).unwrap();
+        let runner = Runner::new().with_action_nice(0);
+        let result = run(&runner, spec(&["sh", "-c", PRINT_NICE]), &CancellationToken::new()).await;
+        assert_eq!(result.output, Some(format!("{own}\n{own}\n")));
     }
 
     /// Alive means present and not a zombie: PID 1 here may never reap orphans.

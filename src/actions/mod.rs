@@ -207,11 +207,18 @@ pub struct AttemptResult {
 #[derive(Clone)]
 pub struct Runner {
     http: reqwest::Client,
+    /// The nice value command actions start at (`worker.action_nice`).
+    action_nice: i32,
 }
 
 impl Runner {
     pub fn new() -> Self {
-        Runner { http: http::client() }
+        Runner { http: http::client(), action_nice: crate::config::defaults::ACTION_NICE }
+    }
+
+    /// Commands run at `nice` (0 to 19) instead of the default.
+    pub fn with_action_nice(self, nice: i32) -> Self {
+        Runner { action_nice: nice, ..self }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Commands start with a clean environment: the gateway's secrets never reach a child, so they can never
-//! land in the stored output the admin API and dashboard show; `env_pass` names and PATH still do.
+//! land in the stored output the admin API and dashboard show; `env_pass` names and PATH still do. They run at
+//! `worker.action_nice`, below the edge.
 
 use std::time::Duration;
 
@@ -76,4 +77,41 @@ async fn a_command_never_sees_the_admin_token_or_a_secret_but_gets_env_pass_name
     assert!(env.lines().any(|l| l == "FROM_ROUTE=route-value"), "{env}");
     assert!(env.lines().any(|l| l.starts_with("PATH=/")), "{env}");
     assert_eq!(output("path-works"), "path-works\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_at_the_configured_action_nice_below_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let rest = r#"
+[[sources]]
+name = "github"
+provider = "github"
+secrets = ["env:GITHUB_WEBHOOK_SECRET"]
+
+[[routes]]
+name = "print-nice"
+source = "github"
+action = { type = "command", argv = ["sh", "-c", "cut -d' ' -f19 /proc/self/stat"] }
+"#;
+    let config = binary_config(dir.path(), "action_nice = 7", rest);
+    let server = BinaryServer::start(
+        &config,
+        &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN), ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)],
+    );
+    let body = push_body("refs/heads/main", "octo/nice");
+    let mut request = reqwest::Client::new().post(format!("{}/hooks/github", server.addr)).body(body.clone());
+    for (name, value) in github_headers("push", "nice-1", &body) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+
+    let output = eventually(Duration::from_secs(20), "the command to succeed", || async {
+        let detail = admin_json(&server.addr, &format!("/api/v1/deliveries/{id}")).await;
+        let job = detail["jobs"][0].clone();
+        (job["status"] == "succeeded").then(|| job["attempt_log"][0]["output"].as_str().unwrap_or_default().to_string())
+    })
+    .await;
+    assert_eq!(output, "7\n");
 }
