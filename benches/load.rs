@@ -11,15 +11,17 @@
 //! cannot hide it). tokio's timer fires at most once a millisecond, so requests leave in small bursts, as
 //! webhooks do. Bounded by SECONDS; loopback only. Figures go to bench/RESULTS.md.
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rand::RngCore;
+
+use common::{percentile, Push, Seen};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,15 +33,6 @@ struct Plan {
     connections: usize,
     body: Bytes,
     signature: String,
-}
-
-/// What one connection saw: latencies in microseconds, and the answers that were not 2xx.
-#[derive(Default)]
-struct Seen {
-    from_send: Vec<u64>,
-    from_due: Vec<u64>,
-    failed: u64,
-    errors: u64,
 }
 
 fn main() {
@@ -98,70 +91,22 @@ async fn connection(plan: &Plan, next: &AtomicU64, start: Instant) -> Seen {
         }
         let due = start + Duration::from_nanos(i * 1_000_000_000 / plan.rate);
         tokio::time::sleep_until(due.into()).await;
-        if sender.is_none() {
-            sender = connect(&plan.url).await;
-        }
-        let Some(conn) = sender.as_mut() else {
-            seen.errors += 1;
-            continue;
-        };
         rand::rng().fill_bytes(&mut guid);
-        let request = hyper::Request::post(plan.url.path())
-            .header("host", plan.url.authority())
-            .header("content-type", "application/json")
-            .header("user-agent", "GitHub-Hookshot/hookgate-bench")
-            .header("x-github-event", "push")
-            .header("x-github-delivery", guid_text(&guid))
-            .header("x-hub-signature-256", &plan.signature)
-            .body(Full::new(plan.body.clone()))
-            .expect("request");
-        let sent = Instant::now();
-        let answered = async {
-            conn.ready().await?;
-            let response = conn.send_request(request).await?;
-            let status = response.status();
-            response.into_body().collect().await?;
-            Ok::<_, hyper::Error>(status)
-        }
-        .await;
-        let done = Instant::now();
-        match answered {
-            Ok(status) => {
-                seen.from_send.push((done - sent).as_micros() as u64);
-                seen.from_due.push((done - due).as_micros() as u64);
-                if !status.is_success() {
-                    seen.failed += 1;
-                }
-            }
-            Err(_) => {
-                seen.errors += 1;
-                sender = None;
-            }
-        }
+        let delivery = guid_text(&guid);
+        let push = Push {
+            delivery: &delivery,
+            signature: &plan.signature,
+            body: plan.body.clone(),
+            user_agent: "GitHub-Hookshot/hookgate-bench",
+        };
+        seen.send(&mut sender, &plan.url, push, due).await;
     }
-}
-
-async fn connect(url: &url::Url) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let address = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream.set_nodelay(true).ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(connection);
-    Some(sender)
 }
 
 /// 16 random bytes as a GUID (8-4-4-4-12 hex), like GitHub's delivery ids.
 fn guid_text(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank] as f64 / 1000.0
 }
 
 fn report(plan: &Plan, mut seen: Seen, elapsed: Duration) {

@@ -20,6 +20,8 @@
 //! and prints the time from the last webhook sent until then, or "did not converge" after GIVE_UP seconds.
 //! Loopback only; bounded by SECONDS and GIVE_UP.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -29,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rand::{Rng, SeedableRng};
 use sha1::{Digest, Sha1};
+
+use common::{percentile, Push, Seen};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -226,15 +228,6 @@ struct Hook {
     delivery: String,
 }
 
-#[derive(Default)]
-struct Seen {
-    from_send: Vec<u64>,
-    from_due: Vec<u64>,
-    failed: u64,
-    errors: u64,
-    last_sent: Option<Instant>,
-}
-
 fn run(plan: Plan) {
     let template: serde_json::Value =
         serde_json::from_slice(&fs::read("bench/push.json").expect("bench/push.json (run from the repository root)"))
@@ -392,56 +385,14 @@ async fn connection(url: &url::Url, rx: &tokio::sync::Mutex<tokio::sync::mpsc::R
         let Some(hook) = rx.lock().await.recv().await else {
             return seen;
         };
-        if sender.is_none() {
-            sender = connect(url).await;
-        }
-        let Some(conn) = sender.as_mut() else {
-            seen.errors += 1;
-            continue;
+        let push = Push {
+            delivery: &hook.delivery,
+            signature: &hook.signature,
+            body: hook.body,
+            user_agent: "GitHub-Hookshot/hookgate-storm",
         };
-        let request = hyper::Request::post(url.path())
-            .header("host", url.authority())
-            .header("content-type", "application/json")
-            .header("user-agent", "GitHub-Hookshot/hookgate-storm")
-            .header("x-github-event", "push")
-            .header("x-github-delivery", &hook.delivery)
-            .header("x-hub-signature-256", &hook.signature)
-            .body(Full::new(hook.body))
-            .expect("request");
-        let sent = Instant::now();
-        seen.last_sent = seen.last_sent.max(Some(sent));
-        let answered = async {
-            conn.ready().await?;
-            let response = conn.send_request(request).await?;
-            let status = response.status();
-            response.into_body().collect().await?;
-            Ok::<_, hyper::Error>(status)
-        }
-        .await;
-        let done = Instant::now();
-        match answered {
-            Ok(status) => {
-                seen.from_send.push((done - sent).as_micros() as u64);
-                seen.from_due.push((done - hook.due).as_micros() as u64);
-                if !status.is_success() {
-                    seen.failed += 1;
-                }
-            }
-            Err(_) => {
-                seen.errors += 1;
-                sender = None;
-            }
-        }
+        seen.send(&mut sender, url, push, hook.due).await;
     }
-}
-
-async fn connect(url: &url::Url) -> Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let address = url.socket_addrs(|| Some(80)).ok()?.into_iter().next()?;
-    let stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream.set_nodelay(true).ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(connection);
-    Some(sender)
 }
 
 /// Polls the mirrors until each `refs/heads/main` is its repository's last commit; Err(mirrors behind).
@@ -466,12 +417,4 @@ fn mirror_main(dir: &Path, name: &str) -> Option<String> {
     }
     let packed = fs::read_to_string(git_dir.join("packed-refs")).ok()?;
     packed.lines().find_map(|l| l.strip_suffix(" refs/heads/main").map(str::to_string))
-}
-
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank] as f64 / 1000.0
 }
