@@ -183,7 +183,7 @@ pub(super) async fn run(runner: &Runner, spec: CommandSpec, cancel: &Cancellatio
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    let (mut child, owned) = match super::reaper::spawn(&mut command) {
+    let (mut child, owned) = match super::niced::spawn(command, runner.action_nice).await {
         Ok(spawned) => spawned,
         Err(e) => return spawn_error(program, &e),
     };
@@ -191,7 +191,6 @@ pub(super) async fn run(runner: &Runner, spec: CommandSpec, cancel: &Cancellatio
         // Only possible if the child was already reaped, which nothing here did.
         return failed(format!("cannot start `{program}`: no process id"));
     };
-    lower_priority(group, runner.action_nice);
 
     let stop_reading = CancellationToken::new();
     let mut reader =
@@ -249,22 +248,6 @@ pub(super) async fn run(runner: &Runner, spec: CommandSpec, cancel: &Cancellatio
         Err(error) => (Outcome::Retryable(Hint { retry_after: None, throttled: timed_out }), Some(error)),
     };
     AttemptResult { outcome, error, output, status_code: None }
-}
-
-/// Moves the child's whole process group to `nice` (never above hookgate's own priority, which would need
-/// privilege). Done right after spawn, from outside: setting it in the child before exec needs `unsafe`
-/// (`pre_exec`). The group covers anything the child already started in the microseconds between; what it
-/// starts later inherits the value.
-fn lower_priority(group: Pid, nice: i32) {
-    let own = rustix::process::getpriority_process(None).unwrap_or(0);
-    if nice <= own {
-        return;
-    }
-    let pgid = rustix::process::Pid::from_raw(group.as_raw());
-    if let Err(e) = rustix::process::setpriority_pgrp(pgid, nice) {
-        // Only if the group is already gone (a child that exits at once): nothing left to slow down.
-        tracing::debug!(error = %e, "could not lower the priority of a command");
-    }
 }
 
 /// The part of `parent` (hookgate's environment) a command may see: the base names and `pass`.

@@ -15,6 +15,7 @@
 //! `README.md`, `config.default.toml` and `examples/` then document the options (a test fails until the
 //! reference configuration shows every key).
 
+mod niced;
 pub(crate) mod reaper;
 
 use std::path::Path;
