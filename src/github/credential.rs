@@ -43,20 +43,25 @@ pub async fn get(recovery: &Recovery, http: &reqwest::Client, request: &str) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn git_is_answered_for_the_web_and_api_hosts_of_the_source_only() {
-        let mut recovery = Recovery {
+    /// A repository hook's recovery with the token `ghp_t`, against `api_url`.
+    pub fn with_token(api_url: &str) -> Recovery {
+        Recovery {
             hook: super::super::Hook::parse("repos/o/r/hooks/1").unwrap(),
             credentials: super::super::Credentials::Token(super::super::settings::TokenSource::Loaded(
                 crate::verify::Secret::new("ghp_t"),
             )),
             every: std::time::Duration::from_secs(60),
             lookback: std::time::Duration::from_secs(3600),
-            api_url: "https://api.github.com".into(),
-        };
+            api_url: api_url.into(),
+        }
+    }
+
+    #[test]
+    fn git_is_answered_for_the_web_and_api_hosts_of_the_source_only() {
+        let mut recovery = with_token("https://api.github.com");
         assert_eq!(hosts(&recovery), ["api.github.com", "github.com"]);
         recovery.api_url = "https://ghe.example:8443/api/v3".into();
         assert_eq!(hosts(&recovery), ["ghe.example:8443"]);
@@ -64,15 +69,7 @@ mod tests {
 
     #[tokio::test]
     async fn another_host_or_scheme_gets_nothing() {
-        let recovery = Recovery {
-            hook: super::super::Hook::parse("repos/o/r/hooks/1").unwrap(),
-            credentials: super::super::Credentials::Token(super::super::settings::TokenSource::Loaded(
-                crate::verify::Secret::new("ghp_t"),
-            )),
-            every: std::time::Duration::from_secs(60),
-            lookback: std::time::Duration::from_secs(3600),
-            api_url: "https://api.github.com".into(),
-        };
+        let recovery = with_token("https://api.github.com");
         let http = reqwest::Client::new();
         let answer = get(&recovery, &http, "protocol=https\nhost=github.com\n").await.unwrap();
         assert_eq!(answer.as_deref(), Some("username=x-access-token\npassword=ghp_t\n"));

@@ -61,23 +61,14 @@ fn git_config(recovery: &Recovery) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::github::settings::TokenSource;
-    use crate::github::{Credentials, Hook};
-    use crate::verify::Secret;
 
     #[test]
     fn git_is_given_a_helper_for_each_host_of_the_source_and_no_token_in_its_configuration() {
-        let recovery = Recovery {
-            hook: Hook::parse("repos/o/r/hooks/1").unwrap(),
-            credentials: Credentials::Token(TokenSource::Loaded(Secret::new("ghp_secret"))),
-            every: std::time::Duration::from_secs(60),
-            lookback: std::time::Duration::from_secs(3600),
-            api_url: "https://api.github.com".into(),
-        };
+        let recovery = crate::github::credential::tests::with_token("https://api.github.com");
         let env = git_config(&recovery);
         assert_eq!(env[0], ("GIT_CONFIG_COUNT".into(), "2".into()));
         assert_eq!(env[1].1, "credential.https://api.github.com.helper");
         assert_eq!(env[3].1, "credential.https://github.com.helper");
-        assert!(env.iter().all(|(_, v)| !v.contains("ghp_secret")), "{env:?}");
+        assert!(env.iter().all(|(_, v)| !v.contains("ghp_t")), "{env:?}");
     }
 }

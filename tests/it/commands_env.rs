@@ -43,14 +43,7 @@ async fn a_command_never_sees_the_admin_token_or_a_secret_but_gets_env_pass_name
             ("UNLISTED_VARIABLE", UNLISTED),
         ],
     );
-    let body = push_body("refs/heads/main", "octo/env");
-    let mut request = reqwest::Client::new().post(format!("{}/hooks/github", server.addr)).body(body.clone());
-    for (name, value) in github_headers("push", "env-1", &body) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = push_to(&server.addr, "octo/env", "env-1").await;
 
     let jobs = eventually(Duration::from_secs(20), "both commands to succeed", || async {
         let detail = admin_json(&server.addr, &format!("/api/v1/deliveries/{id}")).await;
@@ -98,14 +91,7 @@ action = { type = "command", argv = ["sh", "-c", "cut -d' ' -f19 /proc/self/stat
         &config,
         &[("HOOKGATE_ADMIN_TOKEN", ADMIN_TOKEN), ("GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)],
     );
-    let body = push_body("refs/heads/main", "octo/nice");
-    let mut request = reqwest::Client::new().post(format!("{}/hooks/github", server.addr)).body(body.clone());
-    for (name, value) in github_headers("push", "nice-1", &body) {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let id = push_to(&server.addr, "octo/nice", "nice-1").await;
 
     let output = eventually(Duration::from_secs(20), "the command to succeed", || async {
         let detail = admin_json(&server.addr, &format!("/api/v1/deliveries/{id}")).await;
@@ -114,4 +100,16 @@ action = { type = "command", argv = ["sh", "-c", "cut -d' ' -f19 /proc/self/stat
     })
     .await;
     assert_eq!(output, "7\n");
+}
+
+/// A signed push for `repo` to the running binary; the stored delivery's id.
+async fn push_to(addr: &str, repo: &str, delivery: &str) -> String {
+    let body = push_body("refs/heads/main", repo);
+    let mut request = reqwest::Client::new().post(format!("{addr}/hooks/github")).body(body.clone());
+    for (name, value) in github_headers("push", delivery, &body) {
+        request = request.header(name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
 }
