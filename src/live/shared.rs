@@ -21,6 +21,9 @@ pub const REFRESH: Duration = Duration::from_millis(500);
 pub struct SharedState {
     routes: RwLock<HashMap<String, RouteState>>,
     sources: RwLock<HashMap<String, Option<Pause>>>,
+    /// Bumped by each change this instance makes itself: a refresh that read the store before it would put the
+    /// older state back, so such a read is dropped (the next one sees the change).
+    local_changes: std::sync::atomic::AtomicU64,
 }
 
 impl SharedState {
@@ -59,6 +62,7 @@ impl SharedState {
     /// and log and count each transition. Returns the transitions, for the operational events.
     pub fn route_changed(&self, before: &RouteState, after: RouteState) -> Vec<Transition> {
         let transitions = after.transitions(before);
+        self.local_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         for t in &transitions {
             note(&after.route, t);
         }
@@ -71,6 +75,12 @@ impl SharedState {
     /// This instance paused or resumed a source.
     pub fn source_changed(&self, source: &str, pause: Option<Pause>) {
         self.sources.write().unwrap_or_else(|e| e.into_inner()).insert(source.to_string(), pause);
+        self.local_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many changes this instance has made itself (see `local_changes`).
+    pub fn local_changes(&self) -> u64 {
+        self.local_changes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Set `hookgate_circuit_state` for these routes from the state last seen.
@@ -115,7 +125,10 @@ pub async fn refresh(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let changes = shared.local_changes();
         match tokio::time::timeout(Duration::from_secs(5), store.control_state()).await {
+            // Read before a change this instance made: older than what it already holds.
+            Ok(Ok(_)) if shared.local_changes() != changes => {}
             Ok(Ok(state)) => {
                 failures = 0;
                 if shared.replace(state) {
