@@ -504,6 +504,7 @@ pub async fn purge_keeps_recent_deliveries_and_those_with_unfinished_jobs(f: &dy
     let insert = |name: &str, received_at: Millis| {
         let mut d = delivery("github", name);
         d.received_at = received_at;
+        d.id = id_at(d.received_at);
         d
     };
     let done = insert("done", old);
@@ -537,6 +538,7 @@ pub async fn a_purge_in_batches_takes_expired_deliveries_with_their_jobs_and_att
     for i in 0..count {
         let mut d = delivery("github", &format!("d{i}"));
         d.received_at = old + i as i64;
+        d.id = id_at(d.received_at);
         // Every 100th keeps a queued job: it must stay, wherever it falls in the batches.
         let run_at = if i % 100 == 0 { now_ms() + HOUR } else { now_ms() - 1 };
         store.insert_delivery(d, vec![job_at(if i % 100 == 0 { "later" } else { "r" }, None, run_at)]).await.unwrap();
@@ -915,6 +917,7 @@ pub async fn deliveries_are_found_by_filter_oldest_first_and_replayed_with_their
         let mut d = delivery(if i % 2 == 0 { "github" } else { "gitlab" }, &format!("d{i}"));
         d.event = if i < 4 { "push".into() } else { "ping".into() };
         d.received_at = base + i as i64 * HOUR;
+        d.id = id_at(d.received_at);
         ids.push(d.id.clone());
         store.insert_delivery(d, vec![]).await.unwrap();
     }
@@ -954,6 +957,7 @@ pub async fn purge_takes_deliveries_whose_jobs_were_cancelled(f: &dyn Fixture) {
     let store = f.store();
     let mut d = delivery("github", "old");
     d.received_at = now_ms() - 10 * HOUR;
+    d.id = id_at(d.received_at);
     store.insert_delivery(d.clone(), vec![job("r", None), job("s", None)]).await.unwrap();
     assert_eq!(store.purge(now_ms() - HOUR).await.unwrap(), 0, "queued jobs keep it");
     let op = BulkJobs { route: Some("r".into()), ..bulk(BulkAction::Cancel, JobStatus::Queued) };

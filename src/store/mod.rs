@@ -40,6 +40,21 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// A new id as [`new_id`] would have made it at `at` (tests and imports that date a delivery in the past).
+pub fn id_at(at: Millis) -> String {
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, (at / 1000) as u64, ((at % 1000) * 1_000_000) as u32);
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+/// The least id [`new_id`] can make at or after `at`: every id made before `at` sorts below it (ids compare
+/// bytewise, and a UUIDv7 starts with its time in milliseconds as fixed-width lower-case hex). A delivery's
+/// id is made just after its `received_at`, so `id < id_floor(t)` is the id range of everything received
+/// before `t`, and the primary key can stand in for an index on `received_at`.
+pub fn id_floor(at: Millis) -> String {
+    let ms = at.clamp(0, (1 << 48) - 1) as u64;
+    format!("{:08x}-{:04x}-0000-0000-000000000000", ms >> 16, ms & 0xffff)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused the write; nothing was committed.

@@ -172,6 +172,7 @@ action = {{ type = "command", argv = ["true"] }}
         let now = hookgate::store::now_ms();
         let mut delivery = new_delivery("app", "old-one");
         delivery.received_at = now - 90_000;
+        delivery.id = hookgate::store::id_at(delivery.received_at);
         let job = hookgate::store::NewJob {
             id: hookgate::store::new_id(),
             route: parked.clone(),

@@ -28,6 +28,7 @@ async fn insert_expired(store: &DynStore, prefix: &str, count: usize, age: i64) 
             let mut d = new_delivery("github", &format!("{prefix}-{i}"));
             // Oldest first: the purge walks deliveries in the order they were received.
             d.received_at = now_ms() - age - (count - i) as i64;
+            d.id = hookgate::store::id_at(d.received_at);
             let store = store.clone();
             async move { store.insert_delivery(d, vec![]).await.unwrap() }
         });
@@ -312,6 +313,7 @@ store_test! {
         // insert: one delivery with jobs of two routes, one keyed
         let mut old = new_delivery("github", "d-old");
         old.received_at = now_ms() - 10 * HOUR;
+        old.id = hookgate::store::id_at(old.received_at);
         let Insert::Stored { id: old_id, .. } =
             store.insert_delivery(old, vec![job("a", None), job("b", Some("k"))]).await.unwrap()
         else {

@@ -13,6 +13,7 @@ async fn ten(store: &dyn Store, base: Millis) -> Vec<String> {
         let mut d = delivery(if i % 2 == 0 { "github" } else { "gitlab" }, &format!("guid-{i}"));
         d.event = if i < 5 { "push".into() } else { "ping".into() };
         d.received_at = base + i * 1_000;
+        d.id = id_at(d.received_at);
         d.body = Bytes::from(format!(r#"{{"n":{i}}}"#));
         ids.push(d.id.clone());
         store.insert_delivery(d, vec![job("r", None)]).await.unwrap();

@@ -150,12 +150,7 @@ pub(super) fn find_deliveries_tx(
             args.push(Value::Text(v.clone()));
         }
     }
-    for (bound, value) in [(" AND received_at >= ?", f.since), (" AND received_at < ?", f.until)] {
-        if let Some(at) = value {
-            filter.push_str(bound);
-            args.push(Value::Integer(at));
-        }
-    }
+    super::queries::received_between(f.since, f.until, &mut filter, &mut args);
     if let Some(after) = after {
         filter.push_str(" AND id > ?");
         args.push(Value::Text(after.to_string()));

@@ -385,11 +385,12 @@ impl Store for SqliteStore {
     async fn purge(&self, before: Millis) -> Result<u64, StoreError> {
         self.write(|c| bulk::forget_keys_tx(c, now_ms())).await?;
         self.write(|c| self::stats::purge_stats_tx(c, now_ms() - super::stats::STATS_RETENTION_MS)).await?;
-        let mut cursor = PurgeCursor::START;
+        let mut cursor = PurgeCursor::start();
         let mut total = 0;
         loop {
             let started = std::time::Instant::now();
-            let (deleted, seen, next) = self.write(move |c| purge_batch_tx(c, before, cursor)).await?;
+            let from = cursor.clone();
+            let (deleted, seen, next) = self.write(move |c| purge_batch_tx(c, before, &from)).await?;
             total += deleted;
             if seen < PURGE_BATCH {
                 return Ok(total);

@@ -137,9 +137,37 @@ pub(super) fn get_delivery_tx(conn: &Connection, id: &str) -> Result<Option<Deli
     Ok(Some(DeliveryDetail { delivery, jobs }))
 }
 
+/// Every source that has deliveries, one index step each (a loose scan of the (source, delivery) index): with
+/// it, a search by a provider's delivery id alone is a few lookups in that index rather than a table scan.
+const STORED_SOURCES: &str = "WITH RECURSIVE s(name) AS (
+         SELECT MIN(source) FROM deliveries
+         UNION ALL SELECT (SELECT MIN(source) FROM deliveries WHERE source > s.name) FROM s WHERE s.name IS NOT NULL)
+     SELECT name FROM s WHERE name IS NOT NULL";
+
+/// How much later than `received_at` a delivery's id may have been made: it is made on receipt, right after.
+const ID_SLACK_MS: Millis = 60_000;
+
+/// Conditions for deliveries received in [since, until): exact on `received_at`, plus the id range that holds
+/// them (see [`id_floor`]), so the primary key bounds the scan; there is no index on `received_at`.
+pub(super) fn received_between(
+    since: Option<Millis>,
+    until: Option<Millis>,
+    filter: &mut String,
+    args: &mut Vec<Value>,
+) {
+    if let Some(at) = since {
+        filter.push_str(" AND received_at >= ? AND id >= ?");
+        args.extend([Value::Integer(at), Value::Text(id_floor(at))]);
+    }
+    if let Some(at) = until {
+        filter.push_str(" AND received_at < ? AND id < ?");
+        args.extend([Value::Integer(at), Value::Text(id_floor(at.saturating_add(ID_SLACK_MS)))]);
+    }
+}
+
 /// The `WHERE` conditions (after `1 = 1`) and arguments of a delivery query. Only the filters in use appear in
-/// the SQL, so SQLite can pick the matching index: (source, id), (event, id), (delivery), (received_at).
-fn delivery_filter(q: &DeliveryQuery) -> (String, Vec<Value>) {
+/// the SQL, so SQLite can pick the matching index: (source, id), (event, id), (source, delivery), the id.
+pub(super) fn delivery_filter(q: &DeliveryQuery) -> (String, Vec<Value>) {
     let mut filter = String::new();
     let mut args: Vec<Value> = Vec::new();
     for (column, value) in [("source", &q.source), ("event", &q.event), ("delivery", &q.delivery), ("id", &q.id)] {
@@ -148,12 +176,10 @@ fn delivery_filter(q: &DeliveryQuery) -> (String, Vec<Value>) {
             args.push(Value::Text(v.clone()));
         }
     }
-    for (bound, value) in [(" AND received_at >= ?", q.since), (" AND received_at < ?", q.until)] {
-        if let Some(at) = value {
-            filter.push_str(bound);
-            args.push(Value::Integer(at));
-        }
+    if q.delivery.is_some() && q.source.is_none() {
+        filter.push_str(&format!(" AND source IN ({STORED_SOURCES})"));
     }
+    received_between(q.since, q.until, &mut filter, &mut args);
     if let Some(status) = q.status {
         filter.push_str(" AND EXISTS (SELECT 1 FROM jobs s WHERE s.delivery_id = deliveries.id AND s.status = ?)");
         args.push(Value::Text(status.as_str().into()));
@@ -181,17 +207,22 @@ fn job_counts_at(r: &Row, at: usize) -> rusqlite::Result<JobCounts> {
     })
 }
 
-pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
-    let limit = page_limit(q.limit);
-    let (filter, mut args) = delivery_filter(q);
-    args.push(Value::Integer(limit as i64));
-    let sql = format!(
+/// A page of deliveries matching `filter` (from [`delivery_filter`]), newest first, with their job counts.
+pub(super) fn list_deliveries_sql(filter: &str) -> String {
+    format!(
         "SELECT d.id, d.source, d.event, d.delivery, d.received_at, {JOB_COUNT_COLUMNS}
          FROM (SELECT id, source, event, delivery, received_at FROM deliveries
                WHERE 1 = 1{filter} ORDER BY id DESC LIMIT ?) d
          LEFT JOIN jobs j ON j.delivery_id = d.id
          GROUP BY d.id ORDER BY d.id DESC"
-    );
+    )
+}
+
+pub(super) fn list_deliveries_tx(conn: &Connection, q: &DeliveryQuery) -> Result<Page<DeliverySummary>, StoreError> {
+    let limit = page_limit(q.limit);
+    let (filter, mut args) = delivery_filter(q);
+    args.push(Value::Integer(limit as i64));
+    let sql = list_deliveries_sql(&filter);
     let items = conn
         .prepare_cached(&sql)
         .map_err(sql_error)?

@@ -10,7 +10,7 @@ use super::writer::{run_batch, Op, WriteOp};
 use super::writes::{insert_delivery_tx, DeliveryRow, CLAIM_EXPIRED, CLAIM_QUEUED, PURGE_CANDIDATES};
 use super::*;
 use crate::store::codec::{self, BodyCodec};
-use crate::store::contract::{claim, delivery, job, store_one};
+use crate::store::contract::{claim, delivery, job, store_one, HOUR};
 
 /// A temporary SQLite store, with its file in a directory SQLite must create.
 struct Fixture {
@@ -88,21 +88,72 @@ async fn claims_read_the_queue_from_an_index_without_sorting_the_backlog() {
 }
 
 #[tokio::test]
-async fn purge_candidates_come_from_the_received_at_index_and_queue_depths_from_counters() {
+async fn purge_candidates_come_from_the_primary_key_and_queue_depths_from_counters() {
     let (_dir, store) = fresh().await;
     let plan = |sql: &'static str| {
         store.read(move |c| {
             let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).map_err(sql_error)?;
-            let params: &[&dyn rusqlite::ToSql] = if sql.contains("?4") { &[&0, &0, &0, &1] } else { &[] };
+            let params: &[&dyn rusqlite::ToSql] = if sql.contains("?4") { &[&"", &0, &"", &1] } else { &[] };
             let rows = stmt.query_map(params, |r| r.get::<_, String>(3)).map_err(sql_error)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?.join("; "))
         })
     };
     let purge = plan(PURGE_CANDIDATES).await.unwrap();
-    assert!(purge.contains("USING INDEX deliveries_received_at"), "{purge}");
+    assert!(purge.contains("USING INDEX sqlite_autoindex_deliveries_1 (id>? AND id<?)"), "{purge}");
     assert!(!purge.contains("TEMP B-TREE"), "a purge batch must not sort the backlog: {purge}");
     let counts = plan(JOB_COUNTS).await.unwrap();
     assert!(!counts.contains("jobs"), "a scrape must not read the jobs table: {counts}");
+}
+
+/// Schema 12 dropped the index on `delivery` alone: a search by a provider's delivery id hops the sources of the
+/// (source, delivery) unique index instead, and one by time bounds the primary key.
+#[tokio::test]
+async fn a_search_by_delivery_id_alone_uses_the_unique_index_and_one_by_time_the_primary_key() {
+    let (_dir, store) = fresh().await;
+    for source in ["github", "gitlab", "stripe"] {
+        for i in 0..50 {
+            store.insert_delivery(delivery(source, &format!("{source}-{i}")), vec![]).await.unwrap();
+        }
+    }
+    store.insert_delivery(delivery("gitlab", "shared-guid"), vec![]).await.unwrap();
+    store.insert_delivery(delivery("stripe", "shared-guid"), vec![]).await.unwrap();
+    let by_delivery = DeliveryQuery { delivery: Some("shared-guid".into()), ..Default::default() };
+    let found = store.list_deliveries(by_delivery.clone()).await.unwrap();
+    let mut sources: Vec<_> = found.items.iter().map(|d| d.source.as_str()).collect();
+    sources.sort();
+    assert_eq!(sources, ["gitlab", "stripe"]);
+
+    let plan = |q: DeliveryQuery| {
+        store.read(move |c| {
+            let (filter, mut args) = super::queries::delivery_filter(&q);
+            args.push(rusqlite::types::Value::Integer(10));
+            let sql = format!("EXPLAIN QUERY PLAN {}", super::queries::list_deliveries_sql(&filter));
+            let mut stmt = c.prepare(&sql).map_err(sql_error)?;
+            let rows =
+                stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3)).map_err(sql_error)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?.join("; "))
+        })
+    };
+    let delivery_plan = plan(by_delivery).await.unwrap();
+    assert!(
+        delivery_plan.contains("USING INDEX sqlite_autoindex_deliveries_2 (source=? AND delivery=?)"),
+        "{delivery_plan}"
+    );
+    assert!(!delivery_plan.contains("SCAN deliveries"), "{delivery_plan}");
+    let since = now_ms() - HOUR;
+    let by_time = DeliveryQuery { since: Some(since), until: Some(since + 60_000), ..Default::default() };
+    let time_plan = plan(by_time).await.unwrap();
+    assert!(time_plan.contains("sqlite_autoindex_deliveries_1 (id>? AND id<?)"), "{time_plan}");
+}
+
+#[test]
+fn an_id_made_before_a_time_sorts_below_its_floor_and_one_made_at_or_after_it_does_not() {
+    let at: Millis = 1_764_600_000_123;
+    for (made, below) in [(at - 1, true), (at - 86_400_000, true), (at, false), (at + 1, false)] {
+        assert_eq!(id_at(made) < id_floor(at), below, "id made at {made} against the floor of {at}");
+    }
+    assert_eq!(uuid::Uuid::parse_str(&id_at(at)).unwrap().get_version_num(), 7);
+    assert!(id_floor(0) < id_at(1));
 }
 
 #[tokio::test]

@@ -307,48 +307,50 @@ pub(super) fn finish_tx(
     Ok(true)
 }
 
-/// Where a purge has got to: the last delivery it looked at, in `deliveries_received_at` index order.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct PurgeCursor {
-    received_at: Millis,
-    rowid: i64,
-}
+/// Where a purge has got to: the id of the last delivery it looked at, in id (and so arrival) order.
+#[derive(Debug, Clone)]
+pub(super) struct PurgeCursor(String);
 
 impl PurgeCursor {
     /// Before the first delivery.
-    pub(super) const START: PurgeCursor = PurgeCursor { received_at: Millis::MIN, rowid: i64::MIN };
+    pub(super) fn start() -> PurgeCursor {
+        PurgeCursor(String::new())
+    }
 }
 
-/// The next deliveries past `cursor` received before the cutoff, in index order, each with whether it still
-/// has unfinished jobs. A fixed number of index entries per batch, so deliveries kept back by a queued job are
-/// stepped over once per purge, not rescanned by every batch.
-pub(super) const PURGE_CANDIDATES: &str = "SELECT d.rowid, d.received_at, d.id,
+/// The next deliveries past the cursor received before the cutoff, in id order (the primary key: an id starts
+/// with the time it was made, just after `received_at`, so `?1` is [`id_floor`] of the cutoff), each with
+/// whether it still has unfinished jobs. A fixed number of entries per batch, so deliveries kept back by a
+/// queued job are stepped over once per purge, not rescanned by every batch.
+pub(super) const PURGE_CANDIDATES: &str = "SELECT d.id, d.received_at < ?2,
             EXISTS (SELECT 1 FROM jobs j WHERE j.delivery_id = d.id AND j.status IN ('queued', 'running'))
      FROM deliveries d
-     WHERE d.received_at < ?1 AND (d.received_at, d.rowid) > (?2, ?3)
-     ORDER BY d.received_at, d.rowid LIMIT ?4";
+     WHERE d.id < ?1 AND d.id > ?3
+     ORDER BY d.id LIMIT ?4";
 
 /// One purge batch: delete what is done among the next [`PURGE_BATCH`] candidates (their jobs and attempts
 /// go by `ON DELETE CASCADE`). Returns (deleted, candidates seen, where to go on).
 pub(super) fn purge_batch_tx(
     conn: &Connection,
     before: Millis,
-    cursor: PurgeCursor,
+    cursor: &PurgeCursor,
 ) -> Result<(u64, usize, PurgeCursor), StoreError> {
     let mut done: Vec<String> = Vec::new();
     let mut seen = 0;
-    let mut next = cursor;
+    let mut next = cursor.clone();
     {
         let mut candidates = conn.prepare_cached(PURGE_CANDIDATES).map_err(sql_error)?;
         let mut rows = candidates
-            .query(params![before, cursor.received_at, cursor.rowid, PURGE_BATCH as i64])
+            .query(params![id_floor(before), before, cursor.0.as_str(), PURGE_BATCH as i64])
             .map_err(sql_error)?;
         while let Some(row) = rows.next().map_err(sql_error)? {
             seen += 1;
-            next = PurgeCursor { rowid: row.get(0).map_err(sql_error)?, received_at: row.get(1).map_err(sql_error)? };
-            if !row.get::<_, bool>(3).map_err(sql_error)? {
-                done.push(row.get(2).map_err(sql_error)?);
+            let id: String = row.get(0).map_err(sql_error)?;
+            let (expired, unfinished): (bool, bool) = (row.get(1).map_err(sql_error)?, row.get(2).map_err(sql_error)?);
+            if expired && !unfinished {
+                done.push(id.clone());
             }
+            next = PurgeCursor(id);
         }
     }
     if done.is_empty() {
