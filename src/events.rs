@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
-use tokio::sync::Notify;
 
 use crate::admin::timestamp;
 use crate::live::LiveHandle;
@@ -133,13 +132,13 @@ pub struct Events {
     store: DynStore,
     live: LiveHandle,
     /// Wakes the worker when an event created jobs.
-    wake: Arc<Notify>,
+    wake: Arc<crate::worker::wake::Wake>,
     /// This machine's host name, read once.
     instance: Option<Arc<str>>,
 }
 
 impl Events {
-    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<Notify>) -> Self {
+    pub fn new(store: DynStore, live: LiveHandle, wake: Arc<crate::worker::wake::Wake>) -> Self {
         Events { store, live, wake, instance: host_name().map(Arc::from) }
     }
 
@@ -168,12 +167,13 @@ impl Events {
             replay_key: None,
         };
         let jobs = live.routes.jobs_for(&EventContext::from_stored(&delivery), now);
+        let earliest = jobs.iter().map(|j| j.run_at).min().unwrap_or(now);
         match self.store.insert_delivery(delivery, jobs).await {
             Ok(Insert::Stored { jobs, .. }) => {
                 metrics::counter!(EVENTS_TOTAL, "event" => name, "outcome" => "stored").increment(1);
                 tracing::debug!(event = name, route = event.route(), delivery = %id, jobs, "operational event stored");
                 if jobs > 0 {
-                    self.wake.notify_one();
+                    self.wake.jobs_due_at(earliest, now);
                 }
             }
             // Not reachable with a fresh id; nothing was written.

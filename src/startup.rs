@@ -5,7 +5,6 @@ use std::sync::Arc;
 use axum::http::{header, HeaderValue};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -65,7 +64,7 @@ impl Application {
         let store = crate::store::open(&live.config.store.url).await?;
         let listener = TcpListener::bind(live.config.server.listen).await?;
         let live = LiveHandle::new(live);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(crate::worker::wake::Wake::new());
         let events = Events::new(store.clone(), live.clone(), wake.clone());
         let stats = Arc::new(Recorder::new());
         let worker = Arc::new(Worker::new(

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Notify;
 
 use crate::events::Events;
 use crate::guard::EdgeGuards;
@@ -16,8 +15,8 @@ use crate::store::DynStore;
 pub struct AppState {
     pub live: LiveHandle,
     pub store: DynStore,
-    /// Wakes the worker when new jobs were committed.
-    pub wake: Arc<Notify>,
+    /// Wakes the worker when new jobs were committed (at once, or when they come due).
+    pub wake: Arc<crate::worker::wake::Wake>,
     pub metrics: PrometheusHandle,
     /// Limits on what clients hold before they verify (memory, failed verifications per address).
     pub guards: Arc<EdgeGuards>,

@@ -153,6 +153,7 @@ async fn handle(
     let ctx = context_for_request(&source.name, &event, &delivery, &id, header_list.clone(), &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let jobs = live.routes.jobs_for(&ctx, received_at);
+    let earliest = jobs.iter().map(|j| j.run_at).min();
     drop(ctx);
     let header_list = Arc::try_unwrap(header_list).unwrap_or_else(|shared| (*shared).clone());
 
@@ -176,7 +177,8 @@ async fn handle(
     match stored {
         Insert::Stored { id, jobs } => {
             if jobs > 0 {
-                state.wake.notify_one();
+                // A keyed job waits out its coalesce window: the worker wakes when it is due, not now.
+                state.wake.jobs_due_at(earliest.unwrap_or(received_at), received_at);
             }
             Ok(Accepted::Stored { id, delivery, event, jobs })
         }

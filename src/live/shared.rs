@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CIRCUIT_STATE, CIRCUIT_TRANSITIONS};
@@ -114,7 +113,7 @@ pub async fn refresh(
     store: &DynStore,
     shared: &SharedState,
     routes: impl Fn() -> Vec<String>,
-    wake: &Notify,
+    wake: &crate::worker::wake::Wake,
     shutdown: &CancellationToken,
 ) {
     let mut tick = tokio::time::interval(REFRESH);

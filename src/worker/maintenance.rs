@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::LiveHandle;
 use crate::store::stats::Recorder;
 use crate::store::{new_id, now_ms, Delivery, DynStore, Insert};
 use crate::template::EventContext;
+use crate::worker::wake::Wake;
 
 /// How often the dashboard's counts reach the store (and the queues are sampled).
 pub const STATS_FLUSH: Duration = Duration::from_secs(2);
@@ -22,7 +22,7 @@ pub const STATS_FLUSH: Duration = Duration::from_secs(2);
 pub async fn run(
     store: DynStore,
     live: LiveHandle,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stats: Arc<Recorder>,
     shutdown: CancellationToken,
 ) {
@@ -35,7 +35,7 @@ pub async fn run(
     );
 }
 
-async fn schedules(store: &DynStore, live: &LiveHandle, wake: &Notify, shutdown: &CancellationToken) {
+async fn schedules(store: &DynStore, live: &LiveHandle, wake: &Wake, shutdown: &CancellationToken) {
     let mut last_slot: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -6,12 +6,13 @@
 //! them back to the queue without using up an attempt.
 
 pub mod maintenance;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,7 @@ use crate::store::control::{RouteChange, Stop};
 use crate::store::stats::{JobOutcome, Recorder};
 use crate::store::{now_ms, AttemptRecord, Claim, ClaimedJob, DynStore, Millis, NextState, RouteLimits, StoreError};
 use crate::template::EventContext;
+use wake::Wake;
 
 /// Claims that may wait for their commit at once.
 const CLAIMS_IN_FLIGHT: usize = 2;
@@ -32,7 +34,7 @@ pub struct Worker {
     live: LiveHandle,
     runner: Runner,
     owner: String,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     slots: Arc<Semaphore>,
     /// Fires when the shutdown grace is over: running actions are stopped.
     force: CancellationToken,
@@ -55,7 +57,7 @@ impl Worker {
     pub fn new(
         store: DynStore,
         live: LiveHandle,
-        wake: Arc<Notify>,
+        wake: Arc<Wake>,
         runner: Runner,
         events: Events,
         stats: Arc<Recorder>,
@@ -111,8 +113,13 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = self.wake.notified() => idle = false,
-                _ = tokio::time::sleep(live.config.worker.poll_interval), if claims.is_empty() => idle = false,
+                _ = self.wake.claim_now() => idle = false,
+                // A job due sooner than the timer was set for: go round and set it again.
+                _ = self.wake.sooner() => {}
+                _ = tokio::time::sleep(self.wake.sleep_for(live.config.worker.poll_interval, now_ms())), if claims.is_empty() => {
+                    self.wake.passed(now_ms());
+                    idle = false;
+                }
                 Some(done) = claims.join_next(), if !claims.is_empty() => {
                     let claimed = match done {
                         Ok((live, Ok(claimed))) => {

@@ -81,7 +81,11 @@ pub async fn spawn_app_with_worker(backend: &Backend, worker: &str, body: &str) 
 async fn spawn_app_configured(backend: &Backend, worker: &str, body: &str, env: BTreeMap<String, String>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.fresh_url(dir.path()).await;
-    let head = head(&url).replace("[worker]\n", &format!("[worker]\n{worker}\n"));
+    let mut head = head(&url);
+    if worker.contains("poll_interval") {
+        head = head.replace("poll_interval = \"100ms\"\n", "");
+    }
+    let head = head.replace("[worker]\n", &format!("[worker]\n{worker}\n"));
     let text = format!("{head}{}", body.replace("{dir}", &dir.path().display().to_string()));
     let config = hookgate::config::parse(&text, dir.path(), &env).expect("test config is valid");
     let app = hookgate::startup::Application::build(config).await.expect("app builds");

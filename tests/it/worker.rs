@@ -238,3 +238,37 @@ retry = {{ max_attempts = 1 }}
         }
     }
 }
+
+store_test! {
+    /// A keyed job waits out its coalesce window; the worker wakes when it comes due instead of at its next poll
+    /// (a minute here), and a burst for one key runs it once with the last payload.
+    async fn a_coalesced_job_runs_when_its_window_ends_not_at_the_next_poll(backend) {
+        let app = spawn_app_with_worker(&backend, "poll_interval = \"60s\"", &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "coalesced-wake"
+    source = "github"
+    filter = 'event == "push"'
+    coalesce = "{{{{ body.repository.full_name }}}}"
+    coalesce_window = "400ms"
+    action = {{ type = "command", argv = ["sh", "-c", "printf '%s\n' \"$1\" >> {{dir}}/runs.txt", "sh", "{{{{ body.after }}}}"] }}
+    "#
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        for i in 0..5 {
+            let body = push_body("refs/heads/main", "octo/wake").replace("\"after\":\"", &format!("\"after\":\"{i}"));
+            assert!(app.github("push", &format!("wake-{i}"), &body).await.status().is_success());
+        }
+        let runs = eventually(Duration::from_secs(10), "the coalesced job to run", || async {
+            std::fs::read_to_string(app.path("runs.txt")).ok()
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "ran {took:?} after the first push: it waited for a poll");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let runs = std::fs::read_to_string(app.path("runs.txt")).unwrap_or(runs);
+        assert_eq!(runs.lines().count(), 1, "one run for the burst: {runs:?}");
+        assert!(runs.starts_with('4'), "the last push's payload: {runs:?}");
+    }
+}
