@@ -1,11 +1,15 @@
 //! PostgreSQL store: several hookgate instances share one queue (SKIP LOCKED claims, leases, advisory locks).
 //!
-//! Each write is one transaction on a pooled connection (a delivery whose jobs have no coalesce key is a
-//! single statement: one round trip); PostgreSQL's own group commit batches the WAL flushes of concurrent
-//! requests. A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as
-//! the URL's `sslmode` asks, the way libpq reads it (`postgres_tls`). The bulk operations (retry, cancel and
-//! replay by filter, with idempotency keys) are in `postgres/bulk.rs`.
+//! Ingest is group-committed (`postgres/batch.rs`): deliveries whose jobs have no coalesce key, from
+//! concurrent requests, are written by one statement (one transaction) on a pooled connection, and each
+//! caller is answered after that COMMIT; a batch that fails for one request's sake is written again one
+//! request at a time. Every other write (a delivery with keyed jobs, claims, outcomes, bulk operations) is
+//! one transaction of its own, and PostgreSQL's own group commit batches the WAL flushes of concurrent ones.
+//! A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as the URL's
+//! `sslmode` asks, the way libpq reads it (`postgres_tls`). The bulk operations (retry, cancel and replay by
+//! filter, with idempotency keys) are in `postgres/bulk.rs`.
 
+mod batch;
 mod bulk;
 mod leases;
 mod stats;
@@ -36,6 +40,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("migrations/postgres/0009_stats.sql")),
     (10, include_str!("migrations/postgres/0010_search.sql")),
     (11, include_str!("migrations/postgres/0011_leases.sql")),
+    // Version 12 is SQLite's leaner delivery indexes; PostgreSQL purges and searches through its own.
+    (13, include_str!("migrations/postgres/0013_body_lz4.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -54,6 +60,7 @@ pub(super) const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
 
 pub struct PostgresStore {
     pool: Pool,
+    batcher: batch::Batcher,
 }
 
 fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
@@ -276,9 +283,14 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore::with_pool(pool);
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// A store on `pool` (not migrated), with its group-commit task started on the current runtime.
+    fn with_pool(pool: Pool) -> Self {
+        PostgresStore { batcher: batch::Batcher::start(pool.clone()), pool }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -505,32 +517,10 @@ async fn insert_unkeyed(
     Ok(Insert::Stored { id: d.id, jobs: row.get::<_, i64>(1) as usize })
 }
 
-#[async_trait]
-impl Store for PostgresStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client.query_one("SELECT 1", &[]).await.map_err(pg_error)?;
-        Ok(())
-    }
-
-    /// Rewrites the one `write_probe` row: a commit that has to reach the WAL on disk.
-    async fn probe_write(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
-                &[&now_ms()],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(())
-    }
-
-    async fn insert_delivery(&self, d: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
+impl PostgresStore {
+    /// A delivery with keyed jobs: one transaction, merging each keyed job into a queued one of its key.
+    async fn insert_keyed(&self, d: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         let mut client = self.client().await?;
-        if jobs.iter().all(|j| j.coalesce_key.is_none()) {
-            return insert_unkeyed(&client, d, &jobs).await;
-        }
         let tx = client.transaction().await.map_err(pg_error)?;
         let inserted = tx
             .query_opt(
@@ -562,6 +552,39 @@ impl Store for PostgresStore {
         let count = insert_jobs_tx(&tx, &d.id, &jobs, d.received_at).await?;
         tx.commit().await.map_err(pg_error)?;
         Ok(Insert::Stored { id: d.id, jobs: count })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.query_one("SELECT 1", &[]).await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Rewrites the one `write_probe` row: a commit that has to reach the WAL on disk.
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at",
+                &[&now_ms()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn insert_delivery(&self, d: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
+        if jobs.iter().all(|j| j.coalesce_key.is_none()) {
+            return self.batcher.insert(batch::Request { delivery: d, jobs }).await;
+        }
+        let started = std::time::Instant::now();
+        let answer = self.insert_keyed(d, jobs).await;
+        metrics::histogram!(crate::metrics::STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::STORE_BATCH_SIZE).record(1.0);
+        answer
     }
 
     async fn insert_jobs(&self, delivery_id: &str, jobs: Vec<NewJob>) -> Result<usize, StoreError> {
@@ -1029,7 +1052,7 @@ mod tests {
         let url = fresh_schema_url(&base).await.unwrap();
         let options = connect_options(&url).unwrap();
         let manager = Manager::from_config(options.config, options.tls, ManagerConfig::default());
-        let old = PostgresStore { pool: Pool::builder(manager).max_size(2).build().unwrap() };
+        let old = PostgresStore::with_pool(Pool::builder(manager).max_size(2).build().unwrap());
         old.migrate_to(5).await.unwrap();
         let j = job("r", None);
         old.insert_delivery(delivery("github", "d1"), vec![j.clone(), job("r", None)]).await.unwrap();

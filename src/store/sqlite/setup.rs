@@ -27,6 +27,7 @@ pub(super) const MIGRATIONS: &[(i64, Step)] = &[
     (10, Step::Sql(include_str!("../migrations/sqlite/0010_search.sql"))),
     (11, Step::Sql(include_str!("../migrations/sqlite/0011_leases.sql"))),
     (12, Step::Sql(include_str!("../migrations/sqlite/0012_lean_deliveries.sql"))),
+    // Version 13 is PostgreSQL's LZ4 compression of bodies; SQLite compresses them itself (`codec`).
 ];
 
 /// One schema step.
