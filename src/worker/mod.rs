@@ -335,7 +335,12 @@ impl Worker {
         log_attempt(&route_label, job, retry.max_attempts, label, &result, started.elapsed());
         let error = record.error.clone();
         // Only the runner that recorded the death tells of it (a lost lease means another took the job).
-        if self.finish(job, record, next).await && next == NextState::Dead {
+        let recorded = self.finish(job, record, next).await;
+        if let (true, NextState::Retry { at }) = (recorded, next) {
+            // Its backoff is over at `at`: the worker wakes then, not at its next poll.
+            self.wake.jobs_due_at(at, now_ms());
+        }
+        if recorded && next == NextState::Dead {
             let delivery = &job.delivery;
             self.events
                 .emit(OpsEvent::JobDead {

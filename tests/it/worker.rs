@@ -272,3 +272,25 @@ store_test! {
         assert!(runs.starts_with('4'), "the last push's payload: {runs:?}");
     }
 }
+
+store_test! {
+    /// The worker wakes when a failed job's backoff is over, not at its next poll (a minute here).
+    async fn a_retry_runs_when_its_backoff_ends_not_at_the_next_poll(backend) {
+        let app = spawn_app_with_worker(&backend, "poll_interval = \"60s\"", &format!(
+            r#"{GITHUB_SOURCE}
+    [[routes]]
+    name = "retry-wake"
+    source = "github"
+    action = {{ type = "command", argv = ["sh", "-c", "exit 3"] }}
+    retry = {{ max_attempts = 3, initial = "200ms", max = "300ms" }}
+    "#
+        ))
+        .await;
+        let started = std::time::Instant::now();
+        let json: serde_json::Value = app.github("push", "retry-wake-1", "{}").await.json().await.unwrap();
+        let jobs = terminal_jobs(&app, json["id"].as_str().unwrap()).await;
+        assert_eq!((jobs[0]["status"].as_str(), jobs[0]["attempts"].as_i64()), (Some("dead"), Some(3)), "{jobs:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(8), "three attempts took {took:?}: a retry waited for a poll");
+    }
+}
