@@ -243,17 +243,13 @@ store_test! {
     /// A keyed job waits out its coalesce window; the worker wakes when it comes due instead of at its next poll
     /// (a minute here), and a burst for one key runs it once with the last payload.
     async fn a_coalesced_job_runs_when_its_window_ends_not_at_the_next_poll(backend) {
-        let app = spawn_app_with_worker(&backend, "poll_interval = \"60s\"", &format!(
-            r#"{GITHUB_SOURCE}
-    [[routes]]
+        let app = polling_once_a_minute(&backend, r#"
     name = "coalesced-wake"
-    source = "github"
     filter = 'event == "push"'
-    coalesce = "{{{{ body.repository.full_name }}}}"
+    coalesce = "{{ body.repository.full_name }}"
     coalesce_window = "400ms"
-    action = {{ type = "command", argv = ["sh", "-c", "printf '%s\n' \"$1\" >> {{dir}}/runs.txt", "sh", "{{{{ body.after }}}}"] }}
-    "#
-        ))
+    action = { type = "command", argv = ["sh", "-c", "printf '%s\n' \"$1\" >> {dir}/runs.txt", "sh", "{{ body.after }}"] }
+    "#)
         .await;
         let started = std::time::Instant::now();
         for i in 0..5 {
@@ -276,15 +272,11 @@ store_test! {
 store_test! {
     /// The worker wakes when a failed job's backoff is over, not at its next poll (a minute here).
     async fn a_retry_runs_when_its_backoff_ends_not_at_the_next_poll(backend) {
-        let app = spawn_app_with_worker(&backend, "poll_interval = \"60s\"", &format!(
-            r#"{GITHUB_SOURCE}
-    [[routes]]
+        let app = polling_once_a_minute(&backend, r#"
     name = "retry-wake"
-    source = "github"
-    action = {{ type = "command", argv = ["sh", "-c", "exit 3"] }}
-    retry = {{ max_attempts = 3, initial = "200ms", max = "300ms" }}
-    "#
-        ))
+    action = { type = "command", argv = ["sh", "-c", "exit 3"] }
+    retry = { max_attempts = 3, initial = "200ms", max = "300ms" }
+    "#)
         .await;
         let started = std::time::Instant::now();
         let json: serde_json::Value = app.github("push", "retry-wake-1", "{}").await.json().await.unwrap();
@@ -293,4 +285,11 @@ store_test! {
         let took = started.elapsed();
         assert!(took < Duration::from_secs(8), "three attempts took {took:?}: a retry waited for a poll");
     }
+}
+
+/// An app whose worker polls once a minute, with one GitHub route (`route`: its keys but `source`): what runs
+/// within seconds ran because the worker woke for it.
+async fn polling_once_a_minute(backend: &Backend, route: &str) -> TestApp {
+    let body = format!("{GITHUB_SOURCE}\n[[routes]]\nsource = \"github\"{route}");
+    spawn_app_with_worker(backend, "poll_interval = \"60s\"", &body).await
 }
