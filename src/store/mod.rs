@@ -55,7 +55,8 @@ pub fn id_floor(at: Millis) -> String {
     format!("{:08x}-{:04x}-0000-0000-000000000000", ms >> 16, ms & 0xffff)
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: one failed batch (a group commit) is the answer of every write in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or refused the write; nothing was committed.
     #[error("store unavailable: {0}")]

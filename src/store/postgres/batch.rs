@@ -92,14 +92,6 @@ async fn collect(pool: Pool, mut waiting: mpsc::Receiver<Pending>) {
     }
 }
 
-/// StoreError is not Clone; one batch failure is reported to every request of the batch.
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
-}
-
 /// Whether a failed batch statement may owe its failure to one of its requests (a constraint or data error,
 /// a deadlock with another writer): then each request is written again on its own. Connection, resource and
 /// shutdown errors (or none from the server at all) fail every request alike.
@@ -110,7 +102,7 @@ fn tied_to_a_request(e: &tokio_postgres::Error) -> bool {
 /// Write `requests` in one statement on one pooled connection and answer each, in order: `Stored` once
 /// committed, `Duplicate` with the first copy's id (from the table or from earlier in the batch), or the error.
 pub(super) async fn write(pool: &Pool, requests: Vec<Request>) -> Vec<Result<Insert, StoreError>> {
-    let every = |e: StoreError| (0..requests.len()).map(|_| Err(copy_error(&e))).collect();
+    let every = |e: StoreError| (0..requests.len()).map(|_| Err(e.clone())).collect();
     let client = match pool.get().await {
         Ok(client) => client,
         Err(e) => return every(unavailable(e)),
@@ -145,7 +137,7 @@ pub(super) async fn write(pool: &Pool, requests: Vec<Request>) -> Vec<Result<Ins
                     Some(id) => Ok(Insert::Duplicate { id }),
                     None => Err(row::id_taken(d)),
                 },
-                Err(e) => Err(copy_error(e)),
+                Err(e) => Err(e.clone()),
             }
         })
         .collect()

@@ -16,14 +16,6 @@ use crate::store::StoreError;
 /// The most commands one transaction takes; bounds the latency a batch adds to its first request.
 const MAX_BATCH: usize = 256;
 
-/// StoreError is not Clone; one batch failure is reported to every command of the batch.
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
-    }
-}
-
 pub(super) fn writer_gone() -> StoreError {
     StoreError::Unavailable("the SQLite writer has stopped".into())
 }
@@ -61,7 +53,7 @@ where
         let this = *self;
         let answer = match (this.result, committed) {
             (Some(Err(e)), _) => Err(e),
-            (_, Err(e)) => Err(copy_error(e)),
+            (_, Err(e)) => Err(e.clone()),
             (Some(Ok(value)), Ok(())) => Ok(value),
             (None, Ok(())) => Err(internal("a store write did not run")),
         };
