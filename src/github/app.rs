@@ -28,6 +28,9 @@ pub struct App {
     installation: Mutex<Option<u64>>,
     jwt: Mutex<Option<(Secret, SystemTime)>>,
     token: Mutex<Option<(Secret, SystemTime)>>,
+    /// Held while a token is minted: callers that miss the cache together (two actions and a recovery round
+    /// at once) wait for that one token instead of minting one each.
+    minting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for App {
@@ -83,7 +86,14 @@ pub fn jwt(key: &RsaKeyPair, app_id: u64, now: SystemTime) -> Result<String, Str
 
 impl App {
     pub fn new(app_id: u64, key: TokenSource, installation: Option<u64>) -> Self {
-        App { app_id, key, installation: Mutex::new(installation), jwt: Mutex::default(), token: Mutex::default() }
+        App {
+            app_id,
+            key,
+            installation: Mutex::new(installation),
+            jwt: Mutex::default(),
+            token: Mutex::default(),
+            minting: tokio::sync::Mutex::default(),
+        }
     }
 
     /// Check the key now (at load), as every later use will.
@@ -122,15 +132,13 @@ impl App {
         api_url: &str,
         hook: &Hook,
     ) -> Result<Secret, GithubError> {
-        let now = SystemTime::now();
-        if let Some((token, _)) = self
-            .token
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .filter(|(_, expires)| *expires > now + RENEW_BEFORE)
-        {
-            return Ok(token.clone());
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
+        }
+        let _minting = self.minting.lock().await;
+        // Another caller may have minted one while this one waited.
+        if let Some(token) = self.cached_token() {
+            return Ok(token);
         }
         let installation = self.installation(http, api_url, hook).await?;
         let url = format!("{api_url}/app/installations/{installation}/access_tokens");
@@ -151,6 +159,13 @@ impl App {
         let token = Secret::new(issued.token);
         *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), expires));
         Ok(token)
+    }
+
+    /// The cached installation token, unless it is due for renewal.
+    fn cached_token(&self) -> Option<Secret> {
+        let cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let (token, expires) = cached.as_ref()?;
+        (*expires > SystemTime::now() + RENEW_BEFORE).then(|| token.clone())
     }
 
     /// The installation: configured, or the one GitHub names for the hook's repository or organization.

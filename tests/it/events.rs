@@ -1,6 +1,7 @@
 //! Operational events (the built-in `hookgate` source) end to end against real peers, and the
 //! `hookgate_queue_oldest_seconds` gauge.
 
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,28 +11,36 @@ use crate::helpers::*;
 
 const APP_TOKEN: &str = "events-app-token";
 
-/// A real HTTP peer on 127.0.0.1:0 that answers every request with one status and keeps the bodies.
+/// A real HTTP peer on 127.0.0.1:0 that answers every request with one status (until told another) and keeps
+/// the bodies.
 #[derive(Clone)]
 struct Peer {
     url: String,
     bodies: Arc<Mutex<Vec<bytes::Bytes>>>,
+    status: Arc<AtomicU16>,
 }
 
 impl Peer {
     async fn start(status: u16) -> Peer {
         let bodies: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
-        let log = bodies.clone();
+        let status = Arc::new(AtomicU16::new(status));
+        let (log, answer) = (bodies.clone(), status.clone());
         let app = axum::Router::new().fallback(move |body: bytes::Bytes| {
-            let log = log.clone();
+            let (log, answer) = (log.clone(), answer.clone());
             async move {
                 log.lock().unwrap().push(body);
-                StatusCode::from_u16(status).unwrap()
+                StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Peer { url, bodies }
+        Peer { url, bodies, status }
+    }
+
+    /// Answer every later request with `status`.
+    fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
     }
 
     fn bodies(&self) -> Vec<serde_json::Value> {
@@ -214,7 +223,7 @@ circuit_breaker = { window = "60s", max_failures = 2, open_for = "1h" }"#;
         };
 
         // Two failures open the circuit.
-        publish(&app, r#"{"n":1}"#).await;
+        let id = publish(&app, r#"{"n":1}"#).await;
         let got = events(1).await;
         assert_eq!(got[0]["event"], "circuit.opened", "{got:?}");
         assert_eq!(got[0]["route"], "deploy");
@@ -234,7 +243,9 @@ circuit_breaker = { window = "60s", max_failures = 2, open_for = "1h" }"#;
         assert_eq!((got[1]["event"].as_str(), got[1]["by"].as_str()), (Some("route.paused"), Some("dana")));
         assert_eq!(got[1]["reason"], "peer down");
 
-        // Resuming clears the pause and the open circuit: two events.
+        // The peer is back. Resuming clears the pause and the open circuit: two events. (Were the peer still
+        // down, the held job's next failures would open the circuit again at once, a fifth event.)
+        target.answer(200);
         assert_eq!(app.admin_post("/api/v1/routes/deploy/resume").await.status(), 200);
         let got = events(4).await;
         // Both are stored at once and their jobs run side by side: they may arrive in either order.
@@ -246,5 +257,7 @@ circuit_breaker = { window = "60s", max_failures = 2, open_for = "1h" }"#;
         // Every event is stored as a delivery of the `hookgate` source.
         let stored = app.admin_get("/api/v1/deliveries?source=hookgate").await;
         assert_eq!(stored["items"].as_array().unwrap().len(), 4, "{stored}");
+        // The job held by the open circuit and the pause ran once they were cleared.
+        assert_eq!(terminal_jobs(&app, &id).await[0]["status"], "succeeded");
     }
 }
