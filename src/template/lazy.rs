@@ -67,8 +67,14 @@ impl JsonDoc {
 /// Whether objects and arrays in `text`, read as JSON, nest deeper than `limit` (brackets inside strings
 /// do not count). Exact for valid JSON; anything else the parser refuses anyway.
 pub fn nests_deeper_than(text: &[u8], limit: usize) -> bool {
-    // Most bodies have fewer brackets in all than the limit: one vectorised count settles those.
-    if text.iter().filter(|&&b| b == b'{' || b == b'[').count() <= limit {
+    // Most bodies have fewer brackets in all than the limit: one vectorised count settles those. Counting
+    // into a byte per chunk of 255 keeps every SIMD lane a byte wide: 0.24 µs for the 7.5 KB push against
+    // 2.9 µs counting into a usize, which widened each byte to 64 bits (3.6 % of the edge's CPU in perf).
+    let brackets: usize = text
+        .chunks(255)
+        .map(|chunk| chunk.iter().map(|&b| u8::from(b == b'{' || b == b'[')).sum::<u8>() as usize)
+        .sum();
+    if brackets <= limit {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -357,6 +363,14 @@ mod tests {
             let err = JsonDoc::validate(Bytes::from(nested(levels))).unwrap_err();
             assert!(matches!(err, DocError::TooDeep), "{levels}: {err}");
         }
+    }
+
+    #[test]
+    fn brackets_are_counted_across_the_whole_body_not_one_chunk() {
+        // 129 levels, two bytes each: the last bracket falls past the first 255 bytes.
+        let spaced = |levels: usize| format!("{}{}", "[ ".repeat(levels), "] ".repeat(levels));
+        assert!(JsonDoc::validate(Bytes::from(spaced(MAX_NESTING))).is_ok());
+        assert!(matches!(JsonDoc::validate(Bytes::from(spaced(MAX_NESTING + 1))), Err(DocError::TooDeep)));
     }
 
     #[test]
