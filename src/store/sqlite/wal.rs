@@ -9,7 +9,7 @@ use rusqlite::Connection;
 
 /// The least time between two checkpoints. Each checkpoint ends by syncing the pages it copied, and the
 /// writer's next WAL sync waits behind that flush: short pauses keep every flush small. At 10,000 requests/s,
-/// 100 ms put p99 at 31–39 ms, 10 ms at 7–8 ms (bench/RESULTS.md, 2026-12-07), for ~8 % less peak ingest
+/// 100 ms put p99 at 31–39 ms, 10 ms at 7–8 ms (bench/RESULTS.md, 2026-12-07), for ~10 % less peak ingest
 /// (a page written by many batches, an index leaf, is copied more often).
 const CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
 
