@@ -1,7 +1,7 @@
 //! SQLite store: one writer thread commits batches (group commit), a small pool of readers serves queries.
 //!
 //! Durability: WAL with `synchronous = FULL`, so a method that changes state answers only after its COMMIT
-//! reached the disk; bodies are LZ4-compressed by the caller (see `codec`), so each commit syncs fewer
+//! reached the disk; bodies are zstd-compressed by the caller (see `codec`), so each commit syncs fewer
 //! bytes. Throughput: every write waiting when the writer thread becomes free joins one transaction and the
 //! whole batch shares one `fdatasync` (`.cargo/config.toml` builds SQLite to use it). A batch in which a
 //! write fails runs again with each write in its own SAVEPOINT, so one failure does not undo the others.
