@@ -5,6 +5,7 @@
 //! The private key, the JWT and the tokens never reach a log line, an error, the API or the dashboard: errors
 //! name the key's key or file and GitHub's answer, never a value.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,8 +30,11 @@ pub struct App {
     jwt: Mutex<Option<(Secret, SystemTime)>>,
     token: Mutex<Option<(Secret, SystemTime)>>,
     /// Held while a token is minted: callers that miss the cache together (two actions and a recovery round
-    /// at once) wait for that one token instead of minting one each.
-    minting: tokio::sync::Mutex<()>,
+    /// at once) wait for that one token instead of minting one each. It keeps how the last mint failed.
+    minting: tokio::sync::Mutex<Option<GithubError>>,
+    /// Mints tried so far (changed only under `minting`): a caller that saw another mint start and end while it
+    /// waited takes that mint's failure rather than queueing one more 30 s try against a GitHub that is down.
+    mints: AtomicU64,
 }
 
 impl std::fmt::Debug for App {
@@ -93,6 +97,7 @@ impl App {
             jwt: Mutex::default(),
             token: Mutex::default(),
             minting: tokio::sync::Mutex::default(),
+            mints: AtomicU64::new(0),
         }
     }
 
@@ -135,11 +140,32 @@ impl App {
         if let Some(token) = self.cached_token() {
             return Ok(token);
         }
-        let _minting = self.minting.lock().await;
-        // Another caller may have minted one while this one waited.
+        let seen = self.mints.load(Ordering::Acquire);
+        let mut last_failure = self.minting.lock().await;
+        // Another caller may have minted one while this one waited, or failed to.
         if let Some(token) = self.cached_token() {
             return Ok(token);
         }
+        if self.mints.load(Ordering::Acquire) != seen {
+            if let Some(failed) = last_failure.as_ref() {
+                return Err(failed.clone());
+            }
+        }
+        let minted = self.mint(http, api_url, hook).await;
+        *last_failure = minted.as_ref().err().cloned();
+        self.mints.fetch_add(1, Ordering::AcqRel);
+        let (token, expires) = minted?;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), expires));
+        Ok(token)
+    }
+
+    /// Ask GitHub for a new installation token; returns it and when it expires.
+    async fn mint(
+        &self,
+        http: &reqwest::Client,
+        api_url: &str,
+        hook: &Hook,
+    ) -> Result<(Secret, SystemTime), GithubError> {
         let installation = self.installation(http, api_url, hook).await?;
         let url = format!("{api_url}/app/installations/{installation}/access_tokens");
         let (status, headers, body) = super::api::send(http, reqwest::Method::POST, &url, &self.jwt()?).await?;
@@ -156,9 +182,7 @@ impl App {
             serde_json::from_slice(&body).map_err(|_| GithubError::Invalid("an installation token answer".into()))?;
         let expires = humantime::parse_rfc3339_weak(issued.expires_at.trim_end_matches('Z'))
             .map_err(|_| GithubError::Invalid("an installation token's expires_at".into()))?;
-        let token = Secret::new(issued.token);
-        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = Some((token.clone(), expires));
-        Ok(token)
+        Ok((Secret::new(issued.token), expires))
     }
 
     /// The cached installation token, unless it is due for renewal.
@@ -222,6 +246,63 @@ mod tests {
             .unwrap();
         assert!(public.status.success());
         (key, public.stdout)
+    }
+
+    /// A loopback stand-in for `POST /app/installations/7/access_tokens` that counts the requests, waits a
+    /// little (so callers pile up behind the first), and answers `status`.
+    async fn token_endpoint(status: u16) -> (String, std::sync::Arc<AtomicU64>) {
+        let asked = std::sync::Arc::new(AtomicU64::new(0));
+        let count = asked.clone();
+        let app = axum::Router::new().route(
+            "/app/installations/7/access_tokens",
+            axum::routing::post(move || {
+                let count = count.clone();
+                async move {
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let body = format!(r#"{{"token":"ghs_minted{n}","expires_at":"2999-01-01T00:00:00Z"}}"#);
+                    (axum::http::StatusCode::from_u16(status).unwrap(), body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, asked)
+    }
+
+    /// Eight callers at once, all missing the cache: what each got, and how many mints GitHub saw.
+    async fn eight_at_once(status: u16) -> (Vec<Result<String, GithubError>>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = keypair(dir.path());
+        let app = std::sync::Arc::new(App::new(4242, TokenSource::File(key), Some(7)));
+        let (url, asked) = token_endpoint(status).await;
+        let http = reqwest::Client::new();
+        let hook = Hook::Repository { owner: "octo".into(), repo: "hello".into(), id: 1 };
+        let calls = (0..8).map(|_| {
+            let (app, http, url, hook) = (app.clone(), http.clone(), url.clone(), hook.clone());
+            tokio::spawn(async move {
+                app.installation_token(&http, &url, &hook)
+                    .await
+                    .map(|t| String::from_utf8_lossy(t.expose()).into_owned())
+            })
+        });
+        let got = futures_util::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+        (got, asked.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn callers_that_miss_the_cache_together_share_one_minted_token() {
+        let (got, asked) = eight_at_once(201).await;
+        assert_eq!(asked, 1, "one mint for eight callers");
+        assert!(got.iter().all(|t| t.as_deref() == Ok("ghs_minted1")), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_a_mint_that_fails_share_its_error_instead_of_each_trying_again() {
+        let (got, asked) = eight_at_once(503).await;
+        assert_eq!(asked, 1, "a GitHub that is down is asked once, not once per waiting caller");
+        assert!(got.iter().all(|r| matches!(r, Err(GithubError::Status { status: 503, .. }))), "{got:?}");
     }
 
     #[test]
