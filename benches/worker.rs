@@ -8,6 +8,9 @@
 //!       runs `/bin/true` with `coalesce = "{{ body.repository.full_name }}"` and `coalesce_window = "2s"`;
 //!       reports how often it ran.
 //!
+//!   HOOKGATE_BENCH_STORE=postgres://…?options=-csearch_path%3D<fresh schema> cargo bench --bench worker -- …
+//!       the same on another store (default: a fresh SQLite file); `bench/worker-stores` runs both side by side.
+//!
 //! Bounded by count; everything listens on 127.0.0.1. Numbers go to bench/RESULTS.md, never into tests.
 
 use std::collections::BTreeMap;
@@ -66,10 +69,11 @@ async fn no_op_peer() -> (u16, Arc<AtomicU64>) {
 }
 
 async fn build(dir: &std::path::Path, routes: &str, concurrency: usize) -> Application {
+    let url =
+        std::env::var("HOOKGATE_BENCH_STORE").unwrap_or_else(|_| format!("sqlite://{}/hookgate.db", dir.display()));
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"sqlite://{}/hookgate.db\"\n[worker]\nconcurrency = {concurrency}\n\
-         [[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"bench-secret\"]\n{routes}",
-        dir.display()
+        "[server]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = \"{url}\"\n[worker]\nconcurrency = {concurrency}\n\
+         [[sources]]\nname = \"github\"\nprovider = \"github\"\nsecrets = [\"bench-secret\"]\n{routes}"
     );
     let config = hookgate::config::parse(&text, dir, &BTreeMap::<String, String>::new()).expect("bench config");
     Application::build(config).await.expect("application")
