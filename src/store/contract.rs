@@ -48,6 +48,7 @@ macro_rules! contract_suite {
             claims_lease_retry_and_finish,
             an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish,
             a_failing_job_retries_then_dies_with_an_attempt_row_each_time,
+            an_outcome_whose_output_holds_nul_bytes_is_recorded,
             releasing_a_job_does_not_use_up_an_attempt,
             a_dead_job_can_be_retried_and_a_queued_one_cannot,
             replayed_jobs_attach_to_a_stored_delivery_and_coalesce,
@@ -373,6 +374,22 @@ pub async fn a_failing_job_retries_then_dies_with_an_attempt_row_each_time(f: &d
     let list = store.list_deliveries(Default::default()).await.unwrap();
     assert_eq!(list.items[0].jobs.dead, 1);
     assert_eq!(list.items[0].jobs.queued, 1);
+}
+
+/// A command that prints NUL bytes (broken or compromised) still gets its outcome recorded.
+pub async fn an_outcome_whose_output_holds_nul_bytes_is_recorded(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", None);
+    let d = store_one(store, "d1", vec![j.clone()]).await;
+    store.claim_jobs(claim("w", &["r"], 1)).await.unwrap();
+    let mut attempt = record(1, false);
+    attempt.output = Some("before\0after".into());
+    attempt.error = Some("exit\0status 1".into());
+    assert!(store.finish_job(&j.id, "w", attempt, NextState::Dead).await.unwrap());
+    let detail = store.get_delivery(&d).await.unwrap().unwrap();
+    let output = detail.jobs[0].attempts[0].output.clone().unwrap();
+    assert!(output.starts_with("before") && output.ends_with("after"), "{output:?}");
+    assert!(detail.jobs[0].job.last_error.as_deref().unwrap().starts_with("exit"));
 }
 
 pub async fn releasing_a_job_does_not_use_up_an_attempt(f: &dyn Fixture) {

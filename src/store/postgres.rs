@@ -97,6 +97,8 @@ async fn finish_attempt(
     next: NextState,
 ) -> Result<bool, StoreError> {
     let (status, run_at) = next.row();
+    // PostgreSQL's text cannot hold NUL (22021): a command that printed one would leave its outcome unrecorded.
+    let (error, output) = (without_nul(&attempt.error), without_nul(&attempt.output));
     // One statement, so atomic on its own: the job moves on and its attempt is recorded, or, when the lease was
     // lost, neither. Outside a transaction it is one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT).
     let recorded = client
@@ -119,18 +121,24 @@ async fn finish_attempt(
                 &owner,
                 &status,
                 &run_at,
-                &attempt.error,
+                &error,
                 &attempt.finished_at,
                 &(attempt.attempt as i32),
                 &attempt.started_at,
                 &attempt.ok,
-                &attempt.output,
+                &output,
                 &attempt.status_code.map(i32::from),
             ],
         )
         .await
         .map_err(pg_error)?;
     Ok(recorded == 1)
+}
+
+/// `text` with each NUL replaced by U+FFFD, borrowed when it has none.
+fn without_nul(text: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
+    let text = text.as_deref()?;
+    Some(if text.contains('\0') { text.replace('\0', "\u{FFFD}").into() } else { text.into() })
 }
 
 /// Coalesce keys held by a live lease among the claimed routes: no second job of one of them may start.
