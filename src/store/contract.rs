@@ -49,6 +49,7 @@ macro_rules! contract_suite {
             an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish,
             a_failing_job_retries_then_dies_with_an_attempt_row_each_time,
             an_outcome_whose_output_holds_nul_bytes_is_recorded,
+            concurrent_outcomes_are_each_recorded_once_and_only_by_their_owner,
             releasing_a_job_does_not_use_up_an_attempt,
             a_dead_job_can_be_retried_and_a_queued_one_cannot,
             replayed_jobs_attach_to_a_stored_delivery_and_coalesce,
@@ -390,6 +391,51 @@ pub async fn an_outcome_whose_output_holds_nul_bytes_is_recorded(f: &dyn Fixture
     let output = detail.jobs[0].attempts[0].output.clone().unwrap();
     assert!(output.starts_with("before") && output.ends_with("after"), "{output:?}");
     assert!(detail.jobs[0].job.last_error.as_deref().unwrap().starts_with("exit"));
+}
+
+/// Outcomes that end together (the PostgreSQL store records them in one statement) are each recorded once,
+/// each answered for its own job: an owner that lost the lease gets false and writes nothing, and the queue
+/// depths stay exact.
+pub async fn concurrent_outcomes_are_each_recorded_once_and_only_by_their_owner(f: &dyn Fixture) {
+    let store = f.store();
+    for i in 0..120 {
+        store.insert_delivery(delivery("github", &format!("o{i}")), vec![job("r", None)]).await.unwrap();
+    }
+    let a = store.claim_jobs(claim("a", &["r"], 60)).await.unwrap();
+    let b = store.claim_jobs(claim("b", &["r"], 60)).await.unwrap();
+    assert_eq!((a.len(), b.len()), (60, 60));
+    let next = |i: usize| match i % 3 {
+        0 => NextState::Succeeded,
+        1 => NextState::Retry { at: now_ms() + HOUR },
+        _ => NextState::Dead,
+    };
+    let finishes = a
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.id.clone(), "a", next(i), true))
+        // Twenty of b's jobs finished by an owner that does not hold them; the other forty by b.
+        .chain(b.iter().take(20).map(|j| (j.id.clone(), "a", NextState::Succeeded, false)))
+        .chain(b.iter().skip(20).enumerate().map(|(i, j)| (j.id.clone(), "b", next(i), true)));
+    let answers = futures_util::future::join_all(finishes.map(|(id, owner, next, expected)| async move {
+        let recorded = store.finish_job(&id, owner, record(1, next == NextState::Succeeded), next).await.unwrap();
+        (id, recorded, expected)
+    }))
+    .await;
+    for (id, recorded, expected) in &answers {
+        assert_eq!(recorded, expected, "job {id}");
+    }
+    assert_eq!(f.rows("attempts").await, 100);
+    let counts = store.job_counts().await.unwrap();
+    // 100 finished in turn as succeeded, retried (queued again) and dead: 34, 33 and 33; 20 still running.
+    assert_eq!((counts.running, counts.queued, counts.succeeded, counts.dead), (20, 33, 34, 33));
+    let retried = job_of(store, &a[1].id).await;
+    assert_eq!((retried.status, retried.last_error.as_deref()), (JobStatus::Queued, Some("failure 1")));
+    for j in b.iter().take(20) {
+        assert_eq!(job_of(store, &j.id).await.status, JobStatus::Running);
+        assert!(store.finish_job(&j.id, "b", record(1, true), NextState::Succeeded).await.unwrap());
+    }
+    assert_eq!(f.rows("attempts").await, 120);
+    assert_eq!(store.job_counts().await.unwrap().running, 0);
 }
 
 pub async fn releasing_a_job_does_not_use_up_an_attempt(f: &dyn Fixture) {

@@ -3,7 +3,9 @@
 //! Ingest is group-committed (`postgres/batch.rs`): deliveries whose jobs have no coalesce key, from
 //! concurrent requests, are written by one statement (one transaction) on a pooled connection, and each
 //! caller is answered after that COMMIT; a batch that fails for one request's sake is written again one
-//! request at a time. Every other write (a delivery with keyed jobs, claims, outcomes, bulk operations) is
+//! request at a time. Job outcomes are group-committed the same way (`postgres/outcomes.rs`), both through
+//! `postgres/group.rs`. A claim is one short transaction under one advisory lock, its reads pipelined and every
+//! statement prepared once per connection. Every other write (a delivery with keyed jobs, bulk operations) is
 //! one transaction of its own, and PostgreSQL's own group commit batches the WAL flushes of concurrent ones.
 //! A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as the URL's
 //! `sslmode` asks, the way libpq reads it (`postgres_tls`). The bulk operations (retry, cancel and replay by
@@ -11,7 +13,9 @@
 
 mod batch;
 mod bulk;
+mod group;
 mod leases;
+mod outcomes;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -42,6 +46,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("migrations/postgres/0011_leases.sql")),
     // Version 12 is SQLite's leaner delivery indexes; PostgreSQL purges and searches through its own.
     (13, include_str!("migrations/postgres/0013_body_lz4.sql")),
+    (14, include_str!("migrations/postgres/0014_route_queue_order.sql")),
 ];
 
 /// Run after the migrations have committed, at every start, each a no-op once done: work that must not hold
@@ -61,6 +66,7 @@ pub(super) const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
 pub struct PostgresStore {
     pool: Pool,
     batcher: batch::Batcher,
+    outcomes: outcomes::Outcomes,
 }
 
 fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
@@ -70,16 +76,16 @@ fn unavailable(e: deadpool_postgres::PoolError) -> StoreError {
 /// Settle the claimed routes' jobs whose lease expired as failed attempts (see [`Claim::after_lost`]). They
 /// are few: at most the jobs that were running when an instance died.
 async fn settle_expired(tx: &deadpool_postgres::Transaction<'_>, claim: &Claim) -> Result<(), StoreError> {
-    let expired = tx
-        .query(
+    let statement = tx
+        .prepare_cached(
             "SELECT id, route, attempts, updated_at, COALESCE(lease_owner, '') FROM jobs
              WHERE status = 'running' AND lease_until < $2 AND route = ANY($1)
              ORDER BY run_at, id
              FOR UPDATE SKIP LOCKED",
-            &[&claim.routes, &claim.now],
         )
         .await
         .map_err(pg_error)?;
+    let expired = tx.query(&statement, &[&claim.routes, &claim.now]).await.map_err(pg_error)?;
     for row in &expired {
         let (id, route): (&str, &str) = (row.get(0), row.get(1));
         let (record, next) = claim.after_lost(id, route, row.get::<_, i32>(2) as u32, row.get(3));
@@ -143,25 +149,37 @@ fn without_nul(text: &Option<String>) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Coalesce keys held by a live lease among the claimed routes: no second job of one of them may start.
 async fn busy_keys(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     claim: &Claim,
 ) -> Result<HashSet<(String, String)>, StoreError> {
-    let rows = tx
-        .query(
+    let statement = tx
+        .prepare_cached(
             "SELECT DISTINCT route, coalesce_key FROM jobs
              WHERE status = 'running' AND lease_until >= $2 AND coalesce_key IS NOT NULL AND route = ANY($1)",
-            &[&claim.routes, &claim.now],
         )
         .await
         .map_err(pg_error)?;
+    let rows = tx.query(&statement, &[&claim.routes, &claim.now]).await.map_err(pg_error)?;
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
+/// Due queued jobs of the routes `$1` after `($3, $4)` in queue order, at most `$5`: each route's from its
+/// own range of `jobs_route_queue_order`, merged.
+const PICK_QUEUED: &str = "SELECT j.id, j.route, j.coalesce_key, j.run_at
+     FROM (SELECT DISTINCT unnest($1::text[])) AS r (route) CROSS JOIN LATERAL (
+         SELECT id, route, coalesce_key, run_at FROM jobs
+         WHERE status = 'queued' AND route = r.route AND run_at <= $2 AND (run_at, id) > ($3, $4)
+         ORDER BY run_at, id
+         LIMIT $5
+     ) j
+     ORDER BY j.run_at, j.id
+     LIMIT $5";
+
 /// Add jobs of `routes` to `picked` in queue order until it holds `up_to`: due queued jobs read from the
-/// `jobs_queue` index a page at a time, so a claim costs the same with a backlog of millions.
+/// `jobs_route_queue_order` index a page at a time, so a claim costs the same with a backlog of millions.
 /// One job per (route, coalesce key), and none whose key is held by a live lease (`keys_taken`).
 async fn pick_candidates(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     claim: &Claim,
     routes: &[String],
     up_to: usize,
@@ -177,46 +195,61 @@ async fn pick_candidates(
         }
         picked.push(row.get(0));
     };
-    let queued = tx
-        .prepare(
-            "SELECT id, route, coalesce_key FROM jobs
-             WHERE status = 'queued' AND run_at <= $2 AND route = ANY($1)
-             ORDER BY run_at, id",
-        )
-        .await
-        .map_err(pg_error)?;
-    let portal = tx.bind(&queued, &[&routes, &claim.now]).await.map_err(pg_error)?;
-    let page = ((up_to - picked.len()) * 2).clamp(16, 1024) as i32;
+    // A page at a time, each a query of its own after the last row seen. Each route's due jobs are read in
+    // order from its range of `jobs_route_queue_order` (migration 14) and stop at the page's size, whatever
+    // the table's statistics say; an open-ended query read in pages was planned to read and sort every queued
+    // job of the routes first (17 ms a claim with 28,000 queued).
+    let queued = tx.prepare_cached(PICK_QUEUED).await.map_err(pg_error)?;
+    let page = ((up_to - picked.len()) * 2).clamp(16, 1024) as i64;
+    let mut after: (Millis, String) = (Millis::MIN, String::new());
     while picked.len() < up_to {
-        let rows = tx.query_portal(&portal, page).await.map_err(pg_error)?;
+        let rows = tx.query(&queued, &[&routes, &claim.now, &after.0, &after.1, &page]).await.map_err(pg_error)?;
         for row in &rows {
             if picked.len() < up_to {
                 take(row, picked);
             }
         }
-        if rows.len() < page as usize {
-            break;
+        match rows.last() {
+            Some(last) if rows.len() == page as usize => after = (last.get(3), last.get(0)),
+            _ => break,
         }
     }
     Ok(())
+}
+
+/// What a claim is planned from: the routes' shared state, the jobs running on every instance for routes
+/// with a `concurrency` cap, and the coalesce keys held by live leases.
+struct ClaimInputs {
+    states: HashMap<String, control::RouteState>,
+    running: HashMap<String, usize>,
+    keys_taken: HashSet<(String, String)>,
+}
+
+/// Read a claim's inputs with their statements pipelined: one round trip, not three.
+async fn claim_inputs(tx: &deadpool_postgres::Transaction<'_>, claim: &Claim) -> Result<ClaimInputs, StoreError> {
+    let limited: Vec<&String> =
+        claim.routes.iter().filter(|r| claim.limits.get(*r).is_some_and(|l| l.concurrency.is_some())).collect();
+    let running = async {
+        match limited.is_empty() {
+            true => Ok(HashMap::new()),
+            false => postgres_control::running_counts(tx, &limited, claim.now).await,
+        }
+    };
+    let (states, running, keys_taken) =
+        tokio::try_join!(postgres_control::load_route_states(tx, &claim.routes), running, busy_keys(tx, claim))?;
+    Ok(ClaimInputs { states, running, keys_taken })
 }
 
 /// Choose the jobs to claim: the routes' shared state and their jobs running on every instance decide what
 /// each may start (see [`control::plan_claim`]); a half-open route's probe is recorded here. Returns the
 /// picked ids in queue order per route and the probes among them.
 async fn plan_and_pick(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     claim: &Claim,
+    inputs: ClaimInputs,
 ) -> Result<(Vec<String>, HashSet<String>), StoreError> {
-    let mut states = postgres_control::load_route_states(tx, &claim.routes).await?;
-    let limited: Vec<&String> =
-        claim.routes.iter().filter(|r| claim.limits.get(*r).is_some_and(|l| l.concurrency.is_some())).collect();
-    let running = match limited.is_empty() {
-        true => HashMap::new(),
-        false => postgres_control::running_counts(tx, &limited, claim.now).await?,
-    };
+    let ClaimInputs { mut states, running, mut keys_taken } = inputs;
     let plan = control::plan_claim(&claim.routes, &claim.limits, &states, &running, claim.now);
-    let mut keys_taken = busy_keys(tx, claim).await?;
     let mut picked = Vec::new();
     let mut probes = HashSet::new();
     for capped in &plan.capped {
@@ -295,7 +328,7 @@ impl PostgresStore {
 
     /// A store on `pool` (not migrated), with its group-commit task started on the current runtime.
     fn with_pool(pool: Pool) -> Self {
-        PostgresStore { batcher: batch::Batcher::start(pool.clone()), pool }
+        PostgresStore { batcher: batch::start(pool.clone()), outcomes: outcomes::start(pool.clone()), pool }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -583,7 +616,7 @@ impl Store for PostgresStore {
 
     async fn insert_delivery(&self, d: Delivery, jobs: Vec<NewJob>) -> Result<Insert, StoreError> {
         if jobs.iter().all(|j| j.coalesce_key.is_none()) {
-            return self.batcher.insert(batch::Request { delivery: d, jobs }).await;
+            return self.batcher.submit(batch::Request { delivery: d, jobs }).await;
         }
         let started = std::time::Instant::now();
         let answer = self.insert_keyed(d, jobs).await;
@@ -611,56 +644,57 @@ impl Store for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
-        settle_expired(&tx, &claim).await?;
-        let (picked, probes) = plan_and_pick(&tx, &claim).await?;
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(pg_error)?;
+        tx.execute(&lock, &[&CLAIM_LOCK]).await.map_err(pg_error)?;
+        // Pipelined, in one round trip; each statement sees everything committed before the lock was granted.
+        let ((), inputs) = tokio::try_join!(settle_expired(&tx, &claim), claim_inputs(&tx, &claim))?;
+        let (picked, probes) = plan_and_pick(&tx, &claim, inputs).await?;
         if picked.is_empty() {
             tx.commit().await.map_err(pg_error)?;
             return Ok(Vec::new());
         }
         // Still claimable (nothing else claims while the lock is held, but a late `finish_job` may have
-        // moved one on); SKIP LOCKED never waits on a row another transaction is finishing.
-        let rows = tx
-            .query(
+        // moved one on); SKIP LOCKED never waits on a row another transaction is finishing. Each job comes
+        // back with its delivery, in the same statement.
+        let statement = tx
+            .prepare_cached(&format!(
                 "WITH picked AS (
                     SELECT id FROM jobs
                     WHERE id = ANY($1)
                       AND status = 'queued' AND run_at <= $2
                     FOR UPDATE SKIP LOCKED
+                 ), claimed AS (
+                    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
+                                    lease_until = COALESCE(($5::text::jsonb ->> jobs.route)::bigint, $4),
+                                    updated_at = $2
+                    FROM picked WHERE jobs.id = picked.id
+                    RETURNING jobs.id AS job_id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at,
+                              jobs.delivery_id
                  )
-                 UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
-                                 lease_until = COALESCE(($5::text::jsonb ->> jobs.route)::bigint, $4), updated_at = $2
-                 FROM picked WHERE jobs.id = picked.id
-                 RETURNING jobs.id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at, jobs.delivery_id",
-                &[&picked, &claim.now, &claim.owner, &claim.lease_until, &claim.leases_json()],
-            )
+                 SELECT c.job_id, c.route, c.coalesce_key, c.attempts, c.created_at, {DELIVERY_COLUMNS}
+                 FROM claimed c JOIN deliveries ON deliveries.id = c.delivery_id"
+            ))
             .await
             .map_err(pg_error)?;
-        let delivery_ids: Vec<String> = rows.iter().map(|r| r.get("delivery_id")).collect();
-        let deliveries = tx
-            .query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1)"), &[&delivery_ids])
+        let rows = tx
+            .query(&statement, &[&picked, &claim.now, &claim.owner, &claim.lease_until, &claim.leases_json()])
             .await
             .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
-        let by_id = deliveries
+        let mut claimed = rows
             .iter()
-            .map(|r| Ok((r.get::<_, String>("id"), stored_delivery(r)?)))
-            .collect::<Result<HashMap<String, Delivery>, StoreError>>()?;
-        let mut claimed: Vec<ClaimedJob> = rows
-            .iter()
-            .filter_map(|r| {
-                let delivery = by_id.get(r.get::<_, &str>("delivery_id"))?.clone();
-                Some(ClaimedJob {
-                    id: r.get("id"),
+            .map(|r| {
+                Ok(ClaimedJob {
+                    id: r.get("job_id"),
                     route: r.get("route"),
                     coalesce_key: r.get("coalesce_key"),
                     attempt: r.get::<_, i32>("attempts") as u32,
                     created_at: r.get("created_at"),
-                    probe: probes.contains(r.get::<_, &str>("id")),
-                    delivery,
+                    probe: probes.contains(r.get::<_, &str>("job_id")),
+                    delivery: stored_delivery(r)?,
                 })
             })
-            .collect();
+            .collect::<Result<Vec<ClaimedJob>, StoreError>>()?;
         // In queue order, as `pick_candidates` chose them (and as SQLite answers).
         let order: HashMap<&str, usize> = picked.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
         claimed.sort_by_key(|j| order.get(j.id.as_str()).copied());
@@ -674,8 +708,8 @@ impl Store for PostgresStore {
         attempt: AttemptRecord,
         next: NextState,
     ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        finish_attempt(&client, job_id, owner, &attempt, next).await
+        let outcome = outcomes::Outcome { job_id: job_id.to_string(), owner: owner.to_string(), attempt, next };
+        self.outcomes.submit(outcome).await
     }
 
     async fn release_job(&self, job_id: &str, owner: &str, run_at: Millis) -> Result<bool, StoreError> {
@@ -947,7 +981,7 @@ impl Store for PostgresStore {
     }
 }
 
-/// Each route's earliest due job, from the `jobs_route_queue` index (migration 8): one index seek per route, in
+/// Each route's earliest due job, from the `jobs_route_queue_order` index (migration 14): one index seek per route, in
 /// one round trip.
 const OLDEST_DUE: &str = "SELECT r.route, (SELECT j.run_at FROM jobs j
          WHERE j.route = r.route AND j.status = 'queued' AND j.run_at <= $2 ORDER BY j.run_at LIMIT 1)
@@ -1130,6 +1164,45 @@ mod tests {
         assert_eq!(dead.await, 0, "the rows of closed connections were folded");
         assert_eq!(rows("SELECT COUNT(*) FROM job_counts WHERE shard = 0").await, 1);
         assert_eq!(store.job_counts().await.unwrap().queued, 20);
+    }
+
+    /// A claim reads each route's due jobs in order from `jobs_route_queue_order` and stops at its page, even on
+    /// a table too new for statistics and with the plan PostgreSQL caches for every claim (the generic plan).
+    /// Read through `jobs_queue` filtered by route, such a table was planned to read and sort every queued job.
+    #[tokio::test]
+    async fn a_claim_reads_its_page_in_index_order_without_table_statistics() {
+        let Some(store) = store().await else { return };
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO deliveries (id, source, event, delivery, received_at, headers, body)
+                 VALUES ('d', 'github', 'push', 'd', 0, '', '');
+                 INSERT INTO jobs (id, delivery_id, route, status, attempts, run_at, created_at, updated_at)
+                 SELECT 'j' || g, 'd', CASE WHEN g % 10 = 0 THEN 'other' ELSE 'noop' END, 'queued', 0, 1000, 0, 0
+                 FROM generate_series(1, 20000) g",
+            )
+            .await
+            .unwrap();
+        let args = "ARRAY['noop', 'other'], 9999999999999, 0, '', 64";
+        let plan: Vec<String> = client
+            .simple_query(&format!(
+                "SET plan_cache_mode = force_generic_plan;
+                 PREPARE pick (text[], bigint, bigint, text, bigint) AS {PICK_QUEUED};
+                 EXPLAIN (ANALYZE, COSTS OFF) EXECUTE pick ({args})"
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap().to_string()),
+                _ => None,
+            })
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Scan using jobs_route_queue_order"), "{plan}");
+        // No step of the plan reads more than a page (64) from each of the two routes, of 20,000 queued jobs.
+        let most = plan.split("rows=").skip(1).filter_map(|r| r.split(' ').next()?.parse::<u32>().ok()).max();
+        assert!(most.is_some_and(|n| n <= 128), "{plan}");
     }
 
     #[tokio::test]

@@ -25,31 +25,39 @@ fn route_state(row: &Row) -> RouteState {
 
 /// The states of these routes that have a row.
 pub(super) async fn load_route_states(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     routes: &[String],
 ) -> Result<HashMap<String, RouteState>, StoreError> {
-    let rows = client
-        .query(&format!("SELECT {ROUTE_COLUMNS} FROM route_state WHERE route = ANY($1)"), &[&routes])
+    let statement = client
+        .prepare_cached(&format!("SELECT {ROUTE_COLUMNS} FROM route_state WHERE route = ANY($1)"))
         .await
         .map_err(pg_error)?;
+    let rows = client.query(&statement, &[&routes]).await.map_err(pg_error)?;
     Ok(rows.iter().map(route_state).map(|s| (s.route.clone(), s)).collect())
 }
 
-pub(super) async fn save_route_state(client: &impl GenericClient, s: &RouteState) -> Result<(), StoreError> {
+pub(super) async fn save_route_state(
+    client: &impl deadpool_postgres::GenericClient,
+    s: &RouteState,
+) -> Result<(), StoreError> {
     let (circuit, until) = s.circuit.columns();
     let paused = s.paused.as_ref();
     let stopped = s.stopped.as_ref();
-    client
-        .execute(
-            &format!(
-                "INSERT INTO route_state ({ROUTE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO route_state ({ROUTE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (route) DO UPDATE SET
                      paused_by = EXCLUDED.paused_by, paused_reason = EXCLUDED.paused_reason,
                      paused_at = EXCLUDED.paused_at, stopped_status = EXCLUDED.stopped_status,
                      stopped_reason = EXCLUDED.stopped_reason, stopped_at = EXCLUDED.stopped_at,
                      circuit = EXCLUDED.circuit, circuit_until = EXCLUDED.circuit_until,
                      failures = EXCLUDED.failures, updated_at = EXCLUDED.updated_at"
-            ),
+        ))
+        .await
+        .map_err(pg_error)?;
+    client
+        .execute(
+            &statement,
             &[
                 &s.route,
                 &paused.map(|p| &p.by),
@@ -71,19 +79,19 @@ pub(super) async fn save_route_state(client: &impl GenericClient, s: &RouteState
 
 /// Jobs of these routes running under a live lease, on any instance.
 pub(super) async fn running_counts(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     routes: &[&String],
     now: Millis,
 ) -> Result<HashMap<String, usize>, StoreError> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT route, COUNT(*) FROM jobs
              WHERE status = 'running' AND lease_until >= $2 AND route = ANY($1)
              GROUP BY route",
-            &[&routes, &now],
         )
         .await
         .map_err(pg_error)?;
+    let rows = client.query(&statement, &[&routes, &now]).await.map_err(pg_error)?;
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as usize)).collect())
 }
 
@@ -96,11 +104,11 @@ pub(super) async fn change_route(
     let tx = client.transaction().await.map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK]).await.map_err(pg_error)?;
     let before =
-        load_route_states(&*tx, &[route.to_string()]).await?.remove(route).unwrap_or_else(|| RouteState::new(route));
+        load_route_states(&tx, &[route.to_string()]).await?.remove(route).unwrap_or_else(|| RouteState::new(route));
     let mut after = before.clone();
     after.apply(change, now);
     if after != before {
-        save_route_state(&*tx, &after).await?;
+        save_route_state(&tx, &after).await?;
     }
     tx.commit().await.map_err(pg_error)?;
     Ok((before, after))

@@ -1,34 +1,19 @@
 //! Group commit for PostgreSQL ingest: deliveries whose jobs have no coalesce key, from concurrent requests,
 //! are written together by one statement (one transaction, one WAL flush), and each caller is answered only
-//! after that COMMIT. A batch that fails for the sake of one request is written again one request at a time.
-//!
-//! A collector task takes every request waiting when a commit slot is free (up to [`MAX_BATCH`]) and hands
-//! them to a commit task on a pooled connection; [`IN_FLIGHT`] batches may commit at once, and the next batch
-//! collects while they commit.
+//! after that COMMIT (through `group.rs`). A batch that fails for the sake of one request is written again one
+//! request at a time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::group::Group;
 use super::{insert_unkeyed, pg_error, unavailable};
-use crate::metrics::{STORE_BATCH_SIZE, STORE_COMMIT_DURATION};
 use crate::store::row::{self, headers_to_text};
 use crate::store::*;
 
 /// The most deliveries one statement takes; bounds the latency a batch adds to its first request.
 pub(super) const MAX_BATCH: usize = 256;
-
-/// Batches committing at once (on as many pooled connections). One: the next batch collects while this one
-/// commits, and the batches are the largest. On two loaded cores (`JOBS=0 STORE=postgres bench/run 10s 64 2`)
-/// one slot ingested 0–26 % more than two and 7 % more than four, eight lost 18 %; a larger host with several
-/// instances gets parallel commits from the instances.
-const IN_FLIGHT: usize = 1;
-
-/// Requests waiting for a batch; a sender waits when it is full.
-const QUEUE: usize = 4096;
 
 /// One delivery waiting to be written, with its jobs (none with a coalesce key).
 pub(super) struct Request {
@@ -36,66 +21,18 @@ pub(super) struct Request {
     pub(super) jobs: Vec<NewJob>,
 }
 
-struct Pending {
-    request: Request,
-    reply: oneshot::Sender<Result<Insert, StoreError>>,
-}
+/// The group commit of ingest.
+pub(super) type Batcher = Group<Request, Insert>;
 
-/// The sending side of the group commit; its collector task ends once this is dropped and the queue is empty.
-pub(super) struct Batcher {
-    queue: mpsc::Sender<Pending>,
-}
-
-fn batcher_gone() -> StoreError {
-    StoreError::Unavailable("the PostgreSQL batch writer has stopped".into())
-}
-
-impl Batcher {
-    /// Start the collector on the current runtime.
-    pub(super) fn start(pool: Pool) -> Batcher {
-        let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(collect(pool, waiting));
-        Batcher { queue }
-    }
-
-    /// Write `request` with the next batch; the answer comes after its COMMIT (or the failure).
-    pub(super) async fn insert(&self, request: Request) -> Result<Insert, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { request, reply }).await.map_err(|_| batcher_gone())?;
-        answer.await.map_err(|_| batcher_gone())?
-    }
-}
-
-async fn collect(pool: Pool, mut waiting: mpsc::Receiver<Pending>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        // A free slot first: while every slot commits, requests pile up and the next batch takes them all.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = Vec::new();
-        if waiting.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let size = batch.len();
-            let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-            let answers = write(&pool, requests).await;
-            metrics::histogram!(STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::histogram!(STORE_BATCH_SIZE).record(size as f64);
-            drop(slot);
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                // The caller may have given up (its future was dropped); the write stands either way.
-                let _ = reply.send(answer);
-            }
-        });
-    }
+/// Start the ingest group commit on the current runtime.
+pub(super) fn start(pool: Pool) -> Batcher {
+    Group::start(pool, MAX_BATCH, "batch writer", |pool, requests| async move { write(&pool, requests).await })
 }
 
 /// Whether a failed batch statement may owe its failure to one of its requests (a constraint or data error,
 /// a deadlock with another writer): then each request is written again on its own. Connection, resource and
 /// shutdown errors (or none from the server at all) fail every request alike.
-fn tied_to_a_request(e: &tokio_postgres::Error) -> bool {
+pub(super) fn tied_to_a_request(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|code| !matches!(&code.code()[..2], "08" | "53" | "57" | "58"))
 }
 
@@ -237,6 +174,8 @@ async fn first_copies_of(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::store::contract::{delivery, job};
     use crate::store::postgres::{fresh_schema_url, PostgresStore};
