@@ -8,10 +8,11 @@
 //! 18 %; a larger host with several instances gets parallel commits from the instances.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::metrics::{STORE_BATCH_SIZE, STORE_COMMIT_DURATION};
 use crate::store::StoreError;
@@ -54,26 +55,34 @@ impl<R: Send + 'static, T: Send + 'static> Group<R, T> {
 
 async fn collect<R, T, W, F>(pool: Pool, mut waiting: mpsc::Receiver<Pending<R, T>>, max_batch: usize, write: W)
 where
+    R: Send + 'static,
+    T: Send + 'static,
     W: Fn(Pool, Vec<R>) -> F,
     F: Future<Output = Vec<Result<T, StoreError>>> + Send + 'static,
-    T: Send + 'static,
 {
-    let mut batch = Vec::new();
-    // While a batch commits, requests pile up in the queue and the next batch takes them all.
-    while waiting.recv_many(&mut batch, max_batch).await > 0 {
-        let started = Instant::now();
-        let size = batch.len();
-        let (requests, replies): (Vec<R>, Vec<_>) = batch.drain(..).map(|p| (p.request, p.reply)).unzip();
-        // On a task of its own, so a write that panics fails its batch, not the collector.
-        let answers = match tokio::spawn(write(pool.clone(), requests)).await {
-            Ok(answers) => answers,
-            Err(e) => (0..size).map(|_| Err(StoreError::Internal(format!("a batch write failed: {e}")))).collect(),
-        };
-        metrics::histogram!(STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(STORE_BATCH_SIZE).record(size as f64);
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // The caller may have given up (its future was dropped); the write stands either way.
-            let _ = reply.send(answer);
+    let committing = Arc::new(Semaphore::new(1));
+    loop {
+        // While a batch commits, requests pile up in the queue and the next batch takes them all.
+        let Ok(slot) = committing.clone().acquire_owned().await else { return };
+        let mut batch = Vec::new();
+        if waiting.recv_many(&mut batch, max_batch).await == 0 {
+            return;
         }
+        let (requests, replies): (Vec<R>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let written = write(pool.clone(), requests);
+        // On a task of its own: the next batch starts collecting the moment this one has committed, while
+        // its callers are being answered; and a write that panics fails its batch, not the collector.
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let size = replies.len();
+            let answers = written.await;
+            metrics::histogram!(STORE_COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(STORE_BATCH_SIZE).record(size as f64);
+            drop(slot);
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have given up (its future was dropped); the write stands either way.
+                let _ = reply.send(answer);
+            }
+        });
     }
 }
