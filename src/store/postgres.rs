@@ -981,8 +981,8 @@ impl Store for PostgresStore {
     }
 }
 
-/// Each route's earliest due job, from the `jobs_route_queue_order` index (migration 14): one index seek per route, in
-/// one round trip.
+/// Each route's earliest due job, from the `jobs_route_queue_order` index (migration 14): one index seek per
+/// route, in one round trip.
 const OLDEST_DUE: &str = "SELECT r.route, (SELECT j.run_at FROM jobs j
          WHERE j.route = r.route AND j.status = 'queued' AND j.run_at <= $2 ORDER BY j.run_at LIMIT 1)
      FROM unnest($1::text[]) AS r(route)";
