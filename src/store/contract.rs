@@ -45,6 +45,9 @@ macro_rules! contract_suite {
             claims_never_hand_out_two_jobs_of_one_key_at_once,
             one_claim_takes_at_most_one_job_per_key,
             concurrent_claimers_never_receive_the_same_job,
+            lockless_claimers_never_receive_the_same_job_and_take_them_all,
+            a_lockless_claim_settles_expired_leases,
+            a_claim_over_lockless_and_keyed_routes_serves_both,
             claims_lease_retry_and_finish,
             an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_longer_finish,
             a_failing_job_retries_then_dies_with_an_attempt_row_each_time,
@@ -60,6 +63,7 @@ macro_rules! contract_suite {
             // Shared route and source state (contract/control.rs).
             route_and_source_state_is_kept_and_listed,
             a_paused_or_stopped_route_is_not_claimed_until_resumed,
+            a_paused_or_stopped_lockless_route_is_not_claimed_until_resumed,
             concurrency_counts_the_jobs_running_for_every_claimer,
             an_open_circuit_holds_its_route_then_lets_exactly_one_probe_go,
             each_route_is_leased_for_its_own_time,
@@ -143,6 +147,7 @@ pub fn claim(owner: &str, routes: &[&str], limit: usize) -> Claim {
         retry: HashMap::new(),
         limits: HashMap::new(),
         leases: HashMap::new(),
+        lockless: Default::default(),
     }
 }
 
@@ -331,6 +336,76 @@ pub async fn an_expired_lease_is_a_failed_attempt_and_the_first_owner_can_no_lon
     let attempts: Vec<_> = detail.jobs[0].attempts.iter().map(|a| (a.attempt, a.ok, a.error.clone())).collect();
     assert_eq!(attempts, [(1, false, Some(LEASE_EXPIRED.to_string())), (2, true, None)]);
     assert_eq!(detail.jobs[0].job.status, JobStatus::Succeeded);
+}
+
+/// `claim` with every one of its routes named lockless (see [`Claim::lockless`]).
+pub fn lockless(claim: Claim) -> Claim {
+    Claim { lockless: claim.routes.iter().cloned().collect(), ..claim }
+}
+
+/// Claims of routes that need no exclusivity (PostgreSQL runs them side by side) still hand a job to one
+/// claimer only, and together take every job.
+pub async fn lockless_claimers_never_receive_the_same_job_and_take_them_all(f: &dyn Fixture) {
+    let store = f.store();
+    for i in 0..300 {
+        store.insert_delivery(delivery("github", &format!("l{i}")), vec![job("r", None)]).await.unwrap();
+    }
+    let claimers = (0..4).map(|owner| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = store.claim_jobs(lockless(claim(&format!("o{owner}"), &["r"], 7))).await.unwrap();
+            if got.is_empty() {
+                return mine;
+            }
+            mine.extend(got.into_iter().map(|j| j.id));
+        }
+    });
+    let all: Vec<String> = futures_util::future::join_all(claimers).await.into_iter().flatten().collect();
+    let unique: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (300, 300), "each job handed out once");
+    assert_eq!(store.job_counts().await.unwrap().running, 300);
+}
+
+/// A lockless claim settles its routes' expired leases like any claim, and leaves live ones alone.
+pub async fn a_lockless_claim_settles_expired_leases(f: &dyn Fixture) {
+    let store = f.store();
+    let j = job("r", None);
+    store_one(store, "d1", vec![j.clone()]).await;
+    let mut first = lockless(claim("a", &["r"], 1));
+    first.lease_until = first.now + 50;
+    assert_eq!(store.claim_jobs(first).await.unwrap().len(), 1);
+    assert!(store.claim_jobs(lockless(claim("b", &["r"], 1))).await.unwrap().is_empty(), "still leased");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(store.claim_jobs(lockless(claim("b", &["r"], 1))).await.unwrap().is_empty(), "waits out its backoff");
+    let summary = job_of(store, &j.id).await;
+    assert_eq!((summary.status, summary.last_error.as_deref()), (JobStatus::Queued, Some(LEASE_EXPIRED)));
+    assert!(!store.finish_job(&j.id, "a", record(1, true), NextState::Succeeded).await.unwrap());
+    let later = Claim { now: summary.next_attempt_at.unwrap(), ..lockless(claim("b", &["r"], 1)) };
+    let taken = store.claim_jobs(later).await.unwrap();
+    assert_eq!((taken.len(), taken[0].attempt), (1, 2));
+}
+
+/// One claim over a lockless route and a coalescing one serves both within its limit, the coalescing one with
+/// one job per key.
+pub async fn a_claim_over_lockless_and_keyed_routes_serves_both(f: &dyn Fixture) {
+    let store = f.store();
+    for i in 0..3 {
+        store_one(store, &format!("p{i}"), vec![job("plain", None)]).await;
+        store_one(store, &format!("k{i}"), vec![job_at("keyed", Some(&format!("k{i}")), now_ms() - 1)]).await;
+    }
+    store_one(store, "k-again", vec![job("keyed", Some("k0"))]).await;
+    let mut both = claim("w", &["plain", "keyed"], 10);
+    both.lockless = ["plain".to_string()].into();
+    let claimed = store.claim_jobs(both).await.unwrap();
+    let count = |route: &str| claimed.iter().filter(|j| j.route == route).count();
+    // The second "k0" delivery merged into the queued job of its key: three keyed jobs, each its own key.
+    assert_eq!((count("plain"), count("keyed")), (3, 3));
+    let mut small = claim("w2", &["plain", "keyed"], 2);
+    small.lockless = ["plain".to_string()].into();
+    for i in 3..6 {
+        store_one(store, &format!("p{i}"), vec![job("plain", None)]).await;
+    }
+    assert_eq!(store.claim_jobs(small).await.unwrap().len(), 2, "the limit holds across both kinds");
 }
 
 pub async fn a_failing_job_retries_then_dies_with_an_attempt_row_each_time(f: &dyn Fixture) {

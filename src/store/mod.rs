@@ -20,7 +20,7 @@ pub mod watched;
 pub use bulk::*;
 pub use url::{StoreUrl, StoreUrlError};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -198,6 +198,10 @@ pub struct Claim {
     /// A route's own lease, where it ends before `lease_until` (its action's timeout is shorter than the
     /// longest): a crashed runner's job of that route is taken up again sooner.
     pub leases: HashMap<String, Millis>,
+    /// Routes whose configuration neither coalesces nor limits them: nothing about one of their jobs depends on
+    /// another's, so a store may claim them without serialising against other claimers (their state, such as a
+    /// pause, still holds). A route not named here is claimed with every guarantee.
+    pub lockless: HashSet<String>,
 }
 
 impl Claim {

@@ -163,6 +163,53 @@ async fn busy_keys(
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
+/// The locked claim's jobs: the ids it picked (`$1`) that are still queued and due (`$2`); a late `finish_job` may
+/// have moved one on, and SKIP LOCKED never waits on a row another transaction is finishing.
+const CLAIM_PICKED: &str = "SELECT id FROM jobs WHERE id = ANY($1) AND status = 'queued' AND run_at <= $2
+     FOR UPDATE SKIP LOCKED";
+
+/// A lockless claim's jobs: the first `$6` due (`$2`) queued jobs of the routes `$1` in queue order, each route's
+/// read from its range of `jobs_route_queue_order`; rows another claimer holds are skipped, not waited for.
+const CLAIM_NEXT_DUE: &str = "SELECT j.id FROM (SELECT DISTINCT unnest($1::text[])) AS r (route) CROSS JOIN LATERAL (
+         SELECT id, run_at FROM jobs
+         WHERE status = 'queued' AND route = r.route AND run_at <= $2
+         ORDER BY run_at, id
+         LIMIT $6
+         FOR UPDATE SKIP LOCKED
+     ) j
+     ORDER BY j.run_at, j.id
+     LIMIT $6";
+
+/// The claim statement around `picked` (a query of job ids): those jobs leased to `$3` until their route's lease
+/// in `$5` (a JSON object) or `$4`, at `$2`, each returned with its delivery, in queue order.
+fn claim_statement(picked: &str) -> String {
+    format!(
+        "WITH picked AS ({picked}), claimed AS (
+             UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
+                             lease_until = COALESCE(($5::text::jsonb ->> jobs.route)::bigint, $4), updated_at = $2
+             FROM picked WHERE jobs.id = picked.id
+             RETURNING jobs.id AS job_id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at, jobs.run_at,
+                       jobs.delivery_id
+         )
+         SELECT c.job_id, c.route, c.coalesce_key, c.attempts, c.created_at, {DELIVERY_COLUMNS}
+         FROM claimed c JOIN deliveries ON deliveries.id = c.delivery_id
+         ORDER BY c.run_at, c.job_id"
+    )
+}
+
+/// A row of [`claim_statement`].
+fn claimed_job(r: &Row, probe: bool) -> Result<ClaimedJob, StoreError> {
+    Ok(ClaimedJob {
+        id: r.get("job_id"),
+        route: r.get("route"),
+        coalesce_key: r.get("coalesce_key"),
+        attempt: r.get::<_, i32>("attempts") as u32,
+        created_at: r.get("created_at"),
+        probe,
+        delivery: stored_delivery(r)?,
+    })
+}
+
 /// Due queued jobs of the routes `$1` after `($3, $4)` in queue order, at most `$5`: each route's from its
 /// own range of `jobs_route_queue_order`, merged.
 const PICK_QUEUED: &str = "SELECT j.id, j.route, j.coalesce_key, j.run_at
@@ -591,6 +638,75 @@ impl PostgresStore {
         tx.commit().await.map_err(pg_error)?;
         Ok(Insert::Stored { id: d.id, jobs: count })
     }
+
+    /// Claim jobs of routes that need no exclusivity (see [`Claim::lockless`]): the claim lock is taken shared,
+    /// so such claims run side by side and `FOR UPDATE SKIP LOCKED` alone keeps two from taking one job, while
+    /// a route change (which takes it exclusively) still waits for them and is seen by every later one.
+    async fn claim_lockless(&self, claim: &Claim) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock_shared($1)").await.map_err(pg_error)?;
+        tx.execute(&lock, &[&CLAIM_LOCK]).await.map_err(pg_error)?;
+        let ((), states) =
+            tokio::try_join!(settle_expired(&tx, claim), postgres_control::load_route_states(&tx, &claim.routes))?;
+        // No limits: every route the plan keeps (not paused, not stopped) is uncapped.
+        let plan = control::plan_claim(&claim.routes, &HashMap::new(), &states, &HashMap::new(), claim.now);
+        if plan.uncapped.is_empty() {
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(Vec::new());
+        }
+        let statement = tx.prepare_cached(&claim_statement(CLAIM_NEXT_DUE)).await.map_err(pg_error)?;
+        let rows = tx
+            .query(
+                &statement,
+                &[
+                    &plan.uncapped,
+                    &claim.now,
+                    &claim.owner,
+                    &claim.lease_until,
+                    &claim.leases_json(),
+                    &(claim.limit as i64),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        rows.iter().map(|r| claimed_job(r, false)).collect()
+    }
+
+    /// Claim under the exclusive claim lock: every guarantee (per-key exclusivity, `concurrency` caps, one
+    /// half-open probe) holds across instances, as claims take turns.
+    async fn claim_locked(&self, claim: Claim) -> Result<Vec<ClaimedJob>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
+        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(pg_error)?;
+        tx.execute(&lock, &[&CLAIM_LOCK]).await.map_err(pg_error)?;
+        // Pipelined, in one round trip; each statement sees everything committed before the lock was granted.
+        let ((), inputs) = tokio::try_join!(settle_expired(&tx, &claim), claim_inputs(&tx, &claim))?;
+        let (picked, probes) = plan_and_pick(&tx, &claim, inputs).await?;
+        if picked.is_empty() {
+            tx.commit().await.map_err(pg_error)?;
+            return Ok(Vec::new());
+        }
+        // Still claimable (nothing else claims while the lock is held, but a late `finish_job` may have
+        // moved one on); SKIP LOCKED never waits on a row another transaction is finishing. Each job comes
+        // back with its delivery, in the same statement.
+        let statement = tx.prepare_cached(&claim_statement(CLAIM_PICKED)).await.map_err(pg_error)?;
+        let rows = tx
+            .query(&statement, &[&picked, &claim.now, &claim.owner, &claim.lease_until, &claim.leases_json()])
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        let mut claimed = rows
+            .iter()
+            .map(|r| claimed_job(r, probes.contains(r.get::<_, &str>("job_id"))))
+            .collect::<Result<Vec<ClaimedJob>, StoreError>>()?;
+        // In queue order, as `pick_candidates` chose them (and as SQLite answers).
+        let order: HashMap<&str, usize> = picked.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        claimed.sort_by_key(|j| order.get(j.id.as_str()).copied());
+        Ok(claimed)
+    }
 }
 
 #[async_trait]
@@ -641,63 +757,16 @@ impl Store for PostgresStore {
         if claim.limit == 0 || claim.routes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        // One claimer at a time across instances: claims are short, and it makes per-key exclusivity exact.
-        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await.map_err(pg_error)?;
-        tx.execute(&lock, &[&CLAIM_LOCK]).await.map_err(pg_error)?;
-        // Pipelined, in one round trip; each statement sees everything committed before the lock was granted.
-        let ((), inputs) = tokio::try_join!(settle_expired(&tx, &claim), claim_inputs(&tx, &claim))?;
-        let (picked, probes) = plan_and_pick(&tx, &claim, inputs).await?;
-        if picked.is_empty() {
-            tx.commit().await.map_err(pg_error)?;
-            return Ok(Vec::new());
+        let (lockless, locked): (Vec<String>, Vec<String>) =
+            claim.routes.iter().cloned().partition(|r| claim.lockless.contains(r));
+        let mut claimed = match lockless.is_empty() {
+            true => Vec::new(),
+            false => self.claim_lockless(&Claim { routes: lockless, ..claim.clone() }).await?,
+        };
+        let room = claim.limit - claimed.len();
+        if room > 0 && !locked.is_empty() {
+            claimed.extend(self.claim_locked(Claim { routes: locked, limit: room, ..claim }).await?);
         }
-        // Still claimable (nothing else claims while the lock is held, but a late `finish_job` may have
-        // moved one on); SKIP LOCKED never waits on a row another transaction is finishing. Each job comes
-        // back with its delivery, in the same statement.
-        let statement = tx
-            .prepare_cached(&format!(
-                "WITH picked AS (
-                    SELECT id FROM jobs
-                    WHERE id = ANY($1)
-                      AND status = 'queued' AND run_at <= $2
-                    FOR UPDATE SKIP LOCKED
-                 ), claimed AS (
-                    UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, lease_owner = $3,
-                                    lease_until = COALESCE(($5::text::jsonb ->> jobs.route)::bigint, $4),
-                                    updated_at = $2
-                    FROM picked WHERE jobs.id = picked.id
-                    RETURNING jobs.id AS job_id, jobs.route, jobs.coalesce_key, jobs.attempts, jobs.created_at,
-                              jobs.delivery_id
-                 )
-                 SELECT c.job_id, c.route, c.coalesce_key, c.attempts, c.created_at, {DELIVERY_COLUMNS}
-                 FROM claimed c JOIN deliveries ON deliveries.id = c.delivery_id"
-            ))
-            .await
-            .map_err(pg_error)?;
-        let rows = tx
-            .query(&statement, &[&picked, &claim.now, &claim.owner, &claim.lease_until, &claim.leases_json()])
-            .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
-        let mut claimed = rows
-            .iter()
-            .map(|r| {
-                Ok(ClaimedJob {
-                    id: r.get("job_id"),
-                    route: r.get("route"),
-                    coalesce_key: r.get("coalesce_key"),
-                    attempt: r.get::<_, i32>("attempts") as u32,
-                    created_at: r.get("created_at"),
-                    probe: probes.contains(r.get::<_, &str>("job_id")),
-                    delivery: stored_delivery(r)?,
-                })
-            })
-            .collect::<Result<Vec<ClaimedJob>, StoreError>>()?;
-        // In queue order, as `pick_candidates` chose them (and as SQLite answers).
-        let order: HashMap<&str, usize> = picked.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-        claimed.sort_by_key(|j| order.get(j.id.as_str()).copied());
         Ok(claimed)
     }
 

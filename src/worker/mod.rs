@@ -8,7 +8,7 @@
 pub mod maintenance;
 pub mod wake;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,7 @@ impl Worker {
         let mut retry = HashMap::new();
         let mut limits = HashMap::new();
         let mut leases = HashMap::new();
+        let mut lockless = HashSet::new();
         for route in live.routes.routes().filter(|r| r.config.enabled) {
             let name = route.name().to_string();
             leases.insert(name.clone(), lease(route.config.action.timeout()));
@@ -206,6 +207,8 @@ impl Worker {
                 RouteLimits { concurrency: route.config.concurrency, breaker: route.config.circuit_breaker.is_some() };
             if route_limits != RouteLimits::default() {
                 limits.insert(name.clone(), route_limits);
+            } else if route.config.coalesce.is_none() {
+                lockless.insert(name.clone());
             }
             routes.push(name);
         }
@@ -215,7 +218,8 @@ impl Worker {
         // The longest lease is the default; routes whose own is shorter say so.
         let lease_until = leases.values().copied().max().unwrap_or(now);
         leases.retain(|_, l| *l < lease_until);
-        let claim = Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry, limits, leases };
+        let claim =
+            Claim { owner: self.owner.clone(), limit, now, lease_until, routes, retry, limits, leases, lockless };
         let jobs = self.store.claim_jobs(claim).await?;
         let mut out = Vec::with_capacity(jobs.len());
         for job in jobs {

@@ -290,6 +290,7 @@ fn claim(owner: &str, routes: &[&str], limit: usize, lease: i64) -> Claim {
         retry: Default::default(),
         limits: Default::default(),
         leases: Default::default(),
+        lockless: Default::default(),
     }
 }
 

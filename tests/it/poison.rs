@@ -26,6 +26,7 @@ fn claim(owner: &str, route: &str, policy: &Retry, lease_for: i64) -> Claim {
         retry: HashMap::from([(route.to_string(), policy.clone())]),
         limits: HashMap::new(),
         leases: HashMap::new(),
+        lockless: Default::default(),
     }
 }
 

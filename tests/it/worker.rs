@@ -109,6 +109,7 @@ store_test! {
             retry: Default::default(),
             limits: Default::default(),
             leases: Default::default(),
+            lockless: Default::default(),
         };
         let held = store.claim_jobs(claim("crashed", now_ms() + 60_000)).await.unwrap();
         assert_eq!(held.len(), 1);

@@ -42,6 +42,16 @@ pub async fn route_and_source_state_is_kept_and_listed(f: &dyn Fixture) {
 }
 
 pub async fn a_paused_or_stopped_route_is_not_claimed_until_resumed(f: &dyn Fixture) {
+    paused_or_stopped_routes_are_held(f, |c| c).await;
+}
+
+/// The same for routes claimed without the exclusive claim lock (see [`Claim::lockless`]).
+pub async fn a_paused_or_stopped_lockless_route_is_not_claimed_until_resumed(f: &dyn Fixture) {
+    paused_or_stopped_routes_are_held(f, lockless).await;
+}
+
+async fn paused_or_stopped_routes_are_held(f: &dyn Fixture, claim_as: fn(Claim) -> Claim) {
+    let claim = |owner: &str, routes: &[&str], limit: usize| claim_as(claim(owner, routes, limit));
     let store = f.store();
     store_one(store, "d1", vec![job("held", None), job("free", None)]).await;
     store.change_route("held", RouteChange::Pause(pause("ops")), now_ms()).await.unwrap();
