@@ -4,8 +4,9 @@
 //! concurrent requests, are written by one statement (one transaction) on a pooled connection, and each
 //! caller is answered after that COMMIT; a batch that fails for one request's sake is written again one
 //! request at a time. Job outcomes are group-committed the same way (`postgres/outcomes.rs`), both through
-//! `postgres/group.rs`. A claim is one short transaction under one advisory lock, its reads pipelined and every
-//! statement prepared once per connection. Every other write (a delivery with keyed jobs, bulk operations) is
+//! `postgres/group.rs`. A claim is one short transaction: routes that neither coalesce nor limit are claimed side
+//! by side under the claim lock taken shared (one `SKIP LOCKED` statement); the others under it taken exclusively,
+//! their reads pipelined. Every claim statement is prepared once per connection. Every other write (a delivery with keyed jobs, bulk operations) is
 //! one transaction of its own, and PostgreSQL's own group commit batches the WAL flushes of concurrent ones.
 //! A lost server answers `Unavailable` and the pool reconnects by itself. Connections use TLS as the URL's
 //! `sslmode` asks, the way libpq reads it (`postgres_tls`). The bulk operations (retry, cancel and replay by
@@ -59,7 +60,8 @@ const FOLLOW_UPS: &[&str] = &["DO $$ BEGIN
          END IF;
      END $$"];
 
-/// Advisory lock ids: one serialises migrations, one serialises claims (per-key exclusivity across instances).
+/// Advisory lock ids: one serialises migrations, one claims (exclusive for per-key exclusivity and caps across
+/// instances, shared for lockless claims) and route changes (exclusive, so a pause waits for claims in flight).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_0001;
 pub(super) const CLAIM_LOCK: i64 = 0x686f_6f6b_0002;
 
