@@ -400,11 +400,12 @@ pub async fn a_claim_over_lockless_and_keyed_routes_serves_both(f: &dyn Fixture)
     let count = |route: &str| claimed.iter().filter(|j| j.route == route).count();
     // The second "k0" delivery merged into the queued job of its key: three keyed jobs, each its own key.
     assert_eq!((count("plain"), count("keyed")), (3, 3));
-    let mut small = claim("w2", &["plain", "keyed"], 2);
-    small.lockless = ["plain".to_string()].into();
     for i in 3..6 {
         store_one(store, &format!("p{i}"), vec![job("plain", None)]).await;
     }
+    // Made after the jobs, so they are due at its `now`.
+    let mut small = claim("w2", &["plain", "keyed"], 2);
+    small.lockless = ["plain".to_string()].into();
     assert_eq!(store.claim_jobs(small).await.unwrap().len(), 2, "the limit holds across both kinds");
 }
 
