@@ -1099,6 +1099,17 @@ pub async fn fresh_schema_url(base_url: &str) -> Result<String, StoreError> {
     Ok(format!("{base_url}{separator}options=-csearch_path%3D{schema}"))
 }
 
+/// A URL to a fresh schema on the test server (`HOOKGATE_TEST_POSTGRES_URL`), or `None` once it has said on
+/// stderr that the test is skipped because none is set.
+#[cfg(test)]
+pub(super) async fn test_schema_url() -> Option<String> {
+    let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    Some(fresh_schema_url(&base).await.expect("PostgreSQL reachable"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1122,11 +1133,7 @@ mod tests {
     }
 
     async fn fixture() -> Option<Fixture> {
-        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        let url = fresh_schema_url(&base).await.expect("PostgreSQL reachable");
+        let url = test_schema_url().await?;
         Some(Fixture { store: PostgresStore::open(&url).await.expect("store opens") })
     }
 
@@ -1149,11 +1156,7 @@ mod tests {
     /// migration, validated after it; the rows of a version-5 schema stay, and unknown statuses are still refused.
     #[tokio::test]
     async fn a_version_5_schema_with_rows_migrates_and_its_status_check_is_validated() {
-        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let url = fresh_schema_url(&base).await.unwrap();
+        let Some(url) = test_schema_url().await else { return };
         let options = connect_options(&url).unwrap();
         let manager = Manager::from_config(options.config, options.tls, ManagerConfig::default());
         let old = PostgresStore::with_pool(Pool::builder(manager).max_size(2).build().unwrap());
@@ -1195,11 +1198,7 @@ mod tests {
 
     #[tokio::test]
     async fn counter_rows_of_closed_connections_fold_into_one_and_the_sums_stay_exact() {
-        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
-            return;
-        };
-        let url = fresh_schema_url(&base).await.unwrap();
+        let Some(url) = test_schema_url().await else { return };
         let store = PostgresStore::open(&url).await.unwrap();
         let other = PostgresStore::open(&url).await.unwrap();
         for i in 0..20 {

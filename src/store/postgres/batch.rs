@@ -178,15 +178,7 @@ mod tests {
 
     use super::*;
     use crate::store::contract::{delivery, job};
-    use crate::store::postgres::{fresh_schema_url, PostgresStore};
-
-    async fn schema() -> Option<String> {
-        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        Some(fresh_schema_url(&base).await.expect("PostgreSQL reachable"))
-    }
+    use crate::store::postgres::{test_schema_url, PostgresStore};
 
     async fn count(store: &PostgresStore, sql: &str) -> i64 {
         store.client().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
@@ -201,7 +193,7 @@ mod tests {
     /// once, with its jobs, and every other copy is answered Duplicate with the stored copy's id.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_copies_on_two_instances_are_stored_once_and_name_the_first_copy() {
-        let Some(url) = schema().await else { return };
+        let Some(url) = test_schema_url().await else { return };
         let stores = Arc::new([PostgresStore::open(&url).await.unwrap(), PostgresStore::open(&url).await.unwrap()]);
         let mut tasks = Vec::new();
         for i in 0..500usize {
@@ -266,7 +258,7 @@ mod tests {
     /// id; only the new deliveries and their jobs are written.
     #[tokio::test]
     async fn a_batch_answers_copies_within_it_and_of_stored_deliveries() {
-        let Some(url) = schema().await else { return };
+        let Some(url) = test_schema_url().await else { return };
         let store = PostgresStore::open(&url).await.unwrap();
         let before = delivery("github", "before");
         let before_id = before.id.clone();
@@ -311,7 +303,7 @@ mod tests {
     /// is written again one request at a time and the others are stored, copies still found.
     #[tokio::test]
     async fn a_request_that_fails_does_not_fail_the_rest_of_its_batch() {
-        let Some(url) = schema().await else { return };
+        let Some(url) = test_schema_url().await else { return };
         let store = PostgresStore::open(&url).await.unwrap();
         let taken = job("r", None);
         store.insert_delivery(delivery("github", "taken"), vec![taken.clone()]).await.unwrap();
@@ -345,7 +337,7 @@ mod tests {
     /// A store that cannot reach its server answers Unavailable to every request, and never Stored.
     #[tokio::test]
     async fn a_store_without_a_server_answers_unavailable_to_every_request() {
-        if let Some(url) = schema().await {
+        if let Some(url) = test_schema_url().await {
             let store = PostgresStore::open(&url).await.unwrap();
             store.pool.close();
             let answers = futures_util::future::join_all(

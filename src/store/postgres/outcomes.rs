@@ -128,14 +128,10 @@ async fn record_all(
 mod tests {
     use super::*;
     use crate::store::contract::{claim, delivery, job, record};
-    use crate::store::postgres::{fresh_schema_url, PostgresStore};
+    use crate::store::postgres::{test_schema_url, PostgresStore};
 
     async fn store(options: &str) -> Option<PostgresStore> {
-        let Ok(base) = std::env::var("HOOKGATE_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: HOOKGATE_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        let url = fresh_schema_url(&base).await.expect("PostgreSQL reachable");
+        let url = test_schema_url().await?;
         Some(PostgresStore::open(&format!("{url}{options}")).await.expect("store opens"))
     }
 
